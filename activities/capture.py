@@ -1,0 +1,31 @@
+"""Incident artifacts: the post-mortem document rendered from a run's timeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from temporalio import activity
+
+from workflows.models import PostmortemRequest
+
+
+def render_postmortem(request: PostmortemRequest) -> str:
+    """Runbook 004's post-mortem template, with what the workflow already knows filled in."""
+    lines = [f"# {request.title}", ""]
+    lines += [f"- **{key}**: {value}" for key, value in request.summary.items()]
+    lines += ["", "## Timeline", "", "| time (UTC) | event | actor | what happened |", "| --- | --- | --- | --- |"]
+    for event in request.timeline:
+        message = event.message.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {event.at:%Y-%m-%d %H:%M:%S} | {event.kind.value} | {event.actor} | {message} |")
+    lines += ["", "## Root cause", "", "_to be written_", "", "## Action items", "", "- [ ] _to be written_", ""]
+    return "\n".join(lines)
+
+
+class CaptureActivities:
+    @activity.defn(name="capture.postmortem")
+    async def postmortem(self, request: PostmortemRequest) -> str:
+        directory = Path(request.artifact_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "postmortem.md"
+        path.write_text(render_postmortem(request))
+        return str(path)

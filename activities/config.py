@@ -1,0 +1,22 @@
+"""Hands a service's configuration (secret names only, never values) to workflows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from temporalio import activity
+
+from activities.common import ConfigSource
+from workflows.models import ServiceContext, ServiceRef
+
+
+class ConfigActivities:
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
+    @activity.defn(name="config.service")
+    async def service(self, request: ServiceRef) -> ServiceContext:
+        service = self._config.service(request.service)
+        info = activity.info()
+        artifact_dir = Path(self._config.config.artifact_dir) / request.service / info.workflow_id / info.workflow_run_id
+        return ServiceContext(service=request.service, config=service, artifact_dir=str(artifact_dir))

@@ -1,0 +1,362 @@
+"""Docker Engine: find the previous image, capture state, recreate a container on another image.
+
+The docker SDK is synchronous, so each activity runs its work in a thread. Image IDs
+(``sha256:…``) are recorded in a per-service deploy ledger each time we see a container, so a
+retagged ``latest`` cannot change which image "previous" means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.common import ConfigSource, fail, read_json, redact_env_list, write_json_atomic
+from workflows.config import DockerTarget
+from workflows.models import (
+    AppVersion,
+    CaptureRequest,
+    CaptureResult,
+    ExecuteRequest,
+    ExecuteResult,
+    ServiceRef,
+    TargetRequest,
+    UndoRequest,
+)
+
+KEY_LABEL = "io.rollback.key"
+VERSION_LABELS = ("org.opencontainers.image.version", "version")
+SCHEMA_LABEL = "io.rollback.schema-version"
+# Config keys whose value usually comes from the image; a value equal to the image's is dropped
+# so that the target image's own default applies (what watchtower does).
+IMAGE_DERIVED = ("Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Volumes", "Healthcheck")
+
+
+def connect(target: DockerTarget) -> docker.DockerClient:
+    try:
+        if target.docker_host:
+            return docker.DockerClient(base_url=target.docker_host, timeout=60)
+        return docker.from_env(timeout=60)
+    except DockerException as exc:
+        raise ApplicationError(f"cannot reach the Docker engine: {exc}", type="DockerUnavailable") from None
+
+
+def version_of(client: docker.DockerClient, image_id: str) -> AppVersion:
+    image = client.images.get(image_id)
+    labels = image.attrs.get("Config", {}).get("Labels") or {}
+    version = next((labels[k] for k in VERSION_LABELS if labels.get(k)), None)
+    return AppVersion(
+        provider="docker",
+        id=image.id,
+        label=", ".join(image.tags) or image.id[:19],
+        version=version,
+        schema_version=labels.get(SCHEMA_LABEL),
+        details={"created": image.attrs.get("Created")},
+    )
+
+
+def aside_name(container: str, rollback_key: str) -> str:
+    """Where the original container waits during a rollback; stable across worker restarts."""
+    return f"{container}-before-rollback-{hashlib.sha256(rollback_key.encode()).hexdigest()[:10]}"
+
+
+def deploy(client: docker.DockerClient, name: str, image: str, ledger: DeployLedger | None = None) -> str:
+    """A plain forward deploy of `image` to container `name` (used by the demo and tests).
+
+    Unlike a rollback it does not keep the old container: that is what deploy tools do.
+    Returns the new image ID and records it in the ledger.
+    """
+    image_id = client.images.get(image).id
+    old = client.containers.get(name)
+    if old.attrs["Image"] != image_id:
+        previous = f"{name}-deploy-previous"
+        recreate(client, name, image_id, aside_name=previous, labels={}, settle_seconds=0.5)
+        client.containers.get(previous).remove(force=True)
+    if ledger is not None:
+        ledger.record(image_id, image)
+    return image_id
+
+
+class DeployLedger:
+    """The images a service's container has run, oldest first, in a JSON state file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def entries(self) -> list[dict[str, Any]]:
+        return read_json(self.path, {"deploys": []})["deploys"]
+
+    def record(self, image_id: str, ref: str) -> None:
+        entries = self.entries()
+        if entries and entries[-1]["image_id"] == image_id:
+            return
+        entries.append(
+            {"image_id": image_id, "ref": ref, "seen_at": datetime.now(timezone.utc).isoformat(), "bad": False}
+        )
+        write_json_atomic(self.path, {"deploys": entries})
+
+    def mark_bad(self, image_id: str) -> None:
+        entries = self.entries()
+        for entry in entries:
+            if entry["image_id"] == image_id:
+                entry["bad"] = True
+        write_json_atomic(self.path, {"deploys": entries})
+
+
+def _new_config(client: docker.DockerClient, old: dict[str, Any], image_id: str, labels: dict[str, str]) -> dict:
+    """The old container's own settings, minus what merely came from its image."""
+    config = old["Config"]
+    try:
+        image_config = client.images.get(old["Image"]).attrs.get("Config") or {}
+    except ImageNotFound:
+        image_config = {}
+    image_env = set(image_config.get("Env") or [])
+    image_labels = image_config.get("Labels") or {}
+    kept_labels = {k: v for k, v in (config.get("Labels") or {}).items() if image_labels.get(k) != v}
+    kept_labels.pop(KEY_LABEL, None)
+    kept_labels.update(labels)
+    kwargs: dict[str, Any] = {
+        "image": image_id,
+        "environment": [e for e in (config.get("Env") or []) if e not in image_env],
+        "labels": kept_labels,
+        "tty": config.get("Tty", False),
+        "stdin_open": config.get("OpenStdin", False),
+    }
+    for key, argument in (("Cmd", "command"), ("Entrypoint", "entrypoint"), ("WorkingDir", "working_dir"), ("User", "user")):
+        if config.get(key) and config.get(key) != image_config.get(key):
+            kwargs[argument] = config[key]
+    return kwargs
+
+
+def recreate(
+    client: docker.DockerClient,
+    name: str,
+    image_id: str,
+    *,
+    aside_name: str,
+    labels: dict[str, str],
+    stop_timeout: int = 10,
+    settle_seconds: float = 1.5,
+) -> dict[str, str]:
+    """Swap container `name` onto `image_id`, keeping the old container aside (stopped).
+
+    Safe to call again after a crash at any point: it recognises the new container by its key
+    label and the old one by its aside name. If the new container does not stay running, the
+    old one is put back and a non-retryable error is raised.
+    """
+    key = labels.get(KEY_LABEL)
+    try:
+        current = client.containers.get(name)
+    except NotFound:
+        current = None
+    try:
+        aside = client.containers.get(aside_name)
+    except NotFound:
+        aside = None
+
+    if current is not None and key and current.labels.get(KEY_LABEL) == key:
+        new = current  # a previous attempt already created it
+    else:
+        if current is not None:
+            if aside is not None:
+                raise fail(
+                    f"both {name} and {aside_name} exist and {name} was not created by this rollback; "
+                    f"inspect them and remove or rename one before retrying"
+                )
+            old_attrs = current.attrs
+            current.stop(timeout=stop_timeout)
+            current.rename(aside_name)
+            aside = current
+        elif aside is None:
+            raise fail(f"container {name!r} not found on the Docker engine; nothing to roll back")
+        old_attrs = aside.attrs
+        kwargs = _new_config(client, old_attrs, image_id, labels)
+        host_config = dict(old_attrs["HostConfig"])
+        networks = old_attrs.get("NetworkSettings", {}).get("Networks") or {}
+        network_mode = host_config.get("NetworkMode", "default")
+        networking_config = None
+        others: list[str] = []
+        if network_mode not in ("host", "none") and not network_mode.startswith("container:") and networks:
+            first, *others = list(networks)
+            networking_config = {"EndpointsConfig": {first: {"Aliases": networks[first].get("Aliases")}}}
+        created = client.api.create_container(
+            name=name, host_config=host_config, networking_config=networking_config, **kwargs
+        )
+        new = client.containers.get(created["Id"])
+        for network in others:
+            client.networks.get(network).connect(new, aliases=networks[network].get("Aliases"))
+
+    new.reload()
+    if new.status != "running":
+        new.start()
+    time.sleep(settle_seconds)
+    new.reload()
+    if new.status != "running":
+        logs = new.logs(tail=20).decode(errors="replace")
+        exit_code = new.attrs["State"].get("ExitCode")
+        restore(client, name, aside_name, new.id)
+        raise fail(
+            f"container {name} on image {image_id[:19]} did not stay running (exit code {exit_code}); "
+            f"the original container was put back. Last log lines: {logs.strip()[-500:]}"
+        )
+    return {"container": name, "new_container_id": new.id, "aside_name": aside_name, "old_container_id": aside.id}
+
+
+def restore(client: docker.DockerClient, name: str, aside_name: str, new_container_id: str | None) -> str:
+    """Put the aside container back under its name and start it; idempotent."""
+    try:
+        aside = client.containers.get(aside_name)
+    except NotFound:
+        aside = None
+    try:
+        current = client.containers.get(name)
+    except NotFound:
+        current = None
+    if aside is None:
+        if current is not None and current.id != new_container_id:
+            current.reload()
+            if current.status != "running":
+                current.start()
+            return current.id  # already restored by an earlier attempt
+        raise fail(f"cannot restore {name}: the original container {aside_name} no longer exists")
+    if current is not None:
+        current.remove(force=True)
+    aside.rename(name)
+    aside.start()
+    return aside.id
+
+
+class DockerActivities:
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
+    def _target(self, service: str) -> DockerTarget:
+        app = self._config.service(service).app
+        if app.docker is None:
+            raise fail(f"service {service!r} has no docker app target")
+        return app.docker
+
+    def _ledger(self, service: str) -> DeployLedger:
+        return DeployLedger(self._config.state_path("docker", f"{service}.json"))
+
+    def _container(self, client: docker.DockerClient, target: DockerTarget, service: str):
+        try:
+            return client.containers.get(target.container)
+        except NotFound:
+            raise fail(f"service {service!r}: container {target.container!r} not found on the Docker engine") from None
+
+    def _current(self, service: str) -> AppVersion:
+        target = self._target(service)
+        client = connect(target)
+        container = self._container(client, target, service)
+        image_id = container.attrs["Image"]
+        self._ledger(service).record(image_id, container.attrs["Config"].get("Image", ""))
+        version = version_of(client, image_id)
+        version.details["container_id"] = container.id
+        version.details["status"] = container.status
+        return version
+
+    @activity.defn(name="docker.current")
+    async def current(self, request: ServiceRef) -> AppVersion:
+        return await asyncio.to_thread(self._current, request.service)
+
+    def _select(self, request: TargetRequest) -> AppVersion:
+        target = self._target(request.service)
+        client = connect(target)
+        if request.explicit:
+            try:
+                chosen = version_of(client, request.explicit)
+            except ImageNotFound:
+                raise fail(f"image {request.explicit!r} is not present on the Docker engine") from None
+        else:
+            chosen = None
+            for entry in reversed(self._ledger(request.service).entries()):
+                if entry["image_id"] == request.current.id or entry["bad"]:
+                    continue
+                try:
+                    chosen = version_of(client, entry["image_id"])
+                    break
+                except ImageNotFound:
+                    continue
+            if chosen is None:
+                raise fail(
+                    f"service {request.service!r}: no earlier image recorded for container "
+                    f"{target.container!r}; pass an explicit target (--to IMAGE)"
+                )
+        if chosen.id == request.current.id:
+            raise fail(f"target {chosen.label} is the image the container already runs; nothing to roll back")
+        return chosen
+
+    @activity.defn(name="docker.select_target")
+    async def select_target(self, request: TargetRequest) -> AppVersion:
+        return await asyncio.to_thread(self._select, request)
+
+    def _capture(self, request: CaptureRequest) -> CaptureResult:
+        target = self._target(request.service)
+        client = connect(target)
+        container = self._container(client, target, request.service)
+        out = Path(request.artifact_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        inspect = json.loads(json.dumps(container.attrs))
+        inspect["Config"]["Env"] = redact_env_list(inspect["Config"].get("Env") or [])
+        files = {
+            "container-inspect.json": json.dumps(inspect, indent=2),
+            "container-logs.txt": container.logs(tail=500, timestamps=True).decode(errors="replace"),
+            "container-env.txt": "\n".join(inspect["Config"]["Env"]) + "\n",
+            "ps.txt": "\n".join(
+                f"{c.short_id}\t{c.name}\t{c.attrs['Config'].get('Image')}\t{c.status}"
+                for c in client.containers.list(all=True)
+            )
+            + "\n",
+            "images.txt": "\n".join(f"{i.id}\t{','.join(i.tags)}" for i in client.images.list()) + "\n",
+        }
+        for name, text in files.items():
+            (out / name).write_text(text)
+        return CaptureResult(files=[str(out / name) for name in files])
+
+    @activity.defn(name="docker.capture_state")
+    async def capture_state(self, request: CaptureRequest) -> CaptureResult:
+        return await asyncio.to_thread(self._capture, request)
+
+    def _execute(self, request: ExecuteRequest) -> ExecuteResult:
+        target = self._target(request.service)
+        client = connect(target)
+        aside = aside_name(target.container, request.rollback_key)
+        try:
+            details = recreate(
+                client,
+                target.container,
+                request.target.id,
+                aside_name=aside,
+                labels={KEY_LABEL: request.rollback_key},
+                stop_timeout=target.stop_timeout,
+            )
+        except APIError as exc:
+            raise ApplicationError(f"Docker engine error while recreating {target.container}: {exc}") from None
+        self._ledger(request.service).mark_bad(request.current.id)
+        return ExecuteResult(provider="docker", details=details)
+
+    @activity.defn(name="docker.execute")
+    async def execute(self, request: ExecuteRequest) -> ExecuteResult:
+        return await asyncio.to_thread(self._execute, request)
+
+    def _undo(self, request: UndoRequest) -> ExecuteResult:
+        target = self._target(request.service)
+        client = connect(target)
+        details = (request.executed.details if request.executed else {}) or {}
+        aside = details.get("aside_name") or aside_name(target.container, request.rollback_key)
+        restored = restore(client, target.container, aside, details.get("new_container_id"))
+        return ExecuteResult(provider="docker", details={"restored_container_id": restored})
+
+    @activity.defn(name="docker.undo")
+    async def undo(self, request: UndoRequest) -> ExecuteResult:
+        return await asyncio.to_thread(self._undo, request)

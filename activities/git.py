@@ -1,0 +1,186 @@
+"""Git revert + redeploy (runbook 003 method 2): revert the bad range, push, trigger the deploy.
+
+Idempotent: the revert commit carries a ``Rollback-Key`` trailer, so a retried activity finds
+its own commit on the remote instead of reverting twice; the deploy trigger is recorded in a
+state file so it is called once per rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.common import ConfigSource, fail, read_json, resolve_secret, write_json_atomic
+from workflows.config import GitTarget
+from workflows.models import (
+    AppVersion,
+    CaptureRequest,
+    CaptureResult,
+    ExecuteRequest,
+    ExecuteResult,
+    ServiceRef,
+    TargetRequest,
+    UndoRequest,
+)
+
+KEY_TRAILER = "Rollback-Key"
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_AUTHOR_NAME": "rollback", "GIT_AUTHOR_EMAIL": "rollback@localhost",
+           "GIT_COMMITTER_NAME": "rollback", "GIT_COMMITTER_EMAIL": "rollback@localhost"}
+
+
+class GitError(Exception):
+    pass
+
+
+async def git(*args: str, cwd: Path | None = None, check: bool = True) -> str:
+    process = await asyncio.create_subprocess_exec(
+        "git", *args, cwd=cwd, env={**os.environ, **GIT_ENV},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    if check and process.returncode != 0:
+        raise GitError(f"git {' '.join(args[:2])} failed: {err.decode(errors='replace').strip()[-300:]}")
+    return out.decode().strip()
+
+
+class GitActivities:
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
+    def _target(self, service: str) -> GitTarget:
+        target = self._config.service(service).app.git
+        if target is None:
+            raise fail(f"service {service!r} has no git app target")
+        return target
+
+    async def _worktree(self, service: str) -> tuple[GitTarget, Path]:
+        """A working clone reset to the remote branch: our own, never the team's checkout."""
+        target = self._target(service)
+        path = self._config.state_path("git", service, "work")
+        try:
+            if not (path / ".git").exists():
+                await git("clone", "--quiet", "--branch", target.branch, target.repo, str(path))
+            else:
+                await git("fetch", "--quiet", "origin", cwd=path)
+                await git("checkout", "--quiet", "-B", target.branch, f"origin/{target.branch}", cwd=path)
+                await git("reset", "--quiet", "--hard", f"origin/{target.branch}", cwd=path)
+        except GitError as exc:
+            raise ApplicationError(f"service {service!r}: cannot fetch {target.repo} branch {target.branch}: {exc}") from None
+        return target, path
+
+    async def _version(self, path: Path, rev: str, target: GitTarget) -> AppVersion:
+        sha = await git("rev-parse", f"{rev}^{{commit}}", cwd=path)
+        subject = await git("log", "-1", "--format=%s", sha, cwd=path)
+        schema = None
+        if target.schema_file:
+            shown = await git("show", f"{sha}:{target.schema_file}", cwd=path, check=False)
+            schema = shown.strip() or None
+        return AppVersion(provider="git", id=sha, label=f"{sha[:10]} {subject}", version=sha, schema_version=schema)
+
+    @activity.defn(name="git.current")
+    async def current(self, request: ServiceRef) -> AppVersion:
+        target, path = await self._worktree(request.service)
+        return await self._version(path, "HEAD", target)
+
+    @activity.defn(name="git.select_target")
+    async def select_target(self, request: TargetRequest) -> AppVersion:
+        """The last good commit: explicit, or the parent of the current head (revert one commit)."""
+        target, path = await self._worktree(request.service)
+        rev = request.explicit or f"{request.current.id}~1"
+        try:
+            chosen = await self._version(path, rev, target)
+        except GitError:
+            raise fail(f"commit {rev!r} not found on {target.branch} of {target.repo}") from None
+        if chosen.id == request.current.id:
+            raise fail(f"{chosen.label} is already the head of {target.branch}; nothing to revert")
+        try:
+            await git("merge-base", "--is-ancestor", chosen.id, request.current.id, cwd=path)
+        except GitError:
+            raise fail(f"{chosen.label} is not an ancestor of {target.branch}; a revert can only go back in history")
+        return chosen
+
+    @activity.defn(name="git.capture_state")
+    async def capture_state(self, request: CaptureRequest) -> CaptureResult:
+        _, path = await self._worktree(request.service)
+        out = Path(request.artifact_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = out / "git-log.txt"
+        log_file.write_text(await git("log", "--oneline", "-30", cwd=path) + "\n")
+        return CaptureResult(files=[str(log_file)])
+
+    async def _revert_and_push(self, service: str, good: str, key: str, message: str) -> str:
+        """Revert everything after `good` in one commit tagged with `key`; returns the pushed sha."""
+        target, path = await self._worktree(service)
+        head_message = await git("log", "-1", "--format=%B", cwd=path)
+        if f"{KEY_TRAILER}: {key}" in head_message:
+            return await git("rev-parse", "HEAD", cwd=path)  # an earlier attempt pushed it
+        try:
+            await git("revert", "--no-commit", f"{good}..HEAD", cwd=path)
+            await git("commit", "--quiet", "-m", f"{message}\n\n{KEY_TRAILER}: {key}", cwd=path)
+            await git("push", "--quiet", "origin", f"HEAD:{target.branch}", cwd=path)
+        except GitError as exc:
+            await git("revert", "--abort", cwd=path, check=False)
+            raise ApplicationError(f"service {service!r}: revert to {good[:10]} could not be pushed: {exc}") from None
+        return await git("rev-parse", "HEAD", cwd=path)
+
+    async def _trigger_deploy(self, service: str, sha: str, key: str) -> str:
+        """Call the deploy hook or command once per key (recorded after it succeeds)."""
+        target = self._target(service)
+        ledger_file = self._config.state_path("git", f"{service}-deploys.json")
+        triggered = read_json(ledger_file, {})
+        if key in triggered:
+            return triggered[key]
+        if target.deploy_hook_url_env:
+            url = resolve_secret(target.deploy_hook_url_env, service)
+            async with httpx.AsyncClient(timeout=30) as client:
+                try:
+                    response = await client.post(url, params={"sha": sha})
+                except httpx.HTTPError as exc:
+                    raise ApplicationError(f"deploy hook unreachable: {type(exc).__name__}") from None
+            if response.status_code >= 300:
+                raise ApplicationError(f"deploy hook answered HTTP {response.status_code}")
+            how = f"deploy hook HTTP {response.status_code}"
+        elif target.deploy_command:
+            _, path = await self._worktree(service)
+            process = await asyncio.create_subprocess_exec(
+                *target.deploy_command, cwd=path, env={**os.environ, "ROLLBACK_COMMIT": sha},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+            output, _ = await process.communicate()
+            if process.returncode != 0:
+                raise ApplicationError(f"deploy command exited {process.returncode}: "
+                                       f"{output.decode(errors='replace')[-300:]}")
+            how = "deploy command exit 0"
+        else:
+            how = "no deploy trigger configured; the platform deploys on push"
+        triggered[key] = how
+        write_json_atomic(ledger_file, triggered)
+        return how
+
+    @activity.defn(name="git.execute")
+    async def execute(self, request: ExecuteRequest) -> ExecuteResult:
+        sha = await self._revert_and_push(
+            request.service, request.target.id, request.rollback_key,
+            f"Roll back to {request.target.label}\n\n{request.reason}",
+        )
+        activity.heartbeat({"pushed": sha})
+        how = await self._trigger_deploy(request.service, sha, request.rollback_key)
+        return ExecuteResult(provider="git", details={"revert_commit": sha, "deploy": how, "expected_version": sha})
+
+    @activity.defn(name="git.undo")
+    async def undo(self, request: UndoRequest) -> ExecuteResult:
+        """Put the pre-rollback tree back with a new commit (history is never rewritten)."""
+        key = f"undo:{request.rollback_key}"
+        target, path = await self._worktree(request.service)
+        head = await git("rev-parse", "HEAD", cwd=path)
+        if head == request.current.id:
+            return ExecuteResult(provider="git", details={"unchanged": head})
+        sha = await self._revert_and_push(request.service, request.current.id, key,
+                                          f"Undo failed rollback: restore {request.current.label}")
+        how = await self._trigger_deploy(request.service, sha, key)
+        return ExecuteResult(provider="git", details={"restore_commit": sha, "deploy": how})

@@ -1,0 +1,54 @@
+"""Slack incoming webhooks: one message per idempotency key, even when retried."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.common import ConfigSource, fail, read_json, resolve_secret, write_json_atomic
+from workflows.models import NotifyRequest
+
+
+def slack_payload(request: NotifyRequest) -> dict:
+    blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": request.text}}]
+    if request.fields:
+        blocks.append(
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in request.fields.items()]}
+        )
+    return {"text": request.text, "blocks": blocks}
+
+
+class NotifyActivities:
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
+    @activity.defn(name="notify.slack")
+    async def slack(self, request: NotifyRequest) -> bool:
+        """Post to the service's Slack webhook; False when none is configured."""
+        notify = self._config.service(request.service).notify
+        env_name = (notify.escalation_slack_webhook_env if request.escalation else None) or notify.slack_webhook_env
+        if not env_name:
+            return False
+        sent_file = self._config.state_path("notify", f"{request.service}.json")
+        sent = read_json(sent_file, {})
+        if request.key in sent:
+            return True  # posted by an earlier attempt
+        url = resolve_secret(env_name, request.service)
+        async with httpx.AsyncClient(timeout=10) as client:
+            try:
+                response = await client.post(url, json=slack_payload(request))
+            except httpx.HTTPError as exc:
+                raise ApplicationError(f"Slack webhook unreachable: {type(exc).__name__}") from None
+        if response.status_code == 429:
+            retry_after = float(response.headers.get("Retry-After", "1"))
+            raise ApplicationError("Slack rate limit", next_retry_delay=timedelta(seconds=retry_after))
+        if response.status_code in (400, 403, 404, 410):
+            raise fail(f"Slack rejected the message for {request.service}: HTTP {response.status_code} {response.text[:100]}")
+        if response.status_code != 200:
+            raise ApplicationError(f"Slack answered HTTP {response.status_code}")
+        sent[request.key] = True
+        write_json_atomic(sent_file, sent)
+        return True

@@ -1,0 +1,233 @@
+"""Vercel REST API: pick the previous production deployment, instant rollback, promote.
+
+Idempotent under retries: before POSTing a rollback the activity checks the project's
+``lastAliasRequest`` (and its own heartbeat) and only polls when the request was already made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.common import ConfigSource, fail, resolve_secret
+from workflows.config import VercelTarget
+from workflows.models import (
+    AppVersion,
+    CaptureRequest,
+    CaptureResult,
+    ExecuteRequest,
+    ExecuteResult,
+    ServiceRef,
+    TargetRequest,
+    UndoRequest,
+)
+
+FINAL_JOB_STATES = ("succeeded", "failed", "skipped")
+PAGE_LIMIT = 20
+
+
+class VercelApi:
+    """A thin client that turns Vercel's error answers into errors an operator can act on."""
+
+    def __init__(self, target: VercelTarget, token: str, service: str):
+        self.target, self.service = target, service
+        self.http = httpx.AsyncClient(
+            base_url=target.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+
+    async def __aenter__(self) -> "VercelApi":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.http.aclose()
+
+    async def call(self, method: str, path: str, params: dict | None = None, body: Any = None) -> Any:
+        params = dict(params or {})
+        if self.target.team:
+            params["teamId"] = self.target.team
+        try:
+            response = await self.http.request(method, path, params=params, json=body)
+        except httpx.HTTPError as exc:
+            raise ApplicationError(f"Vercel API unreachable at {self.target.api_url}: {type(exc).__name__}") from None
+        if response.status_code < 300:
+            return response.json() if response.content else None
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        where = f"{method} {path} for project {self.target.project}"
+        status = response.status_code
+        if status == 429:
+            delay = float(response.headers.get("Retry-After", "5"))
+            raise ApplicationError(f"Vercel rate limit on {where}; retrying in {delay:g}s",
+                                   type="VercelRateLimited", next_retry_delay=timedelta(seconds=delay))
+        if status == 409:
+            raise ApplicationError(f"Vercel: conflict on {where}: {message}", type="VercelConflict")
+        if status in (401, 403):
+            raise fail(f"Vercel refused the token ({status}) on {where}: {message}; check the token in "
+                       f"${self.target.token_env} and its team access", kind="VercelAuth")
+        if status == 404:
+            raise fail(f"Vercel: not found on {where}: {message}", kind="VercelNotFound")
+        if status in (400, 402, 422):
+            raise fail(f"Vercel refused {where} ({status}): {message}. On Hobby plans only the previous "
+                       "production deployment can be a rollback target.", kind="VercelRefused")
+        raise ApplicationError(f"Vercel answered {status} on {where}: {message}")
+
+    async def project(self) -> dict:
+        return await self.call("GET", f"/v9/projects/{self.target.project}")
+
+    async def deployment(self, id_or_url: str) -> dict:
+        return await self.call("GET", f"/v13/deployments/{id_or_url}")
+
+    async def production_deployments(self, until: int | None = None) -> tuple[list[dict], int | None]:
+        params: dict[str, Any] = {"projectId": self.target.project, "target": "production", "state": "READY",
+                                  "limit": PAGE_LIMIT}
+        if until is not None:
+            params["until"] = until
+        page = await self.call("GET", "/v6/deployments", params)
+        return page["deployments"], (page.get("pagination") or {}).get("next")
+
+
+def as_version(deployment: dict, target: VercelTarget) -> AppVersion:
+    uid = deployment.get("uid") or deployment["id"]
+    meta = deployment.get("meta") or {}
+    return AppVersion(
+        provider="vercel",
+        id=uid,
+        label=deployment.get("url") or uid,
+        version=uid,
+        schema_version=meta.get(target.schema_meta_key),
+        details={"created": deployment.get("created") or deployment.get("createdAt"),
+                 "target": deployment.get("target")},
+    )
+
+
+class VercelActivities:
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
+    def _api(self, service: str) -> VercelApi:
+        target = self._config.service(service).app.vercel
+        if target is None:
+            raise fail(f"service {service!r} has no vercel app target")
+        return VercelApi(target, resolve_secret(target.token_env, service), service)
+
+    @activity.defn(name="vercel.current")
+    async def current(self, request: ServiceRef) -> AppVersion:
+        """What production serves: the target of the last finished alias change, else the newest deploy."""
+        async with self._api(request.service) as api:
+            last = (await api.project()).get("lastAliasRequest") or {}
+            if last.get("jobStatus") == "succeeded" and last.get("toDeploymentId"):
+                return as_version(await api.deployment(last["toDeploymentId"]), api.target)
+            deployments, _ = await api.production_deployments()
+            if not deployments:
+                raise fail(f"Vercel project {api.target.project} has no READY production deployment")
+            return as_version(deployments[0], api.target)
+
+    @activity.defn(name="vercel.select_target")
+    async def select_target(self, request: TargetRequest) -> AppVersion:
+        async with self._api(request.service) as api:
+            if request.explicit:
+                chosen = await api.deployment(request.explicit)
+                if chosen.get("readyState") != "READY" or chosen.get("target") != "production":
+                    raise fail(f"deployment {request.explicit} is {chosen.get('readyState')} with target "
+                               f"{chosen.get('target')}; only READY production deployments can serve production")
+                version = as_version(chosen, api.target)
+            else:
+                version = None
+                created = request.current.details.get("created")
+                until = int(created) if created else None
+                while version is None:
+                    deployments, next_page = await api.production_deployments(until)
+                    for item in deployments:
+                        older = created is None or (item.get("created") or 0) < created
+                        if (item["uid"] != request.current.id and older and item.get("readyState", item.get("state")) == "READY"
+                                and item.get("isRollbackCandidate", True) is not False):
+                            version = as_version(item, api.target)
+                            break
+                    if version is None and next_page is None:
+                        raise fail(f"Vercel project {api.target.project}: no READY production deployment older "
+                                   f"than {request.current.label} to roll back to")
+                    until = next_page
+            if version.id == request.current.id:
+                raise fail(f"deployment {version.label} already serves production; nothing to roll back")
+            return version
+
+    @activity.defn(name="vercel.capture_state")
+    async def capture_state(self, request: CaptureRequest) -> CaptureResult:
+        async with self._api(request.service) as api:
+            project = await api.project()
+            deployments, _ = await api.production_deployments()
+        out = Path(request.artifact_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "vercel-state.json"
+        path.write_text(json.dumps({"lastAliasRequest": project.get("lastAliasRequest"),
+                                    "current": request.current.model_dump(mode="json"),
+                                    "recent_production_deployments": deployments}, indent=2))
+        return CaptureResult(files=[str(path)])
+
+    async def _switch(self, api: VercelApi, kind: str, deployment_id: str, description: str) -> dict:
+        """POST a rollback or promote unless this activity already did, then poll it to the end."""
+        info = activity.info()
+        details = info.heartbeat_details[0] if info.heartbeat_details else {}
+        started_ms = int(info.scheduled_time.timestamp() * 1000) - 5_000
+        last = (await api.project()).get("lastAliasRequest") or {}
+        ours = (last.get("toDeploymentId") == deployment_id and last.get("type") == kind
+                and (details.get("posted") or (last.get("requestedAt") or 0) >= started_ms))
+        if not ours:
+            path = (f"/v1/projects/{api.target.project}/rollback/{deployment_id}" if kind == "rollback"
+                    else f"/v10/projects/{api.target.project}/promote/{deployment_id}")
+            params = {"description": description} if kind == "rollback" else None
+            try:
+                await api.call("POST", path, params, None if kind == "rollback" else {})
+            except ApplicationError as exc:
+                if exc.type != "VercelConflict":
+                    raise
+                last = (await api.project()).get("lastAliasRequest") or {}
+                if last.get("toDeploymentId") != deployment_id:
+                    raise ApplicationError(f"another alias change is in progress on {api.target.project} "
+                                           f"(to {last.get('toDeploymentId')}); will retry",
+                                           type="VercelConflict", next_retry_delay=timedelta(seconds=5)) from None
+        activity.heartbeat({"posted": True})
+        deadline = time.monotonic() + api.target.poll_timeout_seconds
+        while True:
+            last = (await api.call("GET", f"/v9/projects/{api.target.project}", {"rollbackInfo": "true"})
+                    ).get("lastAliasRequest") or {}
+            status = last.get("jobStatus")
+            activity.heartbeat({"posted": True, "jobStatus": status})
+            if status in FINAL_JOB_STATES:
+                if status != "succeeded" or last.get("toDeploymentId") != deployment_id:
+                    raise fail(f"Vercel {kind} of {api.target.project} to {deployment_id} ended {status} "
+                               f"(alias points to {last.get('toDeploymentId')})", kind="VercelJobFailed")
+                return last
+            if time.monotonic() > deadline:
+                raise fail(f"Vercel {kind} to {deployment_id} still {status} after "
+                           f"{api.target.poll_timeout_seconds:g}s; check the dashboard", kind="VercelJobTimeout")
+            await asyncio.sleep(api.target.poll_interval_seconds)
+
+    @activity.defn(name="vercel.execute")
+    async def execute(self, request: ExecuteRequest) -> ExecuteResult:
+        async with self._api(request.service) as api:
+            job = await self._switch(api, "rollback", request.target.id,
+                                     f"{request.reason} ({request.rollback_key})")
+        return ExecuteResult(provider="vercel", details={"alias_request": job})
+
+    @activity.defn(name="vercel.undo")
+    async def undo(self, request: UndoRequest) -> ExecuteResult:
+        """Promote the original deployment back (promoting undoes a rollback)."""
+        async with self._api(request.service) as api:
+            last = (await api.project()).get("lastAliasRequest") or {}
+            if last.get("toDeploymentId") == request.current.id and last.get("jobStatus") == "succeeded":
+                return ExecuteResult(provider="vercel", details={"already_serving": request.current.id})
+            if last.get("jobStatus") in ("failed", "skipped") and last.get("fromDeploymentId") == request.current.id:
+                return ExecuteResult(provider="vercel", details={"alias_unchanged": request.current.id})
+            job = await self._switch(api, "promote", request.current.id, "undo rollback")
+        return ExecuteResult(provider="vercel", details={"alias_request": job})

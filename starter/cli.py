@@ -1,0 +1,405 @@
+"""The `rollback` command line: start the system, start rollbacks, watch and decide them.
+
+Every error a person can cause (bad config, bad arguments, no server, unknown workflow) ends in
+one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from datetime import timezone
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from workflows.config import ConfigError, load_config, missing_secrets
+from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput, RollbackStatus
+
+app = typer.Typer(help="Durable rollback and incident response on Temporal.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+config_app = typer.Typer(help="Check the services configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOption = typer.Option(None, "--config", "-c", envvar="ROLLBACK_CONFIG", help="Services config (YAML).")
+JsonOption = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """An error to print as one line, with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+async def _client() -> Client:
+    from worker.settings import TemporalUnreachable, connect
+
+    try:
+        return await connect()
+    except TemporalUnreachable as exc:
+        raise CliError(str(exc)) from None
+
+
+def _task_queue() -> str:
+    from worker.settings import TemporalSettings
+
+    return TemporalSettings().task_queue
+
+
+def _format_event(event) -> str:
+    at = event.at.astimezone(timezone.utc).strftime("%H:%M:%S")
+    actor = "" if event.actor == "workflow" else f" [{event.actor}]"
+    return f"  {at}  {event.kind.value:<20}{event.message}{actor}"
+
+
+async def _status(client: Client, workflow_id: str) -> RollbackStatus:
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        return await handle.query("status", result_type=RollbackStatus)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no workflow with ID {workflow_id!r} (see `rollback list`)") from None
+        raise
+
+
+async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
+    """Print timeline events as they happen until the workflow closes; exit code from the outcome."""
+    handle = client.get_workflow_handle(workflow_id, result_type=AppRollbackResult)
+    shown = 0
+    hinted = False
+    while True:
+        status = await _status(client, workflow_id)
+        for event in status.timeline[shown:]:
+            if not as_json:
+                print(_format_event(event), flush=True)
+        shown = len(status.timeline)
+        if status.waiting_for_approval and not hinted and not as_json:
+            print(f"  -> waiting for approval: rollback approve {workflow_id} --reason '...'  "
+                  f"(or rollback reject {workflow_id} --reason '...')", flush=True)
+            hinted = True
+        description = await handle.describe()
+        if description.status != WorkflowExecutionStatus.RUNNING:
+            break
+        await asyncio.sleep(0.5)
+    try:
+        result = await handle.result()
+    except WorkflowFailureError as exc:
+        cause = exc.cause
+        while getattr(cause, "cause", None) is not None and not str(cause):
+            cause = cause.cause
+        message = str(cause or exc)
+        if as_json:
+            print(json.dumps({"workflow_id": workflow_id, "outcome": "failed", "message": message}))
+        else:
+            print(f"FAILED: {message}")
+        return EXIT_FAILED
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(f"{result.outcome.upper()}: {result.message}")
+        if result.artifact_dir and result.outcome != "dry_run":
+            print(f"  artifacts: {result.artifact_dir}")
+    return 0 if result.outcome in ("rolled_back", "dry_run") else EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting rollbacks
+
+
+@app.command("app")
+def app_rollback(
+    service: str = typer.Argument(..., help="Service name from the config."),
+    to: Optional[str] = typer.Option(None, "--to", help="Explicit target: deployment id/URL, image, commit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Plan only; change nothing."),
+    wait: bool = typer.Option(False, "--wait", help="Show progress until the rollback ends."),
+    reason: str = typer.Option("manual rollback", "--reason", help="Why; goes on the timeline."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Roll an application back to its last known good version."""
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from starter.start import start_app_rollback
+
+    async def main() -> int:
+        client = await _client()
+        request = AppRollbackInput(service=service, target=to, dry_run=dry_run, reason=reason,
+                                   requested_by=os.environ.get("USER", "cli"))
+        try:
+            handle = await start_app_rollback(client, _task_queue(), request)
+        except WorkflowAlreadyStartedError as exc:
+            raise CliError(f"an app rollback of {service} is already running ({exc.workflow_id}): "
+                           f"see `rollback status {exc.workflow_id}`") from None
+        if not as_json:
+            print(f"started {handle.id}{' (dry run)' if dry_run else ''}", flush=True)
+        if wait:
+            return await _follow(client, handle.id, as_json)
+        if as_json:
+            print(json.dumps({"workflow_id": handle.id, "run_id": handle.result_run_id}))
+        else:
+            print(f"follow it with: rollback status {handle.id} --follow")
+        return 0
+
+    raise typer.Exit(_run(main()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and deciding
+
+
+@app.command("list")
+def list_rollbacks(
+    service: Optional[str] = typer.Option(None, "--service", help="Only this service."),
+    limit: int = typer.Option(20, "--limit", min=1),
+    as_json: bool = JsonOption,
+) -> None:
+    """List recent rollbacks, newest first."""
+
+    async def main() -> int:
+        client = await _client()
+        query = "RollbackType IS NOT NULL"
+        if service:
+            query += f" AND RollbackService = '{service.replace(chr(39), '')}'"
+        rows = []
+        async for execution in client.list_workflows(query, limit=limit):
+            attrs = execution.search_attributes
+            rows.append({
+                "workflow_id": execution.id,
+                "run_id": execution.run_id,
+                "type": (attrs.get("RollbackType") or [""])[0],
+                "service": (attrs.get("RollbackService") or [""])[0],
+                "phase": (attrs.get("RollbackPhase") or [""])[0],
+                "status": execution.status.name if execution.status else "",
+                "started": execution.start_time.isoformat() if execution.start_time else "",
+            })
+        if as_json:
+            print(json.dumps(rows, indent=2))
+        elif not rows:
+            print("no rollbacks yet")
+        else:
+            for row in rows:
+                print(f"{row['started'][:19]}  {row['workflow_id']:<32} {row['service']:<16} "
+                      f"{row['type']:<6} {row['status']:<11} {row['phase']}")
+        return 0
+
+    raise typer.Exit(_run(main()))
+
+
+@app.command("status")
+def status(
+    workflow_id: str = typer.Argument(..., help="Workflow ID (from `rollback list`)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until it ends."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Show a rollback's phase and timeline."""
+
+    async def main() -> int:
+        client = await _client()
+        if follow:
+            return await _follow(client, workflow_id, as_json)
+        state = await _status(client, workflow_id)
+        if as_json:
+            print(state.model_dump_json(indent=2))
+            return 0
+        print(f"{workflow_id}: {state.workflow} rollback of {state.service}, phase {state.phase.value}")
+        if state.waiting_for_approval:
+            print(f"  waiting for approval of: {state.waiting_for_approval}")
+        for event in state.timeline:
+            print(_format_event(event))
+        return 0
+
+    raise typer.Exit(_run(main()))
+
+
+def _decide(workflow_id: str, reason: str, approver: str | None, update: str) -> None:
+    async def main() -> int:
+        client = await _client()
+        await _status(client, workflow_id)  # clear error for an unknown ID
+        handle = client.get_workflow_handle(workflow_id)
+        decision = ApprovalInput(approver=approver or os.environ.get("USER", "cli"), reason=reason)
+        try:
+            await handle.execute_update(update, decision)
+        except WorkflowUpdateFailedError as exc:
+            raise CliError(f"{update} refused: {exc.cause or exc}") from None
+        print(f"{update}d {workflow_id} as {decision.approver}")
+        return 0
+
+    raise typer.Exit(_run(main()))
+
+
+@app.command("approve")
+def approve(
+    workflow_id: str = typer.Argument(...),
+    reason: str = typer.Option(..., "--reason", help="Why it is safe to proceed."),
+    approver: Optional[str] = typer.Option(None, "--as", help="Approver identity (default: $USER)."),
+) -> None:
+    """Approve the step a rollback is waiting on."""
+    _decide(workflow_id, reason, approver, "approve")
+
+
+@app.command("reject")
+def reject(
+    workflow_id: str = typer.Argument(...),
+    reason: str = typer.Option(..., "--reason", help="Why not."),
+    approver: Optional[str] = typer.Option(None, "--as", help="Approver identity (default: $USER)."),
+) -> None:
+    """Reject the step a rollback is waiting on; it ends without acting."""
+    _decide(workflow_id, reason, approver, "reject")
+
+
+@app.command("cancel")
+def cancel(workflow_id: str = typer.Argument(...)) -> None:
+    """Cancel a running rollback; anything it changed is put back."""
+
+    async def main() -> int:
+        client = await _client()
+        await _status(client, workflow_id)
+        await client.get_workflow_handle(workflow_id).cancel()
+        print(f"cancellation requested for {workflow_id}")
+        return 0
+
+    raise typer.Exit(_run(main()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+@config_app.command("check")
+def config_check(config: Optional[Path] = ConfigOption) -> None:
+    """Validate the config and report secret variables that are not set."""
+    loaded = load_config(config)
+    problems = missing_secrets(loaded)
+    for line in problems:
+        print(f"warning: {line}")
+    print(f"{len(loaded.services)} service(s) configured: {', '.join(sorted(loaded.services)) or 'none'}")
+    raise typer.Exit(EXIT_FAILED if problems else 0)
+
+
+def _load_for_worker(config: Path | None, allow_missing_secrets: bool):
+    loaded = load_config(config)
+    problems = missing_secrets(loaded)
+    if problems and not allow_missing_secrets:
+        raise CliError(f"{problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1 else problems[0])
+    return loaded
+
+
+@app.command("worker")
+def worker(
+    config: Optional[Path] = ConfigOption,
+    allow_missing_secrets: bool = typer.Option(False, help="Start even if a secret variable is unset."),
+) -> None:
+    """Run the worker that executes rollback workflows (until SIGTERM)."""
+    from activities.common import ConfigSource
+    from worker.main import run_worker
+
+    _logging()
+    _load_for_worker(config, allow_missing_secrets)
+
+    async def main() -> int:
+        client = await _client()
+        await run_worker(client, ConfigSource(config), _task_queue())
+        return 0
+
+    _exit_hard(_run(main()))
+
+
+@app.command("webhook")
+def webhook(
+    config: Optional[Path] = ConfigOption,
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8088, "--port"),
+) -> None:
+    """Run the alert webhook receiver."""
+    import uvicorn
+
+    from activities.common import ConfigSource
+    from starter.webhook import create_app
+
+    _logging()
+    load_config(config)
+
+    async def main() -> int:
+        client = await _client()
+        server = uvicorn.Server(uvicorn.Config(create_app(client, ConfigSource(config), _task_queue()),
+                                               host=host, port=port, log_level="warning"))
+        await server.serve()
+        return 0
+
+    raise typer.Exit(_run(main()))
+
+
+@app.command("up")
+def up(
+    config: Optional[Path] = ConfigOption,
+    data_dir: Path = typer.Option(Path("var"), "--data-dir", help="Temporal history, dockerd, state."),
+    demo: bool = typer.Option(True, "--demo/--no-demo", help="Start the demo target and run a demo rollback."),
+    port: int = typer.Option(7233, "--port"),
+    ui_port: int = typer.Option(8233, "--ui-port"),
+    webhook_port: int = typer.Option(8088, "--webhook-port"),
+    exit_after_demo: bool = typer.Option(False, "--exit-after-demo", help="Stop everything once the demo ends."),
+) -> None:
+    """Start the Temporal dev server + UI, the worker and the webhook receiver (Ctrl-C stops all)."""
+    from starter.up import run_up
+
+    _logging()
+    logging.getLogger("temporalio").setLevel(logging.ERROR)  # expected activity failures are on the timeline
+    _exit_hard(run_up(config=config, data_dir=data_dir, demo=demo, port=port, ui_port=ui_port,
+                      webhook_port=webhook_port, exit_after_demo=exit_after_demo))
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("temporalio").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _exit_hard(code: int) -> None:
+    """Exit now: a process that ran a worker can crash in interpreter teardown (PyGILState_Release)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="rollback", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
+        code = EXIT_USAGE
+    except click.Abort:
+        print("aborted", file=sys.stderr)
+        code = 130
+    except (CliError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = getattr(exc, "code", EXIT_FAILED)
+    except RPCError as exc:
+        print(f"error: Temporal server: {exc.message}", file=sys.stderr)
+        code = EXIT_FAILED
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

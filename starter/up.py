@@ -1,0 +1,114 @@
+"""`rollback up`: the whole system in one foreground process, plus the demo rollback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from activities.common import ConfigSource
+from starter import engines
+from workflows.config import load_config
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "rollback.yaml"
+DEMO_SERVICE = "demo-web"
+DEMO_PORT = 18080
+
+
+def _docker_reachable() -> bool:
+    import docker
+
+    try:
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "start our own"
+        return False
+
+
+def run_up(*, config: Path | None, data_dir: Path, demo: bool, port: int, ui_port: int, webhook_port: int,
+           exit_after_demo: bool) -> int:
+    data_dir = data_dir.resolve()
+    config = config or (DEMO_CONFIG if demo else None)
+    os.environ.setdefault("ROLLBACK_STATE_DIR", str(data_dir / "state"))
+    os.environ.setdefault("ROLLBACK_ARTIFACT_DIR", str(data_dir / "incidents"))
+    load_config(config)  # a bad config stops us before anything starts
+
+    started: list[engines.Service] = []
+    try:
+        if engines.port_open("127.0.0.1", port):
+            print(f"using the Temporal server already listening on 127.0.0.1:{port}", flush=True)
+        else:
+            print("starting the Temporal dev server ...", flush=True)
+            started.append(engines.start_temporal(data_dir / "temporal", port, ui_port))
+        os.environ["TEMPORAL_ADDRESS"] = f"127.0.0.1:{port}"
+        if demo and not _docker_reachable():
+            print("starting a private Docker engine for the demo target ...", flush=True)
+            dockerd = engines.start_dockerd(data_dir / "docker")
+            started.append(dockerd)
+            os.environ["DOCKER_HOST"] = dockerd.address
+        return asyncio.run(_serve(config, demo, ui_port, webhook_port, exit_after_demo))
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+async def _serve(config: Path | None, demo: bool, ui_port: int, webhook_port: int, exit_after_demo: bool) -> int:
+    import uvicorn
+
+    from starter.cli import _client, _follow, _task_queue
+    from starter.webhook import create_app
+    from worker.main import build_worker
+
+    client = await _client()
+    source = ConfigSource(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    receiver = uvicorn.Server(uvicorn.Config(create_app(client, source, _task_queue()), host="127.0.0.1",
+                                             port=webhook_port, log_level="warning"))
+    receiver.install_signal_handlers = lambda: None  # we own Ctrl-C
+    receiver_task = asyncio.create_task(receiver.serve())
+    code = 0
+    async with build_worker(client, source, _task_queue()):
+        print(f"Temporal UI:       http://127.0.0.1:{ui_port}", flush=True)
+        print(f"webhook receiver:  http://127.0.0.1:{webhook_port}  (/healthz, /metrics, /alerts/generic)", flush=True)
+        print("worker:            running on task queue", _task_queue(), flush=True)
+        if demo:
+            code = await _demo(client, _follow, _task_queue())
+            print(f"see it in the UI:  http://127.0.0.1:{ui_port}/namespaces/default/workflows", flush=True)
+        if not exit_after_demo:
+            print("press Ctrl-C to stop", flush=True)
+            await stop.wait()
+        print("stopping ...", flush=True)
+        receiver.should_exit = True
+        await receiver_task
+    return code
+
+
+async def _demo(client, follow, task_queue: str) -> int:
+    """Deploy demo v1, then a broken v2, then roll back with AppRollbackWorkflow and show it."""
+    import docker
+
+    from activities.docker import DeployLedger, deploy
+    from starter.start import start_app_rollback
+    from workflows.models import AppRollbackInput
+
+    def prepare() -> None:
+        engine = docker.from_env(timeout=60)
+        for leftover in engine.containers.list(all=True, filters={"name": DEMO_SERVICE}):
+            leftover.remove(force=True)  # a fresh demo each time `up` runs
+        for version in engines.DEMO_VERSIONS:
+            engines.build_demo_image(engine, version)
+        ledger = DeployLedger(Path(os.environ["ROLLBACK_STATE_DIR"]) / "docker" / f"{DEMO_SERVICE}.json")
+        engines.run_demo_container(engine, DEMO_SERVICE, "demo-web:v1", DEMO_PORT)
+        ledger.record(engine.images.get("demo-web:v1").id, "demo-web:v1")
+        deploy(engine, DEMO_SERVICE, "demo-web:v2", ledger)
+
+    print("demo: deploying demo-web v1, then a bad v2 (27% errors) on 127.0.0.1:18080 ...", flush=True)
+    await asyncio.to_thread(prepare)
+    handle = await start_app_rollback(client, task_queue, AppRollbackInput(
+        service=DEMO_SERVICE, reason="demo: v2 error rate 27% is above the 5% threshold", requested_by="demo"))
+    print(f"demo: started {handle.id}", flush=True)
+    return await follow(client, handle.id, False)

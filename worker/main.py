@@ -1,0 +1,75 @@
+"""The worker process: loads config, registers every workflow and activity, runs until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.capture import CaptureActivities
+from activities.common import ConfigSource
+from activities.config import ConfigActivities
+from activities.docker import DockerActivities
+from activities.git import GitActivities
+from activities.health import HealthActivities
+from activities.notify import NotifyActivities
+from activities.postgres import PostgresActivities
+from activities.vercel import VercelActivities
+from workflows import WORKFLOWS
+
+log = logging.getLogger("rollback.worker")
+
+
+def activities_for(config: ConfigSource) -> list:
+    """Every activity, bound to the clients and config it needs."""
+    objects = [
+        ConfigActivities(config),
+        HealthActivities(config),
+        DockerActivities(config),
+        VercelActivities(config),
+        GitActivities(config),
+        PostgresActivities(config),
+        NotifyActivities(config),
+        CaptureActivities(),
+    ]
+    found = []
+    for obj in objects:
+        for name in dir(obj):
+            attr = getattr(obj, name)
+            if callable(attr) and hasattr(attr, "__temporal_activity_definition"):
+                found.append(attr)
+    return found
+
+
+def build_worker(client: Client, config: ConfigSource, task_queue: str) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=activities_for(config),
+        # Activities that are mid-step when SIGTERM arrives get this long to finish or heartbeat out.
+        graceful_shutdown_timeout=timedelta(seconds=30),
+    )
+
+
+async def run_worker(client: Client, config: ConfigSource, task_queue: str, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop taking work and let running activities finish."""
+    worker = build_worker(client, config, task_queue)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    log.info("worker started task_queue=%s namespace=%s", task_queue, client.namespace)
+    async with worker:
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("worker stopping: letting running activities finish")
+    log.info("worker stopped")

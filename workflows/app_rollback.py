@@ -1,0 +1,246 @@
+"""AppRollbackWorkflow: put the last known good version of an app back, verify it, say so."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase
+    from workflows.models import (
+        AppRollbackInput,
+        AppRollbackResult,
+        AppVersion,
+        CaptureRequest,
+        CaptureResult,
+        EventKind,
+        ExecuteRequest,
+        ExecuteResult,
+        HealthSnapshot,
+        Phase,
+        PostmortemRequest,
+        SchemaRequest,
+        SchemaVersion,
+        ServiceContext,
+        ServiceRef,
+        TargetRequest,
+        UndoRequest,
+        VerifyRequest,
+        VerifyResult,
+    )
+    from workflows.policy import compare_schema, plan_app_rollback
+
+# How long one provider's execute step may take; providers that poll heartbeat meanwhile.
+EXECUTE_TIMEOUT = {"docker": 300, "compose": 300, "vercel": 600, "git": 900}
+
+
+def _cause(exc: BaseException) -> str:
+    while isinstance(exc, ActivityError) and exc.cause is not None:
+        exc = exc.cause
+    return str(exc)
+
+
+@workflow.defn
+class AppRollbackWorkflow(RollbackWorkflowBase):
+    rollback_type = "app"
+
+    @workflow.run
+    async def run(self, request: AppRollbackInput) -> AppRollbackResult:
+        self.start_run(request.service, request.severity)
+        self.record(
+            EventKind.STARTED,
+            f"app rollback of {request.service} requested: {request.reason}",
+            actor=request.requested_by,
+            dry_run=request.dry_run,
+            automatic=request.automatic,
+        )
+        context = await workflow.execute_activity(
+            "config.service", ServiceRef(service=request.service), result_type=ServiceContext,
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY,
+        )
+        config = context.config
+        provider = config.app.provider
+        result = AppRollbackResult(service=request.service, outcome="failed", artifact_dir=context.artifact_dir)
+
+        # 1. Assess
+        health = await workflow.execute_activity(
+            "health.assess", ServiceRef(service=request.service), result_type=HealthSnapshot,
+            start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY,
+        )
+        current = await self._provider(provider, "current", ServiceRef(service=request.service), AppVersion)
+        self.record(
+            EventKind.ASSESSED,
+            f"{provider} runs {current.label or current.id}; health: "
+            + ("healthy" if health.healthy else health.problem or "unhealthy"),
+            health=health.model_dump(mode="json"),
+        )
+        result.from_version = current.label or current.id
+
+        # 2. Capture state for the post-mortem (read-only, so dry runs skip nothing they need)
+        if not request.dry_run:
+            captured = await self._provider(
+                provider, "capture_state",
+                CaptureRequest(service=request.service, artifact_dir=context.artifact_dir, current=current),
+                CaptureResult, timeout=180,
+            )
+            self.record(EventKind.CAPTURED, f"state captured in {context.artifact_dir}", files=captured.files)
+
+        # 3. Target and schema check
+        self.enter(Phase.PLANNING)
+        target = await self._provider(
+            provider, "select_target",
+            TargetRequest(service=request.service, current=current, explicit=request.target), AppVersion,
+        )
+        if config.database is not None:
+            live = await workflow.execute_activity(
+                "postgres.schema_version", SchemaRequest(service=request.service), result_type=SchemaVersion,
+                start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY,
+            )
+            schema = compare_schema(target.schema_version, live.version, live.error)
+        else:
+            schema = compare_schema(target.schema_version, None, "service has no database configured")
+        plan = plan_app_rollback(request.service, current, target, schema, config.policy, request.automatic)
+        result.plan, result.to_version = plan, target.label or target.id
+        self.record(
+            EventKind.PLANNED,
+            f"roll back {current.label or current.id} -> {target.label or target.id}; {schema.message}",
+            steps=plan.steps,
+            expected_downtime=plan.expected_downtime,
+        )
+
+        # 4. Dry run stops here
+        if request.dry_run:
+            self.record(EventKind.RESOLVED, "dry run: nothing was changed")
+            return await self._finish(result, "dry_run", "dry run: plan only, nothing was changed")
+
+        # 5. Approval
+        if plan.needs_approval:
+            decision = await self.wait_for_approval(
+                "app rollback", "; ".join(plan.approval_reasons), request.approval_timeout
+            )
+            if decision is None:
+                return await self._finish(result, "not_approved", "approval timed out after escalation; nothing changed")
+            if not decision.approved:
+                return await self._finish(result, "rejected", f"rejected by {decision.approver}: {decision.reason}")
+        if schema.migration_rollback_needed:
+            # The migration rollback workflow arrives with its own issue; until then a person runs it.
+            self.record(
+                EventKind.DECIDED,
+                f"schema rollback to {schema.target_schema_version} must be run before the app "
+                f"rollback: `rollback migration {request.service} --to {schema.target_schema_version}`",
+            )
+            return await self._finish(
+                result, "failed",
+                f"live schema {schema.live_schema_version} is ahead of the target's "
+                f"{schema.target_schema_version}; roll the schema back first, then retry",
+            )
+
+        # 6. Execute, with the way back registered first
+        self.enter(Phase.EXECUTING)
+        self.record(EventKind.EXECUTING, plan.steps[-2])
+        executed: ExecuteResult | None = None
+        # Workflow IDs are reused per service, so the run ID makes the key unique to this run.
+        key = f"{workflow.info().workflow_id}/{workflow.info().run_id}"
+        try:
+            executed = await self._provider(
+                provider, "execute",
+                ExecuteRequest(service=request.service, current=current, target=target, rollback_key=key,
+                               reason=request.reason),
+                ExecuteResult, timeout=EXECUTE_TIMEOUT[provider], retry=CHANGE_RETRY, heartbeat=60,
+            )
+            self.record(EventKind.ROLLED_BACK, f"{provider} now serves {target.label or target.id}",
+                        details=executed.details)
+
+            # 7. Verify
+            self.enter(Phase.VERIFYING)
+            check = config.health
+            verify_seconds = check.consecutive_checks * 3 * (check.interval_seconds + 2 * check.timeout_seconds) + 60
+            verdict = await workflow.execute_activity(
+                "health.verify",
+                VerifyRequest(service=request.service,
+                              expected_version=executed.details.get("expected_version", target.version)),
+                result_type=VerifyResult, start_to_close_timeout=timedelta(seconds=verify_seconds),
+                heartbeat_timeout=timedelta(seconds=max(30, 3 * (check.interval_seconds + 2 * check.timeout_seconds))),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            )
+            if not verdict.passed:
+                self.record(EventKind.VERIFICATION_FAILED, verdict.problem,
+                            checks=[c.model_dump(mode="json") for c in verdict.checks])
+                raise ApplicationError(f"verification of {target.label or target.id} failed: {verdict.problem}",
+                                       type="VerificationFailed", non_retryable=True)
+            self.record(EventKind.VERIFIED, f"{check.consecutive_checks} consecutive healthy checks on "
+                        f"{target.label or target.id}")
+        except BaseException as exc:  # cancellation compensates too
+            await self._compensate(request, current, target, executed, key, exc)
+            raise ApplicationError(
+                f"app rollback of {request.service} to {target.label or target.id} failed and was undone: "
+                f"{_cause(exc)}. {current.label or current.id} is serving again; look at "
+                f"{context.artifact_dir} and `rollback status {workflow.info().workflow_id}` before trying another target.",
+                type="RollbackCompensated", non_retryable=True,
+            ) from exc
+
+        # 9. Report
+        self.record(EventKind.RESOLVED, f"{request.service} rolled back to {target.label or target.id}")
+        await self.notify(
+            f"{request.service} rolled back: {current.label or current.id} -> {target.label or target.id}",
+            key="resolved", reason=request.reason,
+        )
+        return await self._finish(result, "rolled_back", f"rolled back to {target.label or target.id}")
+
+    async def _provider(self, provider: str, step: str, argument, result_type, *, timeout: int = 60,
+                        retry: RetryPolicy = READ_RETRY, heartbeat: int | None = None):
+        return await workflow.execute_activity(
+            f"{provider}.{step}", argument, result_type=result_type,
+            start_to_close_timeout=timedelta(seconds=timeout), retry_policy=retry,
+            heartbeat_timeout=timedelta(seconds=heartbeat) if heartbeat else None,
+        )
+
+    async def _compensate(self, request: AppRollbackInput, current: AppVersion, target: AppVersion,
+                          executed: ExecuteResult | None, key: str, exc: BaseException) -> None:
+        self.enter(Phase.COMPENSATING)
+        why = "cancelled" if isinstance(exc, asyncio.CancelledError) else _cause(exc)
+        self.record(EventKind.COMPENSATING, f"putting {current.label or current.id} back: {why}")
+        try:
+            undone = await workflow.execute_activity(
+                f"{current.provider}.undo",
+                UndoRequest(service=request.service, current=current, target=target, executed=executed,
+                            rollback_key=key),
+                result_type=ExecuteResult, start_to_close_timeout=timedelta(seconds=EXECUTE_TIMEOUT[current.provider]),
+                heartbeat_timeout=timedelta(seconds=60), retry_policy=RetryPolicy(maximum_attempts=5),
+            )
+        except ActivityError as undo_error:
+            self.record(EventKind.FAILED, f"COMPENSATION FAILED, manual action needed: {_cause(undo_error)}")
+            self.enter(Phase.FAILED)
+            await self.notify(f"{request.service}: rollback failed AND could not be undone: {_cause(undo_error)}",
+                              key="compensation-failed", escalation=True)
+            raise ApplicationError(
+                f"rollback of {request.service} failed ({why}) and putting {current.label or current.id} back "
+                f"also failed ({_cause(undo_error)}): restore it by hand",
+                type="CompensationFailed", non_retryable=True,
+            ) from undo_error
+        self.record(EventKind.COMPENSATED, f"{current.label or current.id} restored", details=undone.details)
+        self.enter(Phase.FAILED)
+        await self.notify(f"{request.service} rollback to {target.label or target.id} failed and was undone: {why}",
+                          key="compensated")
+
+    async def _finish(self, result: AppRollbackResult, outcome: str, message: str) -> AppRollbackResult:
+        self.enter(Phase.DONE if outcome in ("rolled_back", "dry_run") else Phase.FAILED)
+        result.outcome, result.message = outcome, message
+        result.phase_seconds = dict(self.phase_seconds)
+        result.timeline = list(self.events)
+        if result.artifact_dir and outcome != "dry_run":
+            await workflow.execute_activity(
+                "capture.postmortem",
+                PostmortemRequest(service=result.service, artifact_dir=result.artifact_dir,
+                                  title=f"App rollback of {result.service}: {outcome}",
+                                  summary={"from": result.from_version, "to": result.to_version, "outcome": outcome,
+                                           "message": message, "phase_seconds": result.phase_seconds},
+                                  timeline=result.timeline),
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY,
+            )
+        await self.finish_handlers()
+        return result

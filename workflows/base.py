@@ -1,0 +1,180 @@
+"""What every rollback workflow shares: the timeline, phases, approvals and alert signals."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.models import (
+        AlertNotice,
+        ApprovalDecision,
+        ApprovalInput,
+        EventKind,
+        NotifyRequest,
+        Phase,
+        RollbackStatus,
+        TimelineEvent,
+    )
+
+SERVICE_KEY = SearchAttributeKey.for_keyword("RollbackService")
+TYPE_KEY = SearchAttributeKey.for_keyword("RollbackType")
+SEVERITY_KEY = SearchAttributeKey.for_keyword("RollbackSeverity")
+PHASE_KEY = SearchAttributeKey.for_keyword("RollbackPhase")
+SEARCH_ATTRIBUTES = (SERVICE_KEY, TYPE_KEY, SEVERITY_KEY, PHASE_KEY)
+
+# Reads and checks may retry freely; a step that changes production retries a bounded number
+# of times (Temporal's default is forever) and never on errors marked non-retryable.
+READ_RETRY = RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=1))
+CHANGE_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=2))
+
+
+class RollbackWorkflowBase:
+    """Timeline, phase, approval checkpoint and alert handling for one rollback run."""
+
+    rollback_type = "rollback"
+
+    def __init__(self) -> None:
+        self.events: list[TimelineEvent] = []
+        self.phase = Phase.ASSESSING
+        self.service = ""
+        self.awaiting_step: str | None = None
+        self.decision: ApprovalDecision | None = None
+        self.phase_started = None
+        self.phase_seconds: dict[str, float] = {}
+
+    # -- the story --------------------------------------------------------------------------
+    def record(self, kind: EventKind, message: str, actor: str = "workflow", **data: Any) -> None:
+        self.events.append(TimelineEvent(at=workflow.now(), kind=kind, message=message, actor=actor, data=data))
+        workflow.logger.info("%s: %s", kind.value, message)
+
+    def start_run(self, service: str, severity: str) -> None:
+        self.service = service
+        self.phase_started = workflow.now()
+        workflow.upsert_search_attributes(
+            [
+                SERVICE_KEY.value_set(service),
+                TYPE_KEY.value_set(self.rollback_type),
+                SEVERITY_KEY.value_set(severity),
+                PHASE_KEY.value_set(self.phase.value),
+            ]
+        )
+
+    def enter(self, phase: Phase) -> None:
+        now = workflow.now()
+        if self.phase_started is not None:
+            elapsed = (now - self.phase_started).total_seconds()
+            self.phase_seconds[self.phase.value] = self.phase_seconds.get(self.phase.value, 0.0) + elapsed
+        self.phase, self.phase_started = phase, now
+        workflow.upsert_search_attributes([PHASE_KEY.value_set(phase.value)])
+
+    @workflow.query
+    def status(self) -> RollbackStatus:
+        return RollbackStatus(
+            workflow=self.rollback_type,
+            service=self.service,
+            phase=self.phase,
+            waiting_for_approval=self.awaiting_step,
+            timeline=self.events,
+        )
+
+    # -- approvals --------------------------------------------------------------------------
+    def _validate_decision(self, decision: ApprovalInput) -> None:
+        if self.awaiting_step is None:
+            raise ValueError("this rollback is not waiting for an approval")
+        if not decision.approver.strip():
+            raise ValueError("an approver identity is required")
+        if not decision.reason.strip():
+            raise ValueError("a reason is required")
+
+    def _decide(self, decision: ApprovalInput, approved: bool) -> ApprovalDecision:
+        self.decision = ApprovalDecision(
+            step=self.awaiting_step or "",
+            approved=approved,
+            approver=decision.approver,
+            reason=decision.reason,
+            at=workflow.now(),
+        )
+        kind = EventKind.APPROVED if approved else EventKind.REJECTED
+        self.record(kind, f"{self.decision.step}: {kind.value} ({decision.reason})", actor=decision.approver)
+        return self.decision
+
+    @workflow.update
+    def approve(self, decision: ApprovalInput) -> ApprovalDecision:
+        return self._decide(decision, approved=True)
+
+    @approve.validator
+    def _check_approve(self, decision: ApprovalInput) -> None:
+        self._validate_decision(decision)
+
+    @workflow.update
+    def reject(self, decision: ApprovalInput) -> ApprovalDecision:
+        return self._decide(decision, approved=False)
+
+    @reject.validator
+    def _check_reject(self, decision: ApprovalInput) -> None:
+        self._validate_decision(decision)
+
+    @workflow.signal
+    def alert(self, notice: AlertNotice) -> None:
+        """Further alerts for this incident land on the timeline instead of starting rollbacks."""
+        self.record(
+            EventKind.SIGNAL,
+            f"{notice.status} alert from {notice.source}: {notice.summary}".rstrip(": "),
+            actor=notice.source,
+            fingerprint=notice.fingerprint,
+        )
+
+    async def notify(self, text: str, key: str, escalation: bool = False, **fields: str) -> None:
+        """Tell people; a failed notification is recorded, never a reason to stop a rollback."""
+        try:
+            sent = await workflow.execute_activity(
+                "notify.slack",
+                NotifyRequest(service=self.service, key=f"{workflow.info().workflow_id}:{key}", text=text,
+                              fields=fields, escalation=escalation),
+                result_type=bool,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except Exception as exc:  # noqa: BLE001 - reported on the timeline instead
+            self.record(EventKind.NOTIFIED, f"notification failed: {exc}")
+            return
+        if sent:
+            self.record(EventKind.NOTIFIED, f"Slack: {text}")
+
+    async def wait_for_approval(self, step: str, summary: str, timeout: timedelta) -> ApprovalDecision | None:
+        """Block until someone approves or rejects `step`.
+
+        On timeout it escalates (timeline + escalation notice) and waits one more period; after
+        that it returns None and the caller must not proceed.
+        """
+        self.awaiting_step, self.decision = step, None
+        previous_phase = self.phase
+        self.enter(Phase.AWAITING_APPROVAL)
+        self.record(EventKind.APPROVAL_REQUESTED, f"{step}: {summary}", timeout=str(timeout))
+        await self.notify(f"Approval needed for {self.service}: {step}. {summary}", key=f"approval:{step}")
+        try:
+            for round_ in range(2):
+                try:
+                    await workflow.wait_condition(lambda: self.decision is not None, timeout=timeout)
+                    return self.decision
+                except asyncio.TimeoutError:
+                    if round_ == 0:
+                        self.record(EventKind.ESCALATED, f"no decision on {step} after {timeout}; escalating")
+                        await self.notify(
+                            f"ESCALATION: {self.service} rollback waits for approval of {step} since {timeout}",
+                            key=f"escalation:{step}",
+                            escalation=True,
+                        )
+            self.record(EventKind.FAILED, f"no decision on {step} after escalation; nothing was changed")
+            return None
+        finally:
+            self.awaiting_step = None
+            self.enter(previous_phase)
+
+    async def finish_handlers(self) -> None:
+        await workflow.wait_condition(workflow.all_handlers_finished)

@@ -1,0 +1,214 @@
+"""The configuration of the services a team protects: pydantic models and the YAML loader.
+
+Secrets never appear here as values: the config names an environment variable (``*_env``)
+and activities resolve it inside the worker, so nothing secret reaches workflow history.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_ENV_VAR = "ROLLBACK_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message that names the file, service and field."""
+
+
+class _Strict(BaseModel):
+    # A typo'd field is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class DockerTarget(_Strict):
+    container: str
+    docker_host: str | None = Field(
+        default=None, description="Engine address; defaults to DOCKER_HOST or the local socket."
+    )
+    stop_timeout: int = 10
+
+
+class ComposeTarget(_Strict):
+    project: str
+    service: str
+    file: str
+    image_env: str = Field(description="Variable the compose file uses for the image reference.")
+    docker_host: str | None = None
+
+
+class VercelTarget(_Strict):
+    project: str
+    team: str | None = None
+    token_env: str = "VERCEL_TOKEN"
+    api_url: str = "https://api.vercel.com"
+    schema_meta_key: str = "schemaVersion"
+    poll_interval_seconds: float = 1.0
+    poll_timeout_seconds: float = 180.0
+
+
+class GitTarget(_Strict):
+    repo: str = Field(description="Clone URL or path of the remote the deploy is built from.")
+    branch: str = "main"
+    deploy_hook_url_env: str | None = None
+    deploy_command: list[str] | None = None
+    schema_file: str | None = Field(default=None, description="File in the tree naming the schema version.")
+
+
+class AppTarget(_Strict):
+    provider: Literal["docker", "compose", "vercel", "git"]
+    docker: DockerTarget | None = None
+    compose: ComposeTarget | None = None
+    vercel: VercelTarget | None = None
+    git: GitTarget | None = None
+
+    @model_validator(mode="after")
+    def _provider_section_present(self) -> "AppTarget":
+        if getattr(self, self.provider) is None:
+            raise ValueError(f"provider is {self.provider!r} but the '{self.provider}' section is missing")
+        return self
+
+
+class HealthCheck(_Strict):
+    url: str
+    version_url: str | None = None
+    status_path: str | None = "status"
+    healthy_values: list[str] = Field(default_factory=lambda: ["ok", "healthy", "up", "pass"])
+    error_rate_path: str | None = "error_rate"
+    database_path: str | None = "database"
+    # The runbooks' thresholds: roll back above 5 % errors, warn above 1 %.
+    rollback_error_rate: float = 0.05
+    warn_error_rate: float = 0.01
+    consecutive_checks: int = Field(default=3, ge=1)
+    interval_seconds: float = Field(default=2.0, gt=0)
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    smoke_urls: list[str] = Field(default_factory=list)
+
+
+class DatabaseConfig(_Strict):
+    dsn_env: str
+    migration_tool: Literal["golang-migrate", "dbmate", "alembic", "prisma", "plain"] | None = None
+    migrations_dir: str | None = None
+    critical_tables: list[str] = Field(default_factory=list)
+    backup_dir: str | None = None
+
+
+class KillSwitch(_Strict):
+    name: str
+    store: Literal["postgres", "http"]
+    off_value: str = "false"
+
+
+class StatuspageTarget(_Strict):
+    page_id: str
+    api_key_env: str
+    component_id: str | None = None
+    api_url: str = "https://api.statuspage.io/v1"
+
+
+class NotifyConfig(_Strict):
+    slack_webhook_env: str | None = None
+    escalation_slack_webhook_env: str | None = None
+    statuspage: StatuspageTarget | None = None
+
+
+class Policy(_Strict):
+    auto_rollback: bool = True
+    app_approval: Literal["never", "manual", "automatic", "always"] = Field(
+        default="never",
+        description="Which app rollbacks wait for a human: started by a person, by an alert, both or none.",
+    )
+    database_approval: Literal["never", "manual", "automatic", "always"] = "always"
+    approval_timeout: timedelta = timedelta(minutes=30)
+    cooldown: timedelta = timedelta(hours=1)
+    max_auto_rollbacks_per_hour: int = 1
+
+
+class ServiceConfig(_Strict):
+    app: AppTarget
+    health: HealthCheck
+    database: DatabaseConfig | None = None
+    kill_switches: list[KillSwitch] = Field(default_factory=list)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    policy: Policy = Field(default_factory=Policy)
+
+    def secret_env_names(self) -> list[str]:
+        """Every environment variable this service needs at run time."""
+        names: list[str | None] = []
+        if self.app.vercel:
+            names.append(self.app.vercel.token_env)
+        if self.app.git:
+            names.append(self.app.git.deploy_hook_url_env)
+        if self.database:
+            names.append(self.database.dsn_env)
+        names += [self.notify.slack_webhook_env, self.notify.escalation_slack_webhook_env]
+        if self.notify.statuspage:
+            names.append(self.notify.statuspage.api_key_env)
+        return [n for n in names if n]
+
+
+class RollbackConfig(_Strict):
+    state_dir: str = "var/state"
+    artifact_dir: str = "var/incidents"
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+
+    def service(self, name: str) -> ServiceConfig:
+        try:
+            return self.services[name]
+        except KeyError:
+            known = ", ".join(sorted(self.services)) or "none"
+            raise ConfigError(f"unknown service {name!r} (configured: {known})") from None
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown field (check the spelling)"
+    if error["type"] == "missing":
+        return f"{where}: required field is missing"
+    return f"{where}: {error['msg']}"
+
+
+def config_path(explicit: str | os.PathLike | None = None) -> Path:
+    """The config file: the explicit path, else $ROLLBACK_CONFIG, else ./rollback.yaml."""
+    return Path(explicit or os.environ.get(CONFIG_ENV_VAR) or "rollback.yaml")
+
+
+def load_config(path: str | os.PathLike | None = None) -> RollbackConfig:
+    """Read and validate the YAML config; relative directories resolve against the file's folder."""
+    import yaml
+
+    file = config_path(path)
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file not found (pass --config or set {CONFIG_ENV_VAR})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping at the top level")
+    try:
+        config = RollbackConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{file}: {problems}") from None
+    base = file.resolve().parent
+    # `rollback up` points these at its data directory, whatever the file says.
+    config.state_dir = str((base / os.environ.get("ROLLBACK_STATE_DIR", config.state_dir)).resolve())
+    config.artifact_dir = str((base / os.environ.get("ROLLBACK_ARTIFACT_DIR", config.artifact_dir)).resolve())
+    return config
+
+
+def missing_secrets(config: RollbackConfig, environ: dict[str, str] | None = None) -> list[str]:
+    """Lines naming each service's secret variables that are not set."""
+    env = os.environ if environ is None else environ
+    return [
+        f"service {name!r}: environment variable {var} is not set"
+        for name, service in sorted(config.services.items())
+        for var in service.secret_env_names()
+        if not env.get(var)
+    ]

@@ -1,0 +1,260 @@
+"""Shared pydantic models: workflow inputs and results, timeline events, approvals.
+
+Both workflows and activities import this module, so it holds data only: no I/O.
+Every workflow input has defaults so the Temporal UI's "Start Workflow" form works with a
+short JSON document such as ``{"service": "web"}``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from workflows.config import ServiceConfig
+
+TASK_QUEUE = "rollback"
+
+
+class EventKind(str, Enum):
+    STARTED = "started"
+    ASSESSED = "assessed"
+    CAPTURED = "captured"
+    DECIDED = "decided"
+    PLANNED = "planned"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    ESCALATED = "escalated"
+    EXECUTING = "executing"
+    ROLLED_BACK = "rolled_back"
+    VERIFIED = "verified"
+    VERIFICATION_FAILED = "verification_failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    NOTIFIED = "notified"
+    SIGNAL = "signal"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RESOLVED = "resolved"
+
+
+class TimelineEvent(BaseModel):
+    """One line of a run's story: what happened, when, and who did it."""
+
+    at: datetime
+    kind: EventKind
+    message: str
+    actor: str = "workflow"
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ApprovalInput(BaseModel):
+    """What an approver sends with the `approve` or `reject` update."""
+
+    approver: str = ""
+    reason: str = ""
+
+
+class ApprovalDecision(BaseModel):
+    """A recorded decision at an approval checkpoint."""
+
+    step: str
+    approved: bool
+    approver: str
+    reason: str
+    at: datetime
+
+
+class AlertNotice(BaseModel):
+    """A further alert (or a resolved notice) attached to a running incident workflow."""
+
+    source: str = "manual"
+    status: str = "firing"
+    summary: str = ""
+    fingerprint: str = ""
+
+
+class Phase(str, Enum):
+    ASSESSING = "assessing"
+    PLANNING = "planning"
+    AWAITING_APPROVAL = "awaiting_approval"
+    EXECUTING = "executing"
+    VERIFYING = "verifying"
+    COMPENSATING = "compensating"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Application rollback
+
+
+class HealthSnapshot(BaseModel):
+    """What the service's health and version endpoints said at one moment."""
+
+    reachable: bool
+    http_status: int | None = None
+    status: str | None = None
+    error_rate: float | None = None
+    database: str | None = None
+    version: str | None = None
+    healthy: bool = False
+    problem: str = ""
+
+
+class AppVersion(BaseModel):
+    """A deployable version of an application, as the provider names it."""
+
+    provider: str
+    id: str = Field(description="Immutable identity: image ID, deployment id, commit sha.")
+    label: str = Field(default="", description="What a person recognises: tag, URL, subject.")
+    version: str | None = Field(default=None, description="What the app's version endpoint should say.")
+    schema_version: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServiceRef(BaseModel):
+    service: str
+
+
+class TargetRequest(BaseModel):
+    service: str
+    current: AppVersion
+    explicit: str | None = None
+
+
+class CaptureRequest(BaseModel):
+    service: str
+    artifact_dir: str
+    current: AppVersion
+
+
+class CaptureResult(BaseModel):
+    files: list[str] = Field(default_factory=list)
+
+
+class ExecuteRequest(BaseModel):
+    service: str
+    current: AppVersion
+    target: AppVersion
+    rollback_key: str = Field(description="Idempotency key: the workflow ID.")
+    reason: str = ""
+
+
+class ExecuteResult(BaseModel):
+    provider: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class UndoRequest(BaseModel):
+    service: str
+    current: AppVersion
+    target: AppVersion
+    executed: ExecuteResult | None = None
+    rollback_key: str = ""
+
+
+class VerifyRequest(BaseModel):
+    service: str
+    expected_version: str | None = None
+
+
+class VerifyResult(BaseModel):
+    passed: bool
+    checks: list[HealthSnapshot] = Field(default_factory=list)
+    problem: str = ""
+
+
+class SchemaRequest(BaseModel):
+    service: str
+
+
+class NotifyRequest(BaseModel):
+    service: str
+    key: str = Field(description="Idempotency key: one message per key.")
+    text: str
+    fields: dict[str, str] = Field(default_factory=dict)
+    escalation: bool = False
+
+
+class PostmortemRequest(BaseModel):
+    service: str
+    artifact_dir: str
+    title: str
+    summary: dict[str, Any] = Field(default_factory=dict)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+
+
+class SchemaCheck(BaseModel):
+    checked: bool
+    message: str
+    target_schema_version: str | None = None
+    live_schema_version: str | None = None
+    migration_rollback_needed: bool = False
+
+
+class RollbackPlan(BaseModel):
+    service: str
+    provider: str
+    current: AppVersion
+    target: AppVersion
+    steps: list[str]
+    expected_downtime: str
+    schema_check: SchemaCheck
+    needs_approval: bool
+    approval_reasons: list[str] = Field(default_factory=list)
+
+
+class AppRollbackInput(BaseModel):
+    """Input of `AppRollbackWorkflow`. Only `service` is required."""
+
+    service: str
+    target: str | None = Field(
+        default=None,
+        description="Explicit target: Vercel deployment id or URL, image id or reference, commit.",
+    )
+    reason: str = "manual rollback"
+    dry_run: bool = False
+    requested_by: str = "unknown"
+    automatic: bool = False
+    approval_timeout: timedelta = timedelta(minutes=30)
+    severity: str = "P1"
+
+
+class AppRollbackResult(BaseModel):
+    service: str
+    outcome: str  # rolled_back | dry_run | rejected | not_approved | compensated | failed
+    plan: RollbackPlan | None = None
+    from_version: str | None = None
+    to_version: str | None = None
+    artifact_dir: str | None = None
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    message: str = ""
+
+
+class RollbackStatus(BaseModel):
+    """What the `status` query returns: enough for the CLI to draw progress."""
+
+    workflow: str
+    service: str
+    phase: Phase
+    waiting_for_approval: str | None = None
+    timeline: list[TimelineEvent]
+
+
+class ServiceContext(BaseModel):
+    """A service's config (secret *names* only) and where this run writes its artifacts."""
+
+    service: str
+    config: ServiceConfig
+    artifact_dir: str
+
+
+class SchemaVersion(BaseModel):
+    version: str | None = None
+    tool: str | None = None
+    error: str = ""
