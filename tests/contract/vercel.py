@@ -1,0 +1,252 @@
+"""A contract server for the parts of the Vercel REST API a rollback uses.
+
+It follows `reference/external-apis.md`: `/v6/deployments` with `until` paging and `uid` items,
+`/v13/deployments/{idOrUrl}`, `/v9/projects/{idOrName}` with `lastAliasRequest`, instant rollback
+(`/v1` and the CLI's `/v9`), promote (`/v10`), `/v2/user`, `/teams/{id}`, and the error bodies
+`{"error": {"code", "message"}}` for 401, 404, 409 and 429 (with Retry-After). Tests queue extra
+failures with `inject`. It also serves each project's site (`/_site/{project}/health|version`)
+so verification can read what production serves.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+@dataclass
+class FakeVercel:
+    token: str = "vercel-test-token"
+    team_id: str | None = None
+    job_seconds: float = 0.6
+    next_job_outcome: str = "succeeded"
+    projects: dict[str, dict] = field(default_factory=dict)
+    deployments: list[dict] = field(default_factory=list)
+    production: dict[str, str] = field(default_factory=dict)  # project id -> deployment uid
+    calls: list[tuple[str, str, dict]] = field(default_factory=list)
+    inject: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- building a scenario --------------------------------------------------------------
+    def add_project(self, project_id: str, name: str) -> None:
+        self.projects[project_id] = {"id": project_id, "name": name, "accountId": self.team_id or "user_1",
+                                     "lastAliasRequest": None}
+
+    def add_deployment(self, project_id: str, uid: str, created: int, *, state: str = "READY",
+                       target: str | None = "production", meta: dict | None = None, candidate: bool = True) -> dict:
+        name = self.projects[project_id]["name"]
+        deployment = {
+            "uid": uid, "name": name, "projectId": project_id, "url": f"{name}-{uid[4:12]}.vercel.app",
+            "created": created, "createdAt": created, "state": state, "readyState": state,
+            "readySubstate": "STAGED" if state == "READY" else None, "target": target,
+            "isRollbackCandidate": candidate and state == "READY" and target == "production",
+            "meta": meta or {}, "creator": {"uid": "user_1", "username": "dev"},
+            "inspectorUrl": f"https://vercel.com/acme/{name}/{uid}",
+        }
+        self.deployments.append(deployment)
+        if state == "READY" and target == "production":
+            current = self.production.get(project_id)
+            if current is None or self._by_id(current)["created"] < created:
+                self.production[project_id] = uid
+        return deployment
+
+    def count(self, method: str, fragment: str) -> int:
+        return sum(1 for m, p, _ in self.calls if m == method and fragment in p)
+
+    # -- internals ------------------------------------------------------------------------
+    def _by_id(self, id_or_url: str) -> dict | None:
+        needle = id_or_url.removeprefix("https://")
+        return next((d for d in self.deployments if needle in (d["uid"], d["url"])), None)
+
+    def _project(self, id_or_name: str) -> dict | None:
+        return next((p for p in self.projects.values() if id_or_name in (p["id"], p["name"])), None)
+
+    def _advance(self, project: dict) -> None:
+        job = project["lastAliasRequest"]
+        if not job or job["jobStatus"] in ("succeeded", "failed", "skipped"):
+            return
+        elapsed = time.time() * 1000 - job["requestedAt"]
+        if elapsed >= self.job_seconds * 1000:
+            job["jobStatus"] = job.pop("_outcome")
+            if job["jobStatus"] == "succeeded":
+                self.production[project["id"]] = job["toDeploymentId"]
+        elif elapsed > 0:
+            job["jobStatus"] = "in-progress"
+
+    def _public_project(self, project: dict) -> dict:
+        job = project["lastAliasRequest"]
+        public = {k: v for k, v in project.items()}
+        public["lastAliasRequest"] = {k: v for k, v in job.items() if not k.startswith("_")} if job else None
+        live = self._by_id(self.production.get(project["id"], "")) or {}
+        public["targets"] = {"production": {"id": live.get("uid"), "url": live.get("url")}} if live else {}
+        return public
+
+    def _deployment_view(self, d: dict) -> dict:
+        view = dict(d)
+        view["id"] = d["uid"]
+        if self.production.get(d["projectId"]) == d["uid"]:
+            view["readySubstate"] = "PROMOTED"
+        return view
+
+    # -- the HTTP application -------------------------------------------------------------
+    def app(self) -> Starlette:
+        async def handle(request: Request) -> Response:
+            path = request.url.path
+            query = dict(request.query_params)
+            self.calls.append((request.method, path, query))
+            if path.startswith("/_site/"):
+                return self._site(path)
+            if request.headers.get("authorization") != f"Bearer {self.token}":
+                return _error(401, "forbidden", "The request is missing an authentication token or it is invalid")
+            route = self._route_name(request.method, path)
+            if self.inject[route]:
+                status, headers = self.inject[route].popleft()
+                messages = {409: "A rollback is already in progress", 429: "Rate limit exceeded",
+                            500: "An unexpected error occurred"}
+                return _error(status, {409: "conflict", 429: "rate_limited"}.get(status, "internal_server_error"),
+                              messages.get(status, "error"), headers)
+            with self.lock:
+                return self._dispatch(request.method, path, query, await request.body())
+
+        return Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST", "PATCH", "DELETE"])])
+
+    @staticmethod
+    def _route_name(method: str, path: str) -> str:
+        parts = path.strip("/").split("/")
+        if method == "POST" and len(parts) == 5 and parts[3] in ("rollback", "promote"):
+            return parts[3]
+        if path.startswith("/v6/deployments"):
+            return "list"
+        if parts[:2] == ["v9", "projects"]:
+            return "project"
+        return "other"
+
+    def _site(self, path: str) -> Response:
+        _, _, project_id, page = path.split("/", 3)
+        project = self._project(project_id)
+        if project is None:
+            return PlainTextResponse("no such site", status_code=404)
+        with self.lock:
+            self._advance(project)
+            live = self._by_id(self.production[project["id"]])
+        if page == "version":
+            return PlainTextResponse(live["uid"])
+        meta = live["meta"]
+        healthy = meta.get("health", "ok") == "ok"
+        body = {"status": meta.get("health", "ok"), "error_rate": float(meta.get("errorRate", 0.001)),
+                "database": "ok"}
+        return JSONResponse(body, status_code=200 if healthy or meta.get("healthStatus200") else 503)
+
+    def _dispatch(self, method: str, path: str, query: dict, body: bytes) -> Response:
+        parts = path.strip("/").split("/")
+        if self.team_id and query.get("teamId") not in (None, self.team_id) and parts[:1] != ["v2"]:
+            return _error(403, "forbidden", "You don't have permission to access this team")
+        if method == "GET" and path == "/v2/user":
+            return JSONResponse({"user": {"id": "user_1", "username": "dev", "email": "dev@example.com",
+                                          "name": "Dev", "defaultTeamId": self.team_id}})
+        if method == "GET" and parts[0] == "teams" and len(parts) == 2:
+            if parts[1] != self.team_id:
+                return _error(404, "not_found", "Team not found")
+            return JSONResponse({"id": self.team_id, "slug": "acme", "name": "Acme"})
+        if method == "GET" and path == "/v6/deployments":
+            return self._list(query)
+        if method == "GET" and parts[:2] == ["v13", "deployments"] and len(parts) == 3:
+            found = self._by_id(parts[2])
+            if found is None:
+                return _error(404, "not_found", "Deployment not found")
+            return JSONResponse(self._deployment_view(found))
+        if parts[1:2] == ["projects"] and len(parts) >= 3:
+            project = self._project(parts[2])
+            if project is None:
+                return _error(404, "not_found", "Project not found")
+            if method == "GET" and parts[0] == "v9" and len(parts) == 3:
+                self._advance(project)
+                return JSONResponse(self._public_project(project))
+            if method == "POST" and len(parts) == 5 and (parts[0], parts[3]) in (
+                    ("v1", "rollback"), ("v9", "rollback"), ("v10", "promote")):
+                if body.strip() not in (b"", b"{}") and parts[3] == "promote":
+                    json.loads(body)
+                return self._alias(project, parts[4], parts[3])
+        return _error(404, "not_found", "The requested path was not found")
+
+    def _list(self, query: dict) -> Response:
+        project = self._project(query.get("projectId", "")) if query.get("projectId") else None
+        if query.get("projectId") and project is None:
+            return _error(404, "not_found", "Project not found")
+        items = [d for d in self.deployments if project is None or d["projectId"] == project["id"]]
+        if query.get("target"):
+            items = [d for d in items if d["target"] == query["target"]]
+        if query.get("state"):
+            states = query["state"].split(",")
+            items = [d for d in items if d["readyState"] in states]
+        if query.get("until"):
+            items = [d for d in items if d["created"] < int(query["until"])]
+        if query.get("since"):
+            items = [d for d in items if d["created"] > int(query["since"])]
+        if query.get("rollbackCandidate") == "true":
+            items = [d for d in items if d["isRollbackCandidate"]]
+        items.sort(key=lambda d: d["created"], reverse=True)
+        limit = min(int(query.get("limit", 20)), 100)
+        page, more = items[:limit], len(items) > limit
+        return JSONResponse({
+            "deployments": [{k: v for k, v in self._deployment_view(d).items() if k != "id"} for d in page],
+            "pagination": {"count": len(page), "next": page[-1]["created"] if more and page else None,
+                           "prev": page[0]["created"] if page else None},
+        })
+
+    def _alias(self, project: dict, deployment_id: str, kind: str) -> Response:
+        self._advance(project)
+        job = project["lastAliasRequest"]
+        if job and job["jobStatus"] in ("pending", "in-progress"):
+            return _error(409, "conflict", "A rollback is already in progress")
+        target = self._by_id(deployment_id)
+        if target is None or target["projectId"] != project["id"]:
+            return _error(404, "not_found", "Deployment not found")
+        if target["readyState"] != "READY" or target["target"] != "production":
+            return _error(400, "bad_request", "Only READY production deployments can be used")
+        project["lastAliasRequest"] = {
+            "fromDeploymentId": self.production.get(project["id"]), "toDeploymentId": target["uid"],
+            "jobStatus": "pending", "requestedAt": int(time.time() * 1000), "type": kind,
+            "_outcome": self.next_job_outcome if kind == "rollback" else "succeeded",
+        }
+        return Response(status_code=201)
+
+
+def realistic(fake: FakeVercel, project_id: str = "prj_shop", name: str = "shop", count: int = 45) -> list[dict]:
+    """A project with several pages of history: previews, ERROR and READY production deploys.
+
+    What serves now (`dpl_badprodzzz`) is broken. Newer than the last good one (`dpl_goodprodzz`)
+    are an ERROR build, a preview and 25 READY production deploys that Vercel does not offer as
+    rollback candidates, so finding the target means paging past the first page.
+    """
+    fake.add_project(project_id, name)
+    base = 1_760_000_000_000
+    made = []
+    for i in range(count):
+        created = base + i * 60_000
+        if i % 3 == 0:
+            made.append(fake.add_deployment(project_id, f"dpl_preview{i:04d}", created, target=None))
+        else:
+            made.append(fake.add_deployment(project_id, f"dpl_prod{i:04d}xx", created, meta={"schemaVersion": "3"}))
+    top = base + count * 60_000
+    made.append(fake.add_deployment(project_id, "dpl_goodprodzz", top, meta={"schemaVersion": "3"}))
+    for i in range(25):
+        made.append(fake.add_deployment(project_id, f"dpl_nocand{i:04d}", top + 1000 + i, candidate=False))
+    made.append(fake.add_deployment(project_id, "dpl_errorbuild", top + 60_000, state="ERROR"))
+    made.append(fake.add_deployment(project_id, "dpl_preview_new", top + 90_000, target=None))
+    made.append(fake.add_deployment(project_id, "dpl_badprodzzz", top + 120_000,
+                                    meta={"schemaVersion": "3", "health": "degraded", "errorRate": 0.3}))
+    return made

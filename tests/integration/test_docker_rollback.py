@@ -1,0 +1,178 @@
+"""AppRollbackWorkflow against the real Docker engine: images v1 (healthy), v2 (27 % errors),
+v3-broken (no /health)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.client import WorkflowFailureError
+
+from activities.docker import DeployLedger, deploy
+from starter import engines
+from tests.conftest import running_worker
+from tests.helpers import assert_eventually, kinds, wait_for_phase
+from workflows import AppRollbackWorkflow
+from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput
+
+pytestmark = pytest.mark.docker
+
+
+def docker_service(engine, name: str, port: int, **extra) -> dict:
+    return {
+        "app": {"provider": "docker", "docker": {"container": name, "docker_host": engine.address, "stop_timeout": 2}},
+        "health": {"url": f"http://127.0.0.1:{port}/health", "version_url": f"http://127.0.0.1:{port}/version",
+                   "consecutive_checks": 2, "interval_seconds": 0.3, "timeout_seconds": 1},
+        **extra,
+    }
+
+
+class Deployed:
+    def __init__(self, engine, config, name: str, port: int):
+        self.engine, self.config, self.name, self.port = engine, config, name, port
+
+    def container(self):
+        return self.engine.client.containers.get(self.name)
+
+    def version(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.port}/version", timeout=2).text.strip()
+
+
+@pytest.fixture
+def make_deployed(docker_engine, write_config):
+    """demo-web v1 deployed, then v2: what production looks like when someone calls us."""
+
+    def make(policy: dict | None = None, deploy_as: str | None = None) -> Deployed:
+        name, port = f"web-{uuid.uuid4().hex[:8]}", engines.free_port()
+        config = write_config({"web": docker_service(docker_engine, name, port, **({"policy": policy} if policy else {}))})
+        ledger = DeployLedger(Path(config.config.state_dir) / "docker" / "web.json")
+        client = docker_engine.client
+        client.containers.run(docker_engine.images["v1"], name=name, detach=True, network_mode="host", init=True,
+                              environment={"PORT": str(port), "API_TOKEN": "s3cr3t-value"},
+                              labels={"io.rollback.test": "1"})
+        ledger.record(docker_engine.images["v1"], "demo-web:v1")
+        deploy(client, name, deploy_as or "demo-web:v2", ledger)
+        deployed = Deployed(docker_engine, config, name, port)
+        return deployed
+
+    return make
+
+
+async def test_rolls_back_v2_to_v1_and_keeps_the_old_container(client, task_queue, make_deployed, docker_engine):
+    site = make_deployed()
+    assert site.version() == "v2"
+    async with running_worker(client, site.config, task_queue):
+        result = await client.execute_workflow(
+            AppRollbackWorkflow.run, AppRollbackInput(service="web", reason="v2 errors"),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=AppRollbackResult,
+        )
+    assert result.outcome == "rolled_back"
+    container = site.container()
+    assert container.attrs["Image"] == docker_engine.images["v1"]
+    assert site.version() == "v1"
+    # container-specific settings survive the recreate; image-derived ones come from v1
+    assert container.labels["io.rollback.test"] == "1"
+    assert f"PORT={site.port}" in container.attrs["Config"]["Env"]
+    assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+    # the v2 container is kept aside, stopped: a way back
+    aside = result.timeline[[e.kind.value for e in result.timeline].index("rolled_back")].data["details"]["aside_name"]
+    old = docker_engine.client.containers.get(aside)
+    assert old.attrs["Image"] == docker_engine.images["v2"] and old.status == "exited"
+    assert {"assessed", "captured", "planned", "rolled_back", "verified", "resolved"} <= set(kinds(result.timeline))
+    # artifacts: captured env is redacted, post-mortem renders the timeline
+    artifacts = Path(result.artifact_dir)
+    env_file = (artifacts / "container-env.txt").read_text()
+    assert "API_TOKEN=***redacted***" in env_file and "s3cr3t-value" not in env_file
+    assert "verified" in (artifacts / "postmortem.md").read_text()
+    assert "s3cr3t-value" not in json.dumps(result.model_dump(mode="json"))
+
+
+async def test_unhealthy_target_is_compensated_and_original_runs_again(client, task_queue, make_deployed, docker_engine):
+    site = make_deployed()
+    async with running_worker(client, site.config, task_queue):
+        handle = await client.start_workflow(
+            AppRollbackWorkflow.run, AppRollbackInput(service="web", target="demo-web:v3-broken"),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await handle.query(AppRollbackWorkflow.status)
+    assert "failed and was undone" in str(failure.value.cause)
+    assert "health endpoint answered HTTP 404" in str(failure.value.cause)
+    assert site.container().attrs["Image"] == docker_engine.images["v2"]
+    assert site.container().status == "running"
+    assert site.version() == "v2"
+    assert kinds(status.timeline)[-3:] == ["verification_failed", "compensating", "compensated"]
+
+
+async def test_retagged_tag_does_not_change_the_target(client, task_queue, make_deployed, docker_engine):
+    # deploy through a moving tag, as runbook 004 does: `shop:latest` was v1, then v2
+    docker_engine.client.images.get(docker_engine.images["v2"]).tag("shop", "latest")
+    site = make_deployed(deploy_as="shop:latest")
+    async with running_worker(client, site.config, task_queue):
+        result = await client.execute_workflow(
+            AppRollbackWorkflow.run, AppRollbackInput(service="web"),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=AppRollbackResult,
+        )
+    assert result.plan.target.id == docker_engine.images["v1"]
+    assert site.container().attrs["Image"] == docker_engine.images["v1"]
+
+
+async def test_dry_run_changes_nothing(client, task_queue, make_deployed, docker_engine):
+    site = make_deployed()
+    before = site.container().id
+    async with running_worker(client, site.config, task_queue):
+        result = await client.execute_workflow(
+            AppRollbackWorkflow.run, AppRollbackInput(service="web", dry_run=True),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=AppRollbackResult,
+        )
+    assert result.outcome == "dry_run"
+    assert result.plan.current.id == docker_engine.images["v2"] and result.plan.target.id == docker_engine.images["v1"]
+    assert result.plan.steps and result.plan.expected_downtime
+    assert site.container().id == before and site.version() == "v2"
+
+
+async def test_approval_blocks_the_rollback_until_approved(client, task_queue, make_deployed, docker_engine):
+    site = make_deployed(policy={"app_approval": "always"})
+    async with running_worker(client, site.config, task_queue):
+        handle = await client.start_workflow(
+            AppRollbackWorkflow.run, AppRollbackInput(service="web"),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=AppRollbackResult,
+        )
+        status = await wait_for_phase(handle, "awaiting_approval")
+        assert status.waiting_for_approval == "app rollback"
+        assert site.container().attrs["Image"] == docker_engine.images["v2"]  # nothing happened yet
+        decision = await handle.execute_update(AppRollbackWorkflow.approve,
+                                               ApprovalInput(approver="alice", reason="v2 is on fire"))
+        assert decision.approved and decision.approver == "alice"
+        result = await handle.result()
+    assert result.outcome == "rolled_back"
+    assert site.container().attrs["Image"] == docker_engine.images["v1"]
+    approved = next(e for e in result.timeline if e.kind.value == "approved")
+    assert approved.actor == "alice" and "v2 is on fire" in approved.message
+
+
+async def test_missing_container_is_a_clear_error_before_anything_changes(client, task_queue, docker_engine, write_config):
+    config = write_config({"web": docker_service(docker_engine, "no-such-container", engines.free_port())})
+    async with running_worker(client, config, task_queue):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(
+                AppRollbackWorkflow.run, AppRollbackInput(service="web"),
+                id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
+            )
+    assert "container 'no-such-container' not found" in str(failure.value.cause.cause)
+
+
+async def test_deploy_ledger_skips_images_rolled_back_from(tmp_path):
+    ledger = DeployLedger(tmp_path / "ledger.json")
+    ledger.record("sha256:a", "app:1")
+    ledger.record("sha256:b", "app:2")
+    ledger.record("sha256:b", "app:2")  # seen again: not a new deploy
+    ledger.mark_bad("sha256:b")
+    ledger.record("sha256:a", "app:1")
+    entries = ledger.entries()
+    assert [e["image_id"] for e in entries] == ["sha256:a", "sha256:b", "sha256:a"]
+    assert [e["bad"] for e in entries] == [False, True, False]
