@@ -195,7 +195,7 @@ class VercelActivities:
                 if last.get("toDeploymentId") != deployment_id:
                     raise ApplicationError(f"another alias change is in progress on {api.target.project} "
                                            f"(to {last.get('toDeploymentId')}); will retry",
-                                           type="VercelConflict", next_retry_delay=timedelta(seconds=5)) from None
+                                           type="VercelConflict", next_retry_delay=timedelta(seconds=2)) from None
         activity.heartbeat({"posted": True})
         deadline = time.monotonic() + api.target.poll_timeout_seconds
         while True:

@@ -16,20 +16,25 @@ from pathlib import Path
 from typing import Optional
 
 import click
-import typer
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.config import ConfigError, load_config, missing_secrets
 from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput, RollbackStatus
 
-app = typer.Typer(help="Durable rollback and incident response on Temporal.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-config_app = typer.Typer(help="Check the services configuration.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
+@click.group(help="Durable rollback and incident response on Temporal.")
+def app() -> None:
+    pass
 
-ConfigOption = typer.Option(None, "--config", "-c", envvar="ROLLBACK_CONFIG", help="Services config (YAML).")
-JsonOption = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+@app.group("config", help="Check the services configuration.")
+def config_app() -> None:
+    pass
+
+
+config_option = click.option("--config", "-c", "config", type=click.Path(path_type=Path), envvar="ROLLBACK_CONFIG",
+                             default=None, help="Services config (YAML); default $ROLLBACK_CONFIG or ./rollback.yaml.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -123,14 +128,13 @@ async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
 
 
 @app.command("app")
-def app_rollback(
-    service: str = typer.Argument(..., help="Service name from the config."),
-    to: Optional[str] = typer.Option(None, "--to", help="Explicit target: deployment id/URL, image, commit."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Plan only; change nothing."),
-    wait: bool = typer.Option(False, "--wait", help="Show progress until the rollback ends."),
-    reason: str = typer.Option("manual rollback", "--reason", help="Why; goes on the timeline."),
-    as_json: bool = JsonOption,
-) -> None:
+@click.argument("service")
+@click.option("--to", default=None, help="Explicit target: deployment id/URL, image, commit.")
+@click.option("--dry-run", is_flag=True, help="Plan only; change nothing.")
+@click.option("--wait", is_flag=True, help="Show progress until the rollback ends.")
+@click.option("--reason", default="manual rollback", show_default=True, help="Why; goes on the timeline.")
+@json_option
+def app_rollback(service: str, to: Optional[str], dry_run: bool, wait: bool, reason: str, as_json: bool) -> None:
     """Roll an application back to its last known good version."""
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -155,7 +159,7 @@ def app_rollback(
             print(f"follow it with: rollback status {handle.id} --follow")
         return 0
 
-    raise typer.Exit(_run(main()))
+    sys.exit(_run(main()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,11 +167,10 @@ def app_rollback(
 
 
 @app.command("list")
-def list_rollbacks(
-    service: Optional[str] = typer.Option(None, "--service", help="Only this service."),
-    limit: int = typer.Option(20, "--limit", min=1),
-    as_json: bool = JsonOption,
-) -> None:
+@click.option("--service", default=None, help="Only this service.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@json_option
+def list_rollbacks(service: Optional[str], limit: int, as_json: bool) -> None:
     """List recent rollbacks, newest first."""
 
     async def main() -> int:
@@ -197,15 +200,14 @@ def list_rollbacks(
                       f"{row['type']:<6} {row['status']:<11} {row['phase']}")
         return 0
 
-    raise typer.Exit(_run(main()))
+    sys.exit(_run(main()))
 
 
 @app.command("status")
-def status(
-    workflow_id: str = typer.Argument(..., help="Workflow ID (from `rollback list`)."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until it ends."),
-    as_json: bool = JsonOption,
-) -> None:
+@click.argument("workflow_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until it ends.")
+@json_option
+def status(workflow_id: str, follow: bool, as_json: bool) -> None:
     """Show a rollback's phase and timeline."""
 
     async def main() -> int:
@@ -223,7 +225,7 @@ def status(
             print(_format_event(event))
         return 0
 
-    raise typer.Exit(_run(main()))
+    sys.exit(_run(main()))
 
 
 def _decide(workflow_id: str, reason: str, approver: str | None, update: str) -> None:
@@ -239,31 +241,30 @@ def _decide(workflow_id: str, reason: str, approver: str | None, update: str) ->
         print(f"{update}d {workflow_id} as {decision.approver}")
         return 0
 
-    raise typer.Exit(_run(main()))
+    sys.exit(_run(main()))
 
 
 @app.command("approve")
-def approve(
-    workflow_id: str = typer.Argument(...),
-    reason: str = typer.Option(..., "--reason", help="Why it is safe to proceed."),
-    approver: Optional[str] = typer.Option(None, "--as", help="Approver identity (default: $USER)."),
-) -> None:
+@click.argument("workflow_id")
+@click.option("--reason", required=True, help="Why it is safe to proceed.")
+@click.option("--as", "approver", default=None, help="Approver identity (default: $USER).")
+def approve(workflow_id: str, reason: str, approver: Optional[str]) -> None:
     """Approve the step a rollback is waiting on."""
     _decide(workflow_id, reason, approver, "approve")
 
 
 @app.command("reject")
-def reject(
-    workflow_id: str = typer.Argument(...),
-    reason: str = typer.Option(..., "--reason", help="Why not."),
-    approver: Optional[str] = typer.Option(None, "--as", help="Approver identity (default: $USER)."),
-) -> None:
+@click.argument("workflow_id")
+@click.option("--reason", required=True, help="Why not.")
+@click.option("--as", "approver", default=None, help="Approver identity (default: $USER).")
+def reject(workflow_id: str, reason: str, approver: Optional[str]) -> None:
     """Reject the step a rollback is waiting on; it ends without acting."""
     _decide(workflow_id, reason, approver, "reject")
 
 
 @app.command("cancel")
-def cancel(workflow_id: str = typer.Argument(...)) -> None:
+@click.argument("workflow_id")
+def cancel(workflow_id: str) -> None:
     """Cancel a running rollback; anything it changed is put back."""
 
     async def main() -> int:
@@ -273,7 +274,7 @@ def cancel(workflow_id: str = typer.Argument(...)) -> None:
         print(f"cancellation requested for {workflow_id}")
         return 0
 
-    raise typer.Exit(_run(main()))
+    sys.exit(_run(main()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,14 +282,15 @@ def cancel(workflow_id: str = typer.Argument(...)) -> None:
 
 
 @config_app.command("check")
-def config_check(config: Optional[Path] = ConfigOption) -> None:
+@config_option
+def config_check(config: Optional[Path]) -> None:
     """Validate the config and report secret variables that are not set."""
     loaded = load_config(config)
     problems = missing_secrets(loaded)
     for line in problems:
         print(f"warning: {line}")
     print(f"{len(loaded.services)} service(s) configured: {', '.join(sorted(loaded.services)) or 'none'}")
-    raise typer.Exit(EXIT_FAILED if problems else 0)
+    sys.exit(EXIT_FAILED if problems else 0)
 
 
 def _load_for_worker(config: Path | None, allow_missing_secrets: bool):
@@ -300,10 +302,9 @@ def _load_for_worker(config: Path | None, allow_missing_secrets: bool):
 
 
 @app.command("worker")
-def worker(
-    config: Optional[Path] = ConfigOption,
-    allow_missing_secrets: bool = typer.Option(False, help="Start even if a secret variable is unset."),
-) -> None:
+@config_option
+@click.option("--allow-missing-secrets", is_flag=True, help="Start even if a secret variable is unset.")
+def worker(config: Optional[Path], allow_missing_secrets: bool) -> None:
     """Run the worker that executes rollback workflows (until SIGTERM)."""
     from activities.common import ConfigSource
     from worker.main import run_worker
@@ -320,11 +321,10 @@ def worker(
 
 
 @app.command("webhook")
-def webhook(
-    config: Optional[Path] = ConfigOption,
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8088, "--port"),
-) -> None:
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8088, show_default=True, type=int)
+def webhook(config: Optional[Path], host: str, port: int) -> None:
     """Run the alert webhook receiver."""
     import uvicorn
 
@@ -341,19 +341,21 @@ def webhook(
         await server.serve()
         return 0
 
-    raise typer.Exit(_run(main()))
+    sys.exit(_run(main()))
 
 
 @app.command("up")
-def up(
-    config: Optional[Path] = ConfigOption,
-    data_dir: Path = typer.Option(Path("var"), "--data-dir", help="Temporal history, dockerd, state."),
-    demo: bool = typer.Option(True, "--demo/--no-demo", help="Start the demo target and run a demo rollback."),
-    port: int = typer.Option(7233, "--port"),
-    ui_port: int = typer.Option(8233, "--ui-port"),
-    webhook_port: int = typer.Option(8088, "--webhook-port"),
-    exit_after_demo: bool = typer.Option(False, "--exit-after-demo", help="Stop everything once the demo ends."),
-) -> None:
+@config_option
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("var"), show_default=True,
+              help="Temporal history, dockerd, state and incident artifacts.")
+@click.option("--demo/--no-demo", default=True, show_default=True,
+              help="Start the demo target and run a demo rollback.")
+@click.option("--port", default=7233, show_default=True, type=int, help="Temporal frontend port.")
+@click.option("--ui-port", default=8233, show_default=True, type=int)
+@click.option("--webhook-port", default=8088, show_default=True, type=int)
+@click.option("--exit-after-demo", is_flag=True, help="Stop everything once the demo ends.")
+def up(config: Optional[Path], data_dir: Path, demo: bool, port: int, ui_port: int, webhook_port: int,
+       exit_after_demo: bool) -> None:
     """Start the Temporal dev server + UI, the worker and the webhook receiver (Ctrl-C stops all)."""
     from starter.up import run_up
 
@@ -378,11 +380,13 @@ def _exit_hard(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    command = typer.main.get_command(app)
     try:
-        code = command.main(args=argv, prog_name="rollback", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
+        code = app.main(args=argv, prog_name="rollback", standalone_mode=False)
+    except SystemExit as exc:
+        code = exc.code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        code = EXIT_USAGE
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
         print(f"error: {exc.format_message()}{hint}", file=sys.stderr)

@@ -36,6 +36,9 @@ with workflow.unsafe.imports_passed_through():
 
 # How long one provider's execute step may take; providers that poll heartbeat meanwhile.
 EXECUTE_TIMEOUT = {"docker": 300, "compose": 300, "vercel": 600, "git": 900}
+# Vercel's step polls and heartbeats every poll interval, so a dead worker is noticed in seconds;
+# the others run one blocking call and rely on the start-to-close timeout.
+EXECUTE_HEARTBEAT = {"vercel": 10}
 
 
 def _cause(exc: BaseException) -> str:
@@ -150,7 +153,8 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                 provider, "execute",
                 ExecuteRequest(service=request.service, current=current, target=target, rollback_key=key,
                                reason=request.reason),
-                ExecuteResult, timeout=EXECUTE_TIMEOUT[provider], retry=CHANGE_RETRY, heartbeat=60,
+                ExecuteResult, timeout=EXECUTE_TIMEOUT[provider], retry=CHANGE_RETRY,
+                heartbeat=EXECUTE_HEARTBEAT.get(provider),
             )
             self.record(EventKind.ROLLED_BACK, f"{provider} now serves {target.label or target.id}",
                         details=executed.details)
@@ -210,7 +214,9 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                 UndoRequest(service=request.service, current=current, target=target, executed=executed,
                             rollback_key=key),
                 result_type=ExecuteResult, start_to_close_timeout=timedelta(seconds=EXECUTE_TIMEOUT[current.provider]),
-                heartbeat_timeout=timedelta(seconds=60), retry_policy=RetryPolicy(maximum_attempts=5),
+                heartbeat_timeout=(timedelta(seconds=EXECUTE_HEARTBEAT[current.provider])
+                                   if current.provider in EXECUTE_HEARTBEAT else None),
+                retry_policy=RetryPolicy(maximum_attempts=5),
             )
         except ActivityError as undo_error:
             self.record(EventKind.FAILED, f"COMPENSATION FAILED, manual action needed: {_cause(undo_error)}")

@@ -47,7 +47,7 @@ class VercelTarget(_Strict):
     token_env: str = "VERCEL_TOKEN"
     api_url: str = "https://api.vercel.com"
     schema_meta_key: str = "schemaVersion"
-    poll_interval_seconds: float = 1.0
+    poll_interval_seconds: float = Field(default=1.0, gt=0, le=5)  # must stay under the 10 s heartbeat
     poll_timeout_seconds: float = 180.0
 
 

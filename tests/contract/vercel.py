@@ -36,7 +36,7 @@ class FakeVercel:
     projects: dict[str, dict] = field(default_factory=dict)
     deployments: list[dict] = field(default_factory=list)
     production: dict[str, str] = field(default_factory=dict)  # project id -> deployment uid
-    calls: list[tuple[str, str, dict]] = field(default_factory=list)
+    calls: list[tuple[str, str, dict, float]] = field(default_factory=list)  # method, path, query, time
     inject: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -64,7 +64,7 @@ class FakeVercel:
         return deployment
 
     def count(self, method: str, fragment: str) -> int:
-        return sum(1 for m, p, _ in self.calls if m == method and fragment in p)
+        return sum(1 for m, p, _, _ in self.calls if m == method and fragment in p)
 
     # -- internals ------------------------------------------------------------------------
     def _by_id(self, id_or_url: str) -> dict | None:
@@ -106,7 +106,7 @@ class FakeVercel:
         async def handle(request: Request) -> Response:
             path = request.url.path
             query = dict(request.query_params)
-            self.calls.append((request.method, path, query))
+            self.calls.append((request.method, path, query, time.monotonic()))
             if path.startswith("/_site/"):
                 return self._site(path)
             if request.headers.get("authorization") != f"Bearer {self.token}":

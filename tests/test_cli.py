@@ -1,0 +1,169 @@
+"""The `rollback` CLI as a person runs it: a subprocess against the real dev server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from starter import engines
+from starter.start import app_rollback_id
+from tests.conftest import running_worker
+from tests.contract.vercel import realistic
+from tests.helpers import wait_for_phase
+from tests.integration.test_vercel_rollback import vercel_service
+from workflows import AppRollbackWorkflow
+from workflows.models import AppRollbackInput, AppRollbackResult
+
+ROLLBACK = str(Path(sys.executable).parent / "rollback")
+
+
+def cli(*args: str, address: str | None = None, task_queue: str | None = None, extra_env: dict | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+    if address:
+        env["TEMPORAL_ADDRESS"] = address
+    if task_queue:
+        env["TEMPORAL_TASK_QUEUE"] = task_queue
+    env.update(extra_env or {})
+    return subprocess.run([ROLLBACK, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, fragment: str) -> None:
+    assert proc.returncode == code, proc
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert fragment in lines[0]
+
+
+def test_unreachable_temporal_is_one_line():
+    proc = cli("list", address=f"127.0.0.1:{engines.free_port()}")
+    assert_one_line_error(proc, 1, "cannot reach the Temporal server at 127.0.0.1:")
+
+
+def test_bad_arguments_are_one_line():
+    assert_one_line_error(cli("app"), 2, "Missing argument 'SERVICE'")
+    assert_one_line_error(cli("nosuchverb"), 2, "No such command")
+    assert_one_line_error(cli("list", "--limit", "0"), 2, "--limit")
+
+
+def test_typo_in_config_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("services:\n  web:\n    app: {provider: docker, docker: {container: web}}\n"
+                    "    health: {url: 'http://127.0.0.1:1/h', consecutive_chekcs: 3}\n")
+    assert_one_line_error(cli("worker", "--config", str(path)), 1,
+                          "services.web.health.consecutive_chekcs: unknown field")
+    assert_one_line_error(cli("config", "check", "--config", str(tmp_path / "missing.yaml")), 1,
+                          "config file not found")
+
+
+def test_missing_secret_stops_the_worker_with_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("services:\n  shop:\n    app: {provider: vercel, vercel: {project: p, token_env: SHOP_TOKEN_X}}\n"
+                    "    health: {url: 'http://127.0.0.1:1/h'}\n")
+    assert_one_line_error(cli("worker", "--config", str(path)), 1,
+                          "service 'shop': environment variable SHOP_TOKEN_X is not set")
+
+
+async def test_unknown_workflow_is_one_line(temporal_address):
+    proc = await asyncio.to_thread(cli, "status", "no-such-rollback", address=temporal_address)
+    assert_one_line_error(proc, 1, "no workflow with ID 'no-such-rollback'")
+
+
+@pytest.fixture
+def shop_config(vercel, write_config, monkeypatch):
+    realistic(vercel)
+    monkeypatch.setenv("TEST_VERCEL_TOKEN", vercel.token)
+    return vercel, write_config({"shop": vercel_service(vercel, policy={"app_approval": "always"})})
+
+
+async def test_status_reject_list_against_a_waiting_rollback(client, task_queue, temporal_address, shop_config):
+    fake, config = shop_config
+    workflow_id = f"wf-{uuid.uuid4()}"
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
+                                             id=workflow_id, task_queue=task_queue, result_type=AppRollbackResult)
+        await wait_for_phase(handle, "awaiting_approval")
+
+        status = await asyncio.to_thread(cli, "status", workflow_id, "--json", address=temporal_address)
+        assert status.returncode == 0, status.stderr
+        state = json.loads(status.stdout)
+        assert state["phase"] == "awaiting_approval" and state["waiting_for_approval"] == "app rollback"
+
+        human = await asyncio.to_thread(cli, "status", workflow_id, address=temporal_address)
+        assert "waiting for approval of: app rollback" in human.stdout and "approval_requested" in human.stdout
+
+        listed = await asyncio.to_thread(cli, "list", "--service", "shop", "--json", address=temporal_address)
+        rows = {row["workflow_id"]: row for row in json.loads(listed.stdout)}
+        assert rows[workflow_id]["service"] == "shop" and rows[workflow_id]["type"] == "app"
+
+        no_reason = await asyncio.to_thread(cli, "reject", workflow_id, address=temporal_address)
+        assert no_reason.returncode == 2
+        rejected = await asyncio.to_thread(cli, "reject", workflow_id, "--reason", "fix forward instead",
+                                           "--as", "bob", address=temporal_address)
+        assert rejected.returncode == 0, rejected.stderr
+        result = await handle.result()
+        late = await asyncio.to_thread(cli, "approve", workflow_id, "--reason", "too late", address=temporal_address)
+    assert result.outcome == "rejected" and "bob" in result.message
+    assert fake.count("POST", "") == 0 and fake.production["prj_shop"] == "dpl_badprodzzz"  # nothing acted
+    assert late.returncode == 1 and "Traceback" not in late.stderr
+
+
+async def test_approve_over_cli_then_rollback_finishes(client, task_queue, temporal_address, shop_config):
+    fake, config = shop_config
+    workflow_id = f"wf-{uuid.uuid4()}"
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
+                                             id=workflow_id, task_queue=task_queue, result_type=AppRollbackResult)
+        await wait_for_phase(handle, "awaiting_approval")
+        assert fake.count("POST", "") == 0  # the approval really blocks the step
+        empty = await asyncio.to_thread(cli, "approve", workflow_id, "--reason", " ", address=temporal_address)
+        assert_one_line_error(empty, 1, "a reason is required")
+        approved = await asyncio.to_thread(cli, "approve", workflow_id, "--reason", "checkout is down", "--as",
+                                           "alice", address=temporal_address)
+        assert approved.returncode == 0, approved.stderr
+        result = await handle.result()
+    assert result.outcome == "rolled_back" and fake.production["prj_shop"] == "dpl_goodprodzz"
+
+
+async def test_cancel_while_waiting_changes_nothing(client, task_queue, temporal_address, shop_config):
+    fake, config = shop_config
+    workflow_id = f"wf-{uuid.uuid4()}"
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
+                                             id=workflow_id, task_queue=task_queue)
+        await wait_for_phase(handle, "awaiting_approval")
+        cancelled = await asyncio.to_thread(cli, "cancel", workflow_id, address=temporal_address)
+        assert cancelled.returncode == 0, cancelled.stderr
+        description = None
+        for _ in range(50):
+            description = await handle.describe()
+            if description.status.name != "RUNNING":
+                break
+            await asyncio.sleep(0.2)
+    assert description.status.name == "CANCELED"
+    assert fake.count("POST", "") == 0
+
+
+async def test_app_verb_waits_and_shows_progress(client, task_queue, temporal_address, vercel, write_config,
+                                                 monkeypatch):
+    realistic(vercel)
+    monkeypatch.setenv("TEST_VERCEL_TOKEN", vercel.token)
+    config = write_config({"shop": vercel_service(vercel)})
+    async with running_worker(client, config, task_queue):
+        proc = await asyncio.to_thread(cli, "app", "shop", "--wait", "--reason", "checkout 500s",
+                                       address=temporal_address, task_queue=task_queue)
+        again = await asyncio.to_thread(cli, "app", "shop", "--dry-run", "--wait", "--json",
+                                        address=temporal_address, task_queue=task_queue)
+    assert proc.returncode == 0, proc.stderr
+    assert f"started {app_rollback_id('shop')}" in proc.stdout
+    for step in ("assessed", "planned", "rolled_back", "verified", "ROLLED_BACK"):
+        assert step in proc.stdout
+    assert again.returncode == 0 and json.loads(again.stdout)["outcome"] == "dry_run"
