@@ -1,0 +1,60 @@
+"""The worker is SIGKILLed while it polls a Vercel rollback; a new worker finishes the job
+without POSTing the rollback a second time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from tests.contract.vercel import realistic
+from tests.helpers import assert_eventually
+from tests.integration.test_vercel_rollback import vercel_service
+from workflows import AppRollbackWorkflow
+from workflows.models import AppRollbackInput, AppRollbackResult
+
+ROLLBACK = str(Path(sys.executable).parent / "rollback")
+
+
+def start_worker(config_path: str, address: str, task_queue: str, token: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_TASK_QUEUE": task_queue, "TEST_VERCEL_TOKEN": token}
+    return subprocess.Popen([ROLLBACK, "worker", "--config", config_path], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+async def test_sigkill_during_vercel_polling(client, task_queue, temporal_address, vercel, write_config, tmp_path):
+    realistic(vercel)
+    vercel.job_seconds = 6  # long enough to kill the worker mid-poll
+    config = write_config({"shop": vercel_service(vercel)})
+    log = tmp_path / "worker.log"
+    worker = start_worker(str(config._path), temporal_address, task_queue, vercel.token, log)
+    try:
+        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
+                                             id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
+                                             result_type=AppRollbackResult)
+
+        async def polling() -> bool:
+            return vercel.count("POST", "/rollback/") == 1 and sum(
+                1 for m, p, q, _ in vercel.calls if q.get("rollbackInfo") == "true") >= 3
+
+        await assert_eventually(polling, timeout=60, message="rollback POSTed and being polled")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        assert vercel.production["prj_shop"] == "dpl_badprodzzz"  # the job was still running
+
+        worker = start_worker(str(config._path), temporal_address, task_queue, vercel.token, log)
+        result = await asyncio.wait_for(handle.result(), timeout=90)
+    finally:
+        worker.kill()
+        worker.wait(10)
+    assert result.outcome == "rolled_back"
+    assert vercel.count("POST", "/rollback/") == 1  # exactly once, across the crash
+    assert vercel.production["prj_shop"] == "dpl_goodprodzz"
+    history = [e async for e in handle.fetch_history_events()]
+    attempts = [e.activity_task_started_event_attributes.attempt for e in history
+                if e.HasField("activity_task_started_event_attributes")]
+    assert max(attempts) >= 2  # the execute step really was retried on the new worker

@@ -1,0 +1,91 @@
+"""Long timers on the time-skipping test server: a 4-hour approval window passes in a moment.
+
+Activities are stand-ins registered under the real names; the workflow code is the real one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from temporalio import activity
+from temporalio.worker import Worker
+
+from tests.helpers import kinds
+from workflows import AppRollbackWorkflow
+from workflows.config import ServiceConfig
+from workflows.models import (
+    AppRollbackInput,
+    AppRollbackResult,
+    AppVersion,
+    CaptureRequest,
+    CaptureResult,
+    ExecuteRequest,
+    ExecuteResult,
+    HealthSnapshot,
+    NotifyRequest,
+    ServiceContext,
+    ServiceRef,
+    TargetRequest,
+)
+
+SERVICE = ServiceConfig.model_validate({
+    "app": {"provider": "vercel", "vercel": {"project": "p"}},
+    "health": {"url": "http://127.0.0.1:9/health"},
+    "policy": {"app_approval": "always"},
+})
+
+
+def stand_ins(executed: list, notices: list) -> list:
+    @activity.defn(name="config.service")
+    async def service(request: ServiceRef) -> ServiceContext:
+        return ServiceContext(service=request.service, config=SERVICE, artifact_dir="")
+
+    @activity.defn(name="health.assess")
+    async def assess(request: ServiceRef) -> HealthSnapshot:
+        return HealthSnapshot(reachable=True, http_status=503, healthy=False, problem="down")
+
+    @activity.defn(name="vercel.current")
+    async def current(request: ServiceRef) -> AppVersion:
+        return AppVersion(provider="vercel", id="dpl_new", label="new")
+
+    @activity.defn(name="vercel.capture_state")
+    async def capture(request: CaptureRequest) -> CaptureResult:
+        return CaptureResult()
+
+    @activity.defn(name="vercel.select_target")
+    async def select(request: TargetRequest) -> AppVersion:
+        return AppVersion(provider="vercel", id="dpl_old", label="old")
+
+    @activity.defn(name="vercel.execute")
+    async def execute(request: ExecuteRequest) -> ExecuteResult:
+        executed.append(request)
+        return ExecuteResult(provider="vercel")
+
+    @activity.defn(name="notify.slack")
+    async def slack(request: NotifyRequest) -> bool:
+        notices.append(request)
+        return True
+
+    return [service, assess, current, capture, select, execute, slack]
+
+
+async def test_approval_timeout_escalates_and_never_proceeds(skipping_env):
+    executed, notices = [], []
+    queue = f"tq-{uuid.uuid4()}"
+    async with Worker(skipping_env.client, task_queue=queue, workflows=[AppRollbackWorkflow],
+                      activities=stand_ins(executed, notices)):
+        result = await skipping_env.client.execute_workflow(
+            AppRollbackWorkflow.run,
+            AppRollbackInput(service="web", approval_timeout=timedelta(hours=4), automatic=True),
+            id=f"wf-{uuid.uuid4()}", task_queue=queue, result_type=AppRollbackResult,
+        )
+    assert result.outcome == "not_approved"
+    assert executed == []  # nothing acted
+    timeline = kinds(result.timeline)
+    assert timeline.index("approval_requested") < timeline.index("escalated") < timeline.index("failed")
+    escalated = next(e for e in result.timeline if e.kind.value == "escalated")
+    requested = next(e for e in result.timeline if e.kind.value == "approval_requested")
+    assert escalated.at - requested.at >= timedelta(hours=4)
+    assert [n.escalation for n in notices] == [False, True]
+    assert "ESCALATION" in notices[1].text
