@@ -29,7 +29,7 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 
 @dataclass
 class FakeVercel:
-    token: str = "vercel-test-token"
+    token: str = "vercelTestToken0123"
     team_id: str | None = None
     job_seconds: float = 0.6
     next_job_outcome: str = "succeeded"
