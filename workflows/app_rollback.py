@@ -120,6 +120,21 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             self.record(EventKind.RESOLVED, "dry run: nothing was changed")
             return await self._finish(result, "dry_run", "dry run: plan only, nothing was changed")
 
+        if schema.migration_rollback_needed:
+            # The migration rollback workflow arrives with its own issue; until then a person runs it.
+            self.record(
+                EventKind.FAILED,
+                f"stopped before changing anything: the live schema {schema.live_schema_version} must be "
+                f"rolled back to {schema.target_schema_version} before this app rollback, and automated "
+                f"migration rollback is not available yet",
+            )
+            return await self._finish(
+                result, "failed",
+                f"live schema {schema.live_schema_version} is ahead of the target's "
+                f"{schema.target_schema_version}; roll the schema back to {schema.target_schema_version} with "
+                f"the service's migration tool, then retry",
+            )
+
         # 5. Approval
         if plan.needs_approval:
             decision = await self.wait_for_approval(
@@ -129,19 +144,6 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                 return await self._finish(result, "not_approved", "approval timed out after escalation; nothing changed")
             if not decision.approved:
                 return await self._finish(result, "rejected", f"rejected by {decision.approver}: {decision.reason}")
-        if schema.migration_rollback_needed:
-            # The migration rollback workflow arrives with its own issue; until then a person runs it.
-            self.record(
-                EventKind.DECIDED,
-                f"schema rollback to {schema.target_schema_version} must be run before the app "
-                f"rollback: `rollback migration {request.service} --to {schema.target_schema_version}`",
-            )
-            return await self._finish(
-                result, "failed",
-                f"live schema {schema.live_schema_version} is ahead of the target's "
-                f"{schema.target_schema_version}; roll the schema back first, then retry",
-            )
-
         # 6. Execute, with the way back registered first
         self.enter(Phase.EXECUTING)
         self.record(EventKind.EXECUTING, plan.steps[-2])

@@ -1,0 +1,33 @@
+# `make up` starts the whole system with its embedded defaults; `make test` runs every test.
+# Both install what they need first (Debian packages via apt-get, Python deps into .venv).
+VENV   := .venv
+PYTHON ?= python3
+
+.PHONY: up test install system-deps bench clean
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+# The real Vercel CLI, for the test that checks our Vercel contract server against it.
+.tools/node_modules/.bin/vercel:
+	npm install --prefix .tools --no-audit --no-fund --loglevel=error vercel@48
+
+install: system-deps $(VENV)/.installed
+
+up: install
+	$(VENV)/bin/rollback up
+
+test: install .tools/node_modules/.bin/vercel
+	$(VENV)/bin/python -m pytest -q
+
+bench: install
+	$(VENV)/bin/python bench/app_rollback_downtime.py
+
+clean:
+	rm -rf var .pytest_cache
