@@ -317,7 +317,7 @@ def worker(config: Optional[Path], allow_missing_secrets: bool) -> None:
         await run_worker(client, ConfigSource(config), _task_queue())
         return 0
 
-    _exit_hard(_run(main()))
+    sys.exit(_run(main()))
 
 
 @app.command("webhook")
@@ -361,8 +361,8 @@ def up(config: Optional[Path], data_dir: Path, demo: bool, port: int, ui_port: i
 
     _logging()
     logging.getLogger("temporalio").setLevel(logging.ERROR)  # expected activity failures are on the timeline
-    _exit_hard(run_up(config=config, data_dir=data_dir, demo=demo, port=port, ui_port=ui_port,
-                      webhook_port=webhook_port, exit_after_demo=exit_after_demo))
+    sys.exit(run_up(config=config, data_dir=data_dir, demo=demo, port=port, ui_port=ui_port,
+                    webhook_port=webhook_port, exit_after_demo=exit_after_demo))
 
 
 def _logging() -> None:
@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_FAILED
     except KeyboardInterrupt:
         code = 130
-    sys.exit(code if isinstance(code, int) else 0)
+    # The Temporal client's native runtime can crash in interpreter teardown; exit explicitly.
+    _exit_hard(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

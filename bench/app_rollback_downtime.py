@@ -1,0 +1,181 @@
+"""Downtime of a Docker app rollback: AppRollbackWorkflow vs runbook 004's compose steps.
+
+Polls the demo app every 10 ms during each rollback and prints, side by side, the downtime
+(longest run of failed polls) and the total time until v1 answers. Figures only: nothing here
+passes or fails on timing.
+
+    .venv/bin/python bench/app_rollback_downtime.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import httpx
+import yaml
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from activities.common import ConfigSource  # noqa: E402
+from activities.docker import DeployLedger, deploy  # noqa: E402
+from starter import engines  # noqa: E402
+from worker.main import build_worker  # noqa: E402
+from workflows import AppRollbackWorkflow  # noqa: E402
+from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
+from workflows.models import AppRollbackInput, AppRollbackResult  # noqa: E402
+
+
+class Poller:
+    """Poll /version every 10 ms; a poll fails unless it answers 200."""
+
+    def __init__(self, port: int):
+        self.url = f"http://127.0.0.1:{port}/version"
+        self.samples: list[tuple[float, bool, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=0.5) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    response = client.get(self.url)
+                    self.samples.append((started, response.status_code == 200, response.text.strip()))
+                except httpx.HTTPError:
+                    self.samples.append((started, False, ""))
+                time.sleep(max(0.0, 0.010 - (time.monotonic() - started)))
+
+    def __enter__(self) -> "Poller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def downtime(self) -> float:
+        longest, down_since = 0.0, None
+        for at, ok, _ in self.samples:
+            if not ok and down_since is None:
+                down_since = at
+            elif ok and down_since is not None:
+                longest, down_since = max(longest, at - down_since), None
+        if down_since is not None:
+            longest = max(longest, self.samples[-1][0] - down_since)
+        return longest
+
+
+def wait_for_version(port: int, version: str, timeout: float = 60) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/version", timeout=0.5).text.strip() == version:
+                return time.monotonic()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"{version} never answered on {port}")
+
+
+async def workflow_round(env, engine, address: str, workdir: Path) -> tuple[float, float]:
+    name, port = f"bench-{uuid.uuid4().hex[:6]}", engines.free_port()
+    config_path = workdir / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump({"state_dir": str(workdir / "state"), "artifact_dir": str(workdir / "inc"),
+        "services": {"web": {
+            "app": {"provider": "docker", "docker": {"container": name, "docker_host": address, "stop_timeout": 10}},
+            "health": {"url": f"http://127.0.0.1:{port}/health", "version_url": f"http://127.0.0.1:{port}/version",
+                       "consecutive_checks": 1, "interval_seconds": 0.2, "timeout_seconds": 1}}}}))
+    ledger = DeployLedger(workdir / "state" / "docker" / "web.json")
+    ledger.path.unlink(missing_ok=True)
+    engines.run_demo_container(engine, name, "demo-web:v1", port)
+    ledger.record(engine.images.get("demo-web:v1").id, "demo-web:v1")
+    deploy(engine, name, "demo-web:v2", ledger)
+    wait_for_version(port, "v2")
+    queue = f"bench-{uuid.uuid4()}"
+    async with build_worker(env.client, ConfigSource(config_path), queue):
+        with Poller(port) as poller:
+            started = time.monotonic()
+            result = await env.client.execute_workflow(
+                AppRollbackWorkflow.run, AppRollbackInput(service="web"), id=f"bench-{uuid.uuid4()}",
+                task_queue=queue, result_type=AppRollbackResult)
+            total = wait_for_version(port, "v1") - started
+    assert result.outcome == "rolled_back", result.message
+    for container in engine.containers.list(all=True, filters={"name": name}):
+        container.remove(force=True)
+    return poller.downtime(), total
+
+
+def compose_round(engine, address: str, workdir: Path) -> tuple[float, float]:
+    """Runbook 004 option 1: `docker-compose down`, retag the previous image, `up -d`."""
+    port = engines.free_port()
+    project = f"rb{uuid.uuid4().hex[:6]}"
+    compose_file = workdir / f"{project}.yml"
+    compose_file.write_text(yaml.safe_dump({"services": {"app": {
+        "image": "bench-app:latest", "network_mode": "host", "init": True, "environment": {"PORT": str(port)}}}}))
+    env = {**os.environ, "DOCKER_HOST": address}
+
+    def compose(*args: str) -> None:
+        subprocess.run(["docker-compose", "-p", project, "-f", str(compose_file), *args], check=True, env=env,
+                       capture_output=True)
+
+    engine.images.get("demo-web:v2").tag("bench-app", "latest")
+    compose("up", "-d")
+    wait_for_version(port, "v2")
+    with Poller(port) as poller:
+        started = time.monotonic()
+        compose("down")
+        engine.images.get("demo-web:v1").tag("bench-app", "latest")
+        compose("up", "-d")
+        total = wait_for_version(port, "v1") - started
+    compose("down")
+    return poller.downtime(), total
+
+
+async def main(rounds: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="rbbench-"))
+    dockerd = None
+    address = os.environ.get("DOCKER_HOST")
+    if not address:
+        dockerd = engines.start_dockerd(Path(tempfile.mkdtemp(prefix="rbdk-", dir="/tmp")))
+        address = dockerd.address
+    engine = docker.DockerClient(base_url=address, timeout=120)
+    for version in ("v1", "v2"):
+        engines.build_demo_image(engine, version)
+    env = await WorkflowEnvironment.start_local(dev_server_existing_path=engines.temporal_binary(),
+                                                search_attributes=SEARCH_ATTRIBUTES,
+                                                data_converter=pydantic_data_converter, dev_server_log_level="error")
+    try:
+        ours = [await workflow_round(env, engine, address, workdir) for _ in range(rounds)]
+        theirs = [compose_round(engine, address, workdir) for _ in range(rounds)]
+    finally:
+        await env.shutdown()
+        if dockerd:
+            dockerd.stop()
+
+    def show(label: str, runs: list[tuple[float, float]]) -> None:
+        downs, totals = [d * 1000 for d, _ in runs], [t for _, t in runs]
+        print(f"{label:<44} downtime ms: median {statistics.median(downs):7.0f}  max {max(downs):7.0f}   "
+              f"total s: median {statistics.median(totals):5.2f}  max {max(totals):5.2f}")
+
+    print(f"Docker app rollback v2 -> v1, {rounds} rounds each, demo app polled every 10 ms")
+    show("(a) AppRollbackWorkflow (recreate, verify)", ours)
+    show("(b) runbook 004: compose down, retag, up -d", theirs)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    asyncio.run(main(parser.parse_args().rounds))
