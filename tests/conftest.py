@@ -29,6 +29,7 @@ from activities.common import ConfigSource
 from starter import engines
 from tests.contract.server import serve
 from tests.contract.slack import HOOK_PATH, FakeSlack
+from tests.contract.statuspage import FakeStatuspage
 from tests.contract.vercel import FakeVercel
 from worker.main import build_worker
 from workflows.base import SEARCH_ATTRIBUTES
@@ -203,5 +204,15 @@ def slack(monkeypatch):
     fake = FakeSlack()
     server = serve(fake.app())
     monkeypatch.setenv("TEST_SLACK_WEBHOOK", server.url + HOOK_PATH)
+    yield fake
+    server.stop()
+
+
+@pytest.fixture
+def statuspage(monkeypatch):
+    fake = FakeStatuspage()
+    server = serve(fake.app())
+    monkeypatch.setenv("TEST_STATUSPAGE_KEY", fake.api_key)
+    fake.url = server.url + "/v1"
     yield fake
     server.stop()

@@ -18,6 +18,7 @@ from activities.git import GitActivities
 from activities.health import HealthActivities
 from activities.notify import NotifyActivities
 from activities.postgres import PostgresActivities
+from activities.statuspage import StatuspageActivities
 from activities.vercel import VercelActivities
 from workflows import WORKFLOWS
 
@@ -34,6 +35,7 @@ def activities_for(config: ConfigSource) -> list:
         GitActivities(config),
         PostgresActivities(config),
         NotifyActivities(config),
+        StatuspageActivities(config),
         CaptureActivities(),
     ]
     found = []

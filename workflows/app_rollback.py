@@ -147,6 +147,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         # 6. Execute, with the way back registered first
         self.enter(Phase.EXECUTING)
         self.record(EventKind.EXECUTING, plan.steps[-2])
+        await self.status_page("identified", f"We are rolling {request.service} back to a previous version.")
         executed: ExecuteResult | None = None
         # Workflow IDs are reused per service, so the run ID makes the key unique to this run.
         key = f"{workflow.info().workflow_id}/{workflow.info().run_id}"
@@ -191,6 +192,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
 
         # 9. Report
         self.record(EventKind.RESOLVED, f"{request.service} rolled back to {target.label or target.id}")
+        await self.status_page("resolved", f"{request.service} is back on a known good version and verified.")
         await self.notify(
             f"{request.service} rolled back: {current.label or current.id} -> {target.label or target.id}",
             key="resolved", reason=request.reason,
@@ -231,6 +233,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                 type="CompensationFailed", non_retryable=True,
             ) from undo_error
         self.record(EventKind.COMPENSATED, f"{current.label or current.id} restored", details=undone.details)
+        await self.status_page("investigating", f"A rollback of {request.service} did not help; we are investigating.")
         self.enter(Phase.FAILED)
         await self.notify(f"{request.service} rollback to {target.label or target.id} failed and was undone: {why}",
                           key="compensated")

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
         EventKind,
         NotifyRequest,
         Phase,
+        StatusPageRequest,
         RollbackStatus,
         TimelineEvent,
     )
@@ -129,22 +130,31 @@ class RollbackWorkflowBase:
             fingerprint=notice.fingerprint,
         )
 
-    async def notify(self, text: str, key: str, escalation: bool = False, **fields: str) -> None:
-        """Tell people; a failed notification is recorded, never a reason to stop a rollback."""
+    async def _best_effort(self, activity_name: str, request, result_type, what: str) -> object | None:
+        """Tell people; a failed notice is recorded, never a reason to stop a rollback."""
         try:
-            sent = await workflow.execute_activity(
-                "notify.slack",
-                NotifyRequest(service=self.service, key=f"{workflow.info().workflow_id}:{key}", text=text,
-                              fields=fields, escalation=escalation),
-                result_type=bool,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_attempts=3),
+            return await workflow.execute_activity(
+                activity_name, request, result_type=result_type,
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3),
             )
         except Exception as exc:  # noqa: BLE001 - reported on the timeline instead
-            self.record(EventKind.NOTIFIED, f"notification failed: {exc}")
-            return
-        if sent:
+            self.record(EventKind.NOTIFIED, f"{what} failed: {exc}")
+            return None
+
+    async def notify(self, text: str, key: str, escalation: bool = False, **fields: str) -> None:
+        request = NotifyRequest(service=self.service, key=f"{workflow.info().workflow_id}:{key}", text=text,
+                                fields=fields, escalation=escalation)
+        if await self._best_effort("notify.slack", request, bool, "Slack notification"):
             self.record(EventKind.NOTIFIED, f"Slack: {text}")
+
+    async def status_page(self, status: str, body: str, impact: str = "minor") -> None:
+        """One public incident per run, moved through investigating/identified/resolved."""
+        info = workflow.info()
+        request = StatusPageRequest(service=self.service, key=f"{info.workflow_id}/{info.run_id}",
+                                    name=f"{self.service}: degraded service", status=status, body=body, impact=impact)
+        incident = await self._best_effort("statuspage.post", request, str, "status page update")
+        if incident:
+            self.record(EventKind.NOTIFIED, f"status page incident {incident}: {status}")
 
     async def wait_for_approval(self, step: str, summary: str, timeout: timedelta) -> ApprovalDecision | None:
         """Block until someone approves or rejects `step`.

@@ -258,3 +258,12 @@ class SchemaVersion(BaseModel):
     version: str | None = None
     tool: str | None = None
     error: str = ""
+
+
+class StatusPageRequest(BaseModel):
+    service: str
+    key: str = Field(description="One public incident per key.")
+    name: str
+    status: str = Field(description="investigating | identified | monitoring | resolved")
+    body: str
+    impact: str = "minor"

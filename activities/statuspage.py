@@ -1,0 +1,71 @@
+"""Atlassian Statuspage: open, update and resolve one public incident per rollback.
+
+Idempotent: the incident carries our key in its metadata and the id is kept in a state file,
+so a retried activity updates the incident it created instead of opening another.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.common import ConfigSource, fail, read_json, resolve_secret, write_json_atomic
+from workflows.models import StatusPageRequest
+
+COMPONENT_FOR_STATUS = {"investigating": "partial_outage", "identified": "partial_outage",
+                        "monitoring": "degraded_performance", "resolved": "operational"}
+
+
+class StatuspageActivities:
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
+    @activity.defn(name="statuspage.post")
+    async def post(self, request: StatusPageRequest) -> str | None:
+        """Create or update the rollback's incident; None when no status page is configured."""
+        target = self._config.service(request.service).notify.statuspage
+        if target is None:
+            return None
+        key = resolve_secret(target.api_key_env, request.service)
+        known_file = self._config.state_path("statuspage", f"{request.service}.json")
+        known = read_json(known_file, {})
+        incident: dict = {"status": request.status, "body": request.body}
+        if target.component_id:
+            incident["components"] = {target.component_id: COMPONENT_FOR_STATUS[request.status]}
+            incident["component_ids"] = [target.component_id]
+        async with httpx.AsyncClient(base_url=target.api_url, headers={"Authorization": f"OAuth {key}"},
+                                     timeout=20) as client:
+            incident_id = known.get(request.key)
+            if incident_id is None:  # a crash may have come between create and recording it
+                unresolved = await self._call(client, "GET", f"/pages/{target.page_id}/incidents/unresolved")
+                incident_id = next((i["id"] for i in unresolved
+                                    if (i.get("metadata") or {}).get("rollback", {}).get("key") == request.key), None)
+            if incident_id is None:
+                incident.update({"name": request.name, "impact_override": request.impact,
+                                 "deliver_notifications": True, "metadata": {"rollback": {"key": request.key}}})
+                created = await self._call(client, "POST", f"/pages/{target.page_id}/incidents", {"incident": incident})
+                incident_id = created["id"]
+            else:
+                await self._call(client, "PATCH", f"/pages/{target.page_id}/incidents/{incident_id}",
+                                 {"incident": incident})
+        known[request.key] = incident_id
+        write_json_atomic(known_file, known)
+        return incident_id
+
+    @staticmethod
+    async def _call(client: httpx.AsyncClient, method: str, path: str, body: dict | None = None):
+        try:
+            response = await client.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise ApplicationError(f"Statuspage unreachable: {type(exc).__name__}") from None
+        if response.status_code in (420, 429):
+            delay = float(response.headers.get("Retry-After", "5"))
+            raise ApplicationError("Statuspage rate limit", next_retry_delay=timedelta(seconds=delay))
+        if response.status_code in (401, 403, 404, 422):
+            raise fail(f"Statuspage refused {method} {path}: HTTP {response.status_code} {response.text[:200]}")
+        if response.status_code >= 300:
+            raise ApplicationError(f"Statuspage answered HTTP {response.status_code}")
+        return response.json()
