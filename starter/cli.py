@@ -19,6 +19,7 @@ import click
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from starter.engines import EngineError
 from workflows.config import ConfigError, load_config, missing_secrets
 from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput, RollbackStatus
 
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         print("aborted", file=sys.stderr)
         code = 130
-    except (CliError, ConfigError) as exc:
+    except (CliError, ConfigError, EngineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = getattr(exc, "code", EXIT_FAILED)
     except RPCError as exc:

@@ -12,9 +12,11 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from workflows.base import SEARCH_ATTRIBUTES
 
@@ -72,6 +74,7 @@ class Service:
     process: subprocess.Popen
     address: str
     log: Path
+    cleanup: Callable[[], None] | None = None
 
     def stop(self, timeout: float = 20) -> None:
         if self.process.poll() is None:
@@ -81,6 +84,8 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.cleanup is not None:
+            self.cleanup()
 
 
 def start_temporal(data_dir: Path, port: int = 7233, ui_port: int = 8233, headless: bool = False) -> Service:
@@ -109,11 +114,14 @@ def start_dockerd(root: Path) -> Service:
     if not dockerd:
         raise EngineError("dockerd is not installed: apt-get install docker.io")
     root.mkdir(parents=True, exist_ok=True)
-    sock = root / "docker.sock"
+    # Unix socket paths are limited to 108 bytes, and containerd nests its own deep inside the
+    # exec root: keep both sockets under a short /tmp directory, whatever root is.
+    short = Path(tempfile.mkdtemp(prefix="rbdk-", dir="/tmp"))
+    sock = short / "docker.sock"
     log = root / "dockerd.log"
     process = subprocess.Popen(
-        [dockerd, "--host", f"unix://{sock}", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-         "--pidfile", str(root / "docker.pid"), "--bridge=none", "--iptables=false", "--ip6tables=false",
+        [dockerd, "--host", f"unix://{sock}", "--data-root", str(root / "data"), "--exec-root", str(short / "exec"),
+         "--pidfile", str(short / "docker.pid"), "--bridge=none", "--iptables=false", "--ip6tables=false",
          "--storage-driver=vfs"],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -129,8 +137,13 @@ def start_dockerd(root: Path) -> Service:
             except OSError:
                 return False
 
+    def cleanup() -> None:
+        # dockerd leaves its network namespace bind-mounted in the exec root
+        subprocess.run(["umount", "-l", str(short / "exec" / "netns" / "default")], capture_output=True)
+        shutil.rmtree(short, ignore_errors=True)
+
     wait_for(ready, 60, "dockerd", process, log)
-    return Service(process, f"unix://{sock}", log)
+    return Service(process, f"unix://{sock}", log, cleanup)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from activities.common import ConfigSource
 from starter import engines
-from workflows.config import load_config
+from workflows.config import CONFIG_ENV_VAR, config_path, load_config
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "rollback.yaml"
 DEMO_SERVICE = "demo-web"
@@ -29,7 +29,9 @@ def _docker_reachable() -> bool:
 def run_up(*, config: Path | None, data_dir: Path, demo: bool, port: int, ui_port: int, webhook_port: int,
            exit_after_demo: bool) -> int:
     data_dir = data_dir.resolve()
-    config = config or (DEMO_CONFIG if demo else None)
+    if config is None and not os.environ.get(CONFIG_ENV_VAR) and not config_path().exists():
+        config = DEMO_CONFIG  # nothing configured yet: protect the demo service
+    config = config_path(config)
     os.environ.setdefault("ROLLBACK_STATE_DIR", str(data_dir / "state"))
     os.environ.setdefault("ROLLBACK_ARTIFACT_DIR", str(data_dir / "incidents"))
     load_config(config)  # a bad config stops us before anything starts

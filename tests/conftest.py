@@ -38,6 +38,11 @@ CI = os.environ.get("CI") == "true"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser):
+    parser.addoption("--record-history", action="store_true",
+                     help="write fresh workflow histories into tests/histories for replay tests")
+
+
 def unavailable(reason: str):
     if CI:
         pytest.fail(f"{reason} (CI=true, so this is a missing install step, not a skip)")
@@ -135,7 +140,6 @@ def docker_engine():
     service = None
     address = os.environ.get("DOCKER_HOST")
     if not address:
-        # a short path: unix socket paths are limited to 108 bytes
         root = Path(tempfile.mkdtemp(prefix="rbdk-", dir="/tmp"))
         try:
             service = engines.start_dockerd(root)
@@ -153,7 +157,7 @@ def docker_engine():
     client.close()
     if service is not None:
         service.stop()
-        shutil.rmtree(service.address.removeprefix("unix://").rsplit("/", 1)[0], ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,3 +58,18 @@ async def test_sigkill_during_vercel_polling(client, task_queue, temporal_addres
     attempts = [e.activity_task_started_event_attributes.attempt for e in history
                 if e.HasField("activity_task_started_event_attributes")]
     assert max(attempts) >= 2  # the execute step really was retried on the new worker
+
+
+async def test_sigterm_stops_the_worker_cleanly(temporal_address, task_queue, write_config, tmp_path, vercel):
+    config = write_config({"shop": vercel_service(vercel)})
+    log = tmp_path / "worker.log"
+    worker = start_worker(str(config._path), temporal_address, task_queue, vercel.token, log)
+
+    async def started() -> bool:
+        return "worker started" in log.read_text()
+
+    await assert_eventually(started, timeout=30, message="worker started")
+    worker.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(worker.wait, 45)
+    assert code == 0
+    assert "worker stopped" in log.read_text() and "Traceback" not in log.read_text()
