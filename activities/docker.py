@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import ConfigSource, fail, read_json, redact_env_list, write_json_atomic
-from workflows.config import DockerTarget
+from workflows.config import ComposeTarget, DockerTarget
 from workflows.models import (
     AppVersion,
     CaptureRequest,
@@ -41,7 +43,7 @@ SCHEMA_LABEL = "io.rollback.schema-version"
 IMAGE_DERIVED = ("Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Volumes", "Healthcheck")
 
 
-def connect(target: DockerTarget) -> docker.DockerClient:
+def connect(target: DockerTarget | ComposeTarget) -> docker.DockerClient:
     try:
         if target.docker_host:
             return docker.DockerClient(base_url=target.docker_host, timeout=60)
@@ -235,6 +237,53 @@ def restore(client: docker.DockerClient, name: str, aside_name: str, new_contain
     return aside.id
 
 
+def select_from_ledger(client: docker.DockerClient, ledger: DeployLedger, request: TargetRequest,
+                       what: str) -> AppVersion:
+    """The explicit image, else the newest recorded image that is not current and not rolled away from."""
+    if request.explicit:
+        try:
+            chosen = version_of(client, request.explicit)
+        except ImageNotFound:
+            raise fail(f"image {request.explicit!r} is not present on the Docker engine") from None
+    else:
+        chosen = None
+        for entry in reversed(ledger.entries()):
+            if entry["image_id"] == request.current.id or entry["bad"]:
+                continue
+            try:
+                chosen = version_of(client, entry["image_id"])
+                break
+            except ImageNotFound:
+                continue
+        if chosen is None:
+            raise fail(f"service {request.service!r}: no earlier image recorded for {what}; "
+                       "pass an explicit target (--to IMAGE)")
+    if chosen.id == request.current.id:
+        raise fail(f"target {chosen.label} is the image the container already runs; nothing to roll back")
+    return chosen
+
+
+def capture_container(client: docker.DockerClient, container, artifact_dir: str) -> CaptureResult:
+    """Runbook 004's pre-rollback checklist: inspect, logs, ps, images, env with secrets redacted."""
+    out = Path(artifact_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    inspect = json.loads(json.dumps(container.attrs))
+    inspect["Config"]["Env"] = redact_env_list(inspect["Config"].get("Env") or [])
+    files = {
+        "container-inspect.json": json.dumps(inspect, indent=2),
+        "container-logs.txt": container.logs(tail=500, timestamps=True).decode(errors="replace"),
+        "container-env.txt": "\n".join(inspect["Config"]["Env"]) + "\n",
+        "ps.txt": "\n".join(
+            f"{c.short_id}\t{c.name}\t{c.attrs['Config'].get('Image')}\t{c.status}"
+            for c in client.containers.list(all=True)
+        ) + "\n",
+        "images.txt": "\n".join(f"{i.id}\t{','.join(i.tags)}" for i in client.images.list()) + "\n",
+    }
+    for name, text in files.items():
+        (out / name).write_text(text)
+    return CaptureResult(files=[str(out / name) for name in files])
+
+
 class DockerActivities:
     def __init__(self, config: ConfigSource):
         self._config = config
@@ -271,30 +320,8 @@ class DockerActivities:
 
     def _select(self, request: TargetRequest) -> AppVersion:
         target = self._target(request.service)
-        client = connect(target)
-        if request.explicit:
-            try:
-                chosen = version_of(client, request.explicit)
-            except ImageNotFound:
-                raise fail(f"image {request.explicit!r} is not present on the Docker engine") from None
-        else:
-            chosen = None
-            for entry in reversed(self._ledger(request.service).entries()):
-                if entry["image_id"] == request.current.id or entry["bad"]:
-                    continue
-                try:
-                    chosen = version_of(client, entry["image_id"])
-                    break
-                except ImageNotFound:
-                    continue
-            if chosen is None:
-                raise fail(
-                    f"service {request.service!r}: no earlier image recorded for container "
-                    f"{target.container!r}; pass an explicit target (--to IMAGE)"
-                )
-        if chosen.id == request.current.id:
-            raise fail(f"target {chosen.label} is the image the container already runs; nothing to roll back")
-        return chosen
+        return select_from_ledger(connect(target), self._ledger(request.service), request,
+                                  f"container {target.container!r}")
 
     @activity.defn(name="docker.select_target")
     async def select_target(self, request: TargetRequest) -> AppVersion:
@@ -303,25 +330,7 @@ class DockerActivities:
     def _capture(self, request: CaptureRequest) -> CaptureResult:
         target = self._target(request.service)
         client = connect(target)
-        container = self._container(client, target, request.service)
-        out = Path(request.artifact_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        inspect = json.loads(json.dumps(container.attrs))
-        inspect["Config"]["Env"] = redact_env_list(inspect["Config"].get("Env") or [])
-        files = {
-            "container-inspect.json": json.dumps(inspect, indent=2),
-            "container-logs.txt": container.logs(tail=500, timestamps=True).decode(errors="replace"),
-            "container-env.txt": "\n".join(inspect["Config"]["Env"]) + "\n",
-            "ps.txt": "\n".join(
-                f"{c.short_id}\t{c.name}\t{c.attrs['Config'].get('Image')}\t{c.status}"
-                for c in client.containers.list(all=True)
-            )
-            + "\n",
-            "images.txt": "\n".join(f"{i.id}\t{','.join(i.tags)}" for i in client.images.list()) + "\n",
-        }
-        for name, text in files.items():
-            (out / name).write_text(text)
-        return CaptureResult(files=[str(out / name) for name in files])
+        return capture_container(client, self._container(client, target, request.service), request.artifact_dir)
 
     @activity.defn(name="docker.capture_state")
     async def capture_state(self, request: CaptureRequest) -> CaptureResult:
@@ -360,3 +369,104 @@ class DockerActivities:
     @activity.defn(name="docker.undo")
     async def undo(self, request: UndoRequest) -> ExecuteResult:
         return await asyncio.to_thread(self._undo, request)
+
+
+class ComposeActivities:
+    """Compose-managed services: pin the image through the compose file's image variable and let
+    `docker-compose -p P up -d --no-deps SERVICE` recreate that one service (never the API).
+
+    The compose file must read the image from a variable, e.g. ``image: ${WEB_IMAGE:-web:latest}``.
+    """
+
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
+    def _target(self, service: str) -> ComposeTarget:
+        app = self._config.service(service).app
+        if app.compose is None:
+            raise fail(f"service {service!r} has no compose app target")
+        return app.compose
+
+    def _ledger(self, service: str) -> DeployLedger:
+        return DeployLedger(self._config.state_path("docker", f"{service}.json"))
+
+    def _container(self, client: docker.DockerClient, target: ComposeTarget, service: str):
+        labels = [f"com.docker.compose.project={target.project}", f"com.docker.compose.service={target.service}"]
+        containers = client.containers.list(all=True, filters={"label": labels})
+        if not containers:
+            raise fail(f"service {service!r}: no container of compose service {target.service!r} in project "
+                       f"{target.project!r}")
+        return sorted(containers, key=lambda c: c.status != "running")[0]
+
+    def _current(self, service: str) -> AppVersion:
+        target = self._target(service)
+        client = connect(target)
+        container = self._container(client, target, service)
+        self._ledger(service).record(container.attrs["Image"], container.attrs["Config"].get("Image", ""))
+        version = version_of(client, container.attrs["Image"])
+        version.provider = "compose"
+        version.details.update(container_id=container.id, status=container.status)
+        return version
+
+    @activity.defn(name="compose.current")
+    async def current(self, request: ServiceRef) -> AppVersion:
+        return await asyncio.to_thread(self._current, request.service)
+
+    def _select(self, request: TargetRequest) -> AppVersion:
+        target = self._target(request.service)
+        chosen = select_from_ledger(connect(target), self._ledger(request.service), request,
+                                    f"compose service {target.service!r}")
+        chosen.provider = "compose"
+        return chosen
+
+    @activity.defn(name="compose.select_target")
+    async def select_target(self, request: TargetRequest) -> AppVersion:
+        return await asyncio.to_thread(self._select, request)
+
+    def _capture(self, request: CaptureRequest) -> CaptureResult:
+        target = self._target(request.service)
+        client = connect(target)
+        return capture_container(client, self._container(client, target, request.service), request.artifact_dir)
+
+    @activity.defn(name="compose.capture_state")
+    async def capture_state(self, request: CaptureRequest) -> CaptureResult:
+        return await asyncio.to_thread(self._capture, request)
+
+    def _up(self, service: str, image_id: str, settle_seconds: float = 1.5) -> dict[str, str]:
+        """Recreate the service on `image_id`; idempotent (compose converges on the same pin)."""
+        target = self._target(service)
+        env = {**os.environ, target.image_env: image_id}
+        if target.docker_host:
+            env["DOCKER_HOST"] = target.docker_host
+        command = ["docker-compose", "-p", target.project, "-f", target.file, "up", "-d", "--no-deps", target.service]
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        except FileNotFoundError:
+            raise fail("docker-compose is not installed on the worker (apt-get install docker-compose)") from None
+        if done.returncode != 0:
+            raise ApplicationError(f"docker-compose up for {target.service} failed: {done.stderr.strip()[-400:]}")
+        time.sleep(settle_seconds)
+        client = connect(target)
+        container = self._container(client, target, service)
+        if container.attrs["Image"] != image_id or container.status != "running":
+            raise ApplicationError(f"compose service {target.service} is {container.status} on "
+                                   f"{container.attrs['Image'][:19]}, expected running on {image_id[:19]}")
+        return {"container_id": container.id, "pinned": f"{target.image_env}={image_id}"}
+
+    def _execute(self, request: ExecuteRequest) -> ExecuteResult:
+        try:
+            details = self._up(request.service, request.target.id)
+        except ApplicationError:
+            self._up(request.service, request.current.id)  # never leave the service without a version
+            raise
+        self._ledger(request.service).mark_bad(request.current.id)
+        return ExecuteResult(provider="compose", details=details)
+
+    @activity.defn(name="compose.execute")
+    async def execute(self, request: ExecuteRequest) -> ExecuteResult:
+        return await asyncio.to_thread(self._execute, request)
+
+    @activity.defn(name="compose.undo")
+    async def undo(self, request: UndoRequest) -> ExecuteResult:
+        details = await asyncio.to_thread(self._up, request.service, request.current.id)
+        return ExecuteResult(provider="compose", details=details)

@@ -138,8 +138,9 @@ def start_dockerd(root: Path) -> Service:
                 return False
 
     def cleanup() -> None:
-        # dockerd leaves its network namespace bind-mounted in the exec root
-        subprocess.run(["umount", "-l", str(short / "exec" / "netns" / "default")], capture_output=True)
+        # dockerd leaves its network namespace and its data root mounted
+        for mount_point in (short / "exec" / "netns" / "default", root / "data"):
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
         shutil.rmtree(short, ignore_errors=True)
 
     wait_for(ready, 60, "dockerd", process, log)

@@ -13,7 +13,7 @@ from temporalio.worker import Worker
 from activities.capture import CaptureActivities
 from activities.common import ConfigSource
 from activities.config import ConfigActivities
-from activities.docker import DockerActivities
+from activities.docker import ComposeActivities, DockerActivities
 from activities.git import GitActivities
 from activities.health import HealthActivities
 from activities.notify import NotifyActivities
@@ -31,6 +31,7 @@ def activities_for(config: ConfigSource) -> list:
         ConfigActivities(config),
         HealthActivities(config),
         DockerActivities(config),
+        ComposeActivities(config),
         VercelActivities(config),
         GitActivities(config),
         PostgresActivities(config),
