@@ -100,7 +100,9 @@ async def _demo(client, follow, task_queue: str) -> int:
     def prepare() -> None:
         engine = docker.from_env(timeout=60)
         for leftover in engine.containers.list(all=True, filters={"name": DEMO_SERVICE}):
-            leftover.remove(force=True)  # a fresh demo each time `up` runs
+            if leftover.name == DEMO_SERVICE or leftover.name.startswith(
+                    (f"{DEMO_SERVICE}-before-rollback-", f"{DEMO_SERVICE}-deploy-previous")):
+                leftover.remove(force=True)  # a fresh demo each time `up` runs; nothing else is touched
         for version in engines.DEMO_VERSIONS:
             engines.build_demo_image(engine, version)
         ledger = DeployLedger(Path(os.environ["ROLLBACK_STATE_DIR"]) / "docker" / f"{DEMO_SERVICE}.json")

@@ -183,12 +183,14 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                         f"{target.label or target.id}")
         except BaseException as exc:  # cancellation compensates too
             await self._compensate(request, current, target, executed, key, exc)
-            raise ApplicationError(
+            message = (
                 f"app rollback of {request.service} to {target.label or target.id} failed and was undone: "
                 f"{_cause(exc)}. {current.label or current.id} is serving again; look at "
-                f"{context.artifact_dir} and `rollback status {workflow.info().workflow_id}` before trying another target.",
-                type="RollbackCompensated", non_retryable=True,
-            ) from exc
+                f"{context.artifact_dir} and `rollback status {workflow.info().workflow_id}` before trying "
+                "another target."
+            )
+            await self._postmortem(result, "compensated", message)
+            raise ApplicationError(message, type="RollbackCompensated", non_retryable=True) from exc
 
         # 9. Report
         self.record(EventKind.RESOLVED, f"{request.service} rolled back to {target.label or target.id}")
@@ -243,15 +245,19 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         result.outcome, result.message = outcome, message
         result.phase_seconds = dict(self.phase_seconds)
         result.timeline = list(self.events)
-        if result.artifact_dir and outcome != "dry_run":
-            await workflow.execute_activity(
-                "capture.postmortem",
-                PostmortemRequest(service=result.service, artifact_dir=result.artifact_dir,
-                                  title=f"App rollback of {result.service}: {outcome}",
-                                  summary={"from": result.from_version, "to": result.to_version, "outcome": outcome,
-                                           "message": message, "phase_seconds": result.phase_seconds},
-                                  timeline=result.timeline),
-                start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY,
-            )
+        if outcome != "dry_run":
+            await self._postmortem(result, outcome, message)
         await self.finish_handlers()
         return result
+
+    async def _postmortem(self, result: AppRollbackResult, outcome: str, message: str) -> None:
+        """Render the timeline into postmortem.md beside the captured state."""
+        await workflow.execute_activity(
+            "capture.postmortem",
+            PostmortemRequest(service=result.service, artifact_dir=result.artifact_dir or "",
+                              title=f"App rollback of {result.service}: {outcome}",
+                              summary={"from": result.from_version, "to": result.to_version, "outcome": outcome,
+                                       "message": message, "phase_seconds": dict(self.phase_seconds)},
+                              timeline=list(self.events)),
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY,
+        )

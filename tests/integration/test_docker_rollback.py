@@ -106,6 +106,8 @@ async def test_unhealthy_target_is_compensated_and_original_runs_again(client, t
     assert site.container().status == "running"
     assert site.version() == "v2"
     assert kinds(status.timeline)[-3:] == ["verification_failed", "compensating", "compensated"]
+    (postmortem,) = Path(site.config.config.artifact_dir).rglob("postmortem.md")
+    assert "App rollback of web: compensated" in postmortem.read_text()
 
 
 async def test_retagged_tag_does_not_change_the_target(client, task_queue, make_deployed, docker_engine):

@@ -31,6 +31,7 @@ class Platform:
 
     serving: str = ""
     hooks: list[str] = field(default_factory=list)
+    broken_deploys: set[int] = field(default_factory=set)  # 1-based hook calls whose deploy is unhealthy
 
     def app(self) -> Starlette:
         async def hook(request: Request):
@@ -39,6 +40,8 @@ class Platform:
             return JSONResponse({"job": {"id": f"job{len(self.hooks)}", "state": "PENDING"}}, status_code=201)
 
         async def health(_: Request):
+            if len(self.hooks) in self.broken_deploys:
+                return JSONResponse({"status": "error", "error_rate": 0.5}, status_code=503)
             return JSONResponse({"status": "ok", "error_rate": 0.0})
 
         async def version(_: Request):
@@ -132,3 +135,22 @@ async def test_target_not_in_history_is_refused(client, task_queue, repo, platfo
             )
     assert "not found on main" in str(failure.value.cause.cause)
     assert platform.hooks == []
+
+
+async def test_unhealthy_revert_is_undone_with_a_new_commit(client, task_queue, repo, platform, write_config):
+    from temporalio.client import WorkflowFailureError
+
+    remote, commits = repo
+    platform.broken_deploys = {1}  # the revert deploys but does not come up healthy
+    config = write_config({"web": git_service(remote, platform)})
+    async with running_worker(client, config, task_queue):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(
+                AppRollbackWorkflow.run, AppRollbackInput(service="web", target=commits["good"]),
+                id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
+            )
+    assert "failed and was undone" in str(failure.value.cause)
+    head = sh("git", "--git-dir", str(remote), "rev-parse", "main")
+    assert sh("git", "--git-dir", str(remote), "diff", commits["bad2"], head) == ""  # the pre-rollback tree
+    assert sh("git", "--git-dir", str(remote), "rev-list", "--count", "main") == "5"  # history only grows
+    assert len(platform.hooks) == 2 and platform.serving == head

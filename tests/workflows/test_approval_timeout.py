@@ -24,6 +24,7 @@ from workflows.models import (
     ExecuteResult,
     HealthSnapshot,
     NotifyRequest,
+    PostmortemRequest,
     ServiceContext,
     ServiceRef,
     TargetRequest,
@@ -67,7 +68,11 @@ def stand_ins(executed: list, notices: list) -> list:
         notices.append(request)
         return True
 
-    return [service, assess, current, capture, select, execute, slack]
+    @activity.defn(name="capture.postmortem")
+    async def postmortem(request: PostmortemRequest) -> str:
+        return "postmortem.md"
+
+    return [service, assess, current, capture, select, execute, slack, postmortem]
 
 
 async def test_approval_timeout_escalates_and_never_proceeds(skipping_env):
