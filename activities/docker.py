@@ -284,18 +284,54 @@ def capture_container(client: docker.DockerClient, container, artifact_dir: str)
     return CaptureResult(files=[str(out / name) for name in files])
 
 
-class DockerActivities:
+class _EngineActivities:
+    """What the plain-container and the compose providers share: the ledger, finding the
+    current and previous image, and capturing state. Subclasses say how to find the container."""
+
+    provider = ""
+
     def __init__(self, config: ConfigSource):
         self._config = config
 
-    def _target(self, service: str) -> DockerTarget:
-        app = self._config.service(service).app
-        if app.docker is None:
-            raise fail(f"service {service!r} has no docker app target")
-        return app.docker
+    def _target(self, service: str):
+        target = getattr(self._config.service(service).app, self.provider)
+        if target is None:
+            raise fail(f"service {service!r} has no {self.provider} app target")
+        return target
 
     def _ledger(self, service: str) -> DeployLedger:
         return DeployLedger(self._config.state_path("docker", f"{service}.json"))
+
+    def _container(self, client: docker.DockerClient, target, service: str):
+        raise NotImplementedError
+
+    def _describe(self, target) -> str:
+        raise NotImplementedError
+
+    def _current(self, service: str) -> AppVersion:
+        target = self._target(service)
+        client = connect(target)
+        container = self._container(client, target, service)
+        self._ledger(service).record(container.attrs["Image"], container.attrs["Config"].get("Image", ""))
+        version = version_of(client, container.attrs["Image"])
+        version.provider = self.provider
+        version.details.update(container_id=container.id, status=container.status)
+        return version
+
+    def _select(self, request: TargetRequest) -> AppVersion:
+        target = self._target(request.service)
+        chosen = select_from_ledger(connect(target), self._ledger(request.service), request, self._describe(target))
+        chosen.provider = self.provider
+        return chosen
+
+    def _capture(self, request: CaptureRequest) -> CaptureResult:
+        target = self._target(request.service)
+        client = connect(target)
+        return capture_container(client, self._container(client, target, request.service), request.artifact_dir)
+
+
+class DockerActivities(_EngineActivities):
+    provider = "docker"
 
     def _container(self, client: docker.DockerClient, target: DockerTarget, service: str):
         try:
@@ -303,34 +339,16 @@ class DockerActivities:
         except NotFound:
             raise fail(f"service {service!r}: container {target.container!r} not found on the Docker engine") from None
 
-    def _current(self, service: str) -> AppVersion:
-        target = self._target(service)
-        client = connect(target)
-        container = self._container(client, target, service)
-        image_id = container.attrs["Image"]
-        self._ledger(service).record(image_id, container.attrs["Config"].get("Image", ""))
-        version = version_of(client, image_id)
-        version.details["container_id"] = container.id
-        version.details["status"] = container.status
-        return version
+    def _describe(self, target: DockerTarget) -> str:
+        return f"container {target.container!r}"
 
     @activity.defn(name="docker.current")
     async def current(self, request: ServiceRef) -> AppVersion:
         return await asyncio.to_thread(self._current, request.service)
 
-    def _select(self, request: TargetRequest) -> AppVersion:
-        target = self._target(request.service)
-        return select_from_ledger(connect(target), self._ledger(request.service), request,
-                                  f"container {target.container!r}")
-
     @activity.defn(name="docker.select_target")
     async def select_target(self, request: TargetRequest) -> AppVersion:
         return await asyncio.to_thread(self._select, request)
-
-    def _capture(self, request: CaptureRequest) -> CaptureResult:
-        target = self._target(request.service)
-        client = connect(target)
-        return capture_container(client, self._container(client, target, request.service), request.artifact_dir)
 
     @activity.defn(name="docker.capture_state")
     async def capture_state(self, request: CaptureRequest) -> CaptureResult:
@@ -371,24 +389,14 @@ class DockerActivities:
         return await asyncio.to_thread(self._undo, request)
 
 
-class ComposeActivities:
+class ComposeActivities(_EngineActivities):
     """Compose-managed services: pin the image through the compose file's image variable and let
     `docker-compose -p P up -d --no-deps SERVICE` recreate that one service (never the API).
 
     The compose file must read the image from a variable, e.g. ``image: ${WEB_IMAGE:-web:latest}``.
     """
 
-    def __init__(self, config: ConfigSource):
-        self._config = config
-
-    def _target(self, service: str) -> ComposeTarget:
-        app = self._config.service(service).app
-        if app.compose is None:
-            raise fail(f"service {service!r} has no compose app target")
-        return app.compose
-
-    def _ledger(self, service: str) -> DeployLedger:
-        return DeployLedger(self._config.state_path("docker", f"{service}.json"))
+    provider = "compose"
 
     def _container(self, client: docker.DockerClient, target: ComposeTarget, service: str):
         labels = [f"com.docker.compose.project={target.project}", f"com.docker.compose.service={target.service}"]
@@ -398,35 +406,16 @@ class ComposeActivities:
                        f"{target.project!r}")
         return sorted(containers, key=lambda c: c.status != "running")[0]
 
-    def _current(self, service: str) -> AppVersion:
-        target = self._target(service)
-        client = connect(target)
-        container = self._container(client, target, service)
-        self._ledger(service).record(container.attrs["Image"], container.attrs["Config"].get("Image", ""))
-        version = version_of(client, container.attrs["Image"])
-        version.provider = "compose"
-        version.details.update(container_id=container.id, status=container.status)
-        return version
+    def _describe(self, target: ComposeTarget) -> str:
+        return f"compose service {target.service!r}"
 
     @activity.defn(name="compose.current")
     async def current(self, request: ServiceRef) -> AppVersion:
         return await asyncio.to_thread(self._current, request.service)
 
-    def _select(self, request: TargetRequest) -> AppVersion:
-        target = self._target(request.service)
-        chosen = select_from_ledger(connect(target), self._ledger(request.service), request,
-                                    f"compose service {target.service!r}")
-        chosen.provider = "compose"
-        return chosen
-
     @activity.defn(name="compose.select_target")
     async def select_target(self, request: TargetRequest) -> AppVersion:
         return await asyncio.to_thread(self._select, request)
-
-    def _capture(self, request: CaptureRequest) -> CaptureResult:
-        target = self._target(request.service)
-        client = connect(target)
-        return capture_container(client, self._container(client, target, request.service), request.artifact_dir)
 
     @activity.defn(name="compose.capture_state")
     async def capture_state(self, request: CaptureRequest) -> CaptureResult:
