@@ -1,49 +1,44 @@
-"""The alert webhook receiver (Starlette): authenticated endpoints that start rollbacks.
+"""The alert webhook receiver (Starlette): authenticated endpoints that start rollbacks safely.
 
-This first version serves a generic JSON endpoint with bearer authentication, /healthz and
-/metrics; source-specific endpoints (Alertmanager, Grafana, Sentry, Datadog, PagerDuty) build
-on the same pieces.
+One pipeline for every source: size limit while reading, content type, authentication over
+the raw bytes, parsing, replay check, then per alert: map to a service, decide with the policy,
+and start (or attach to) the service's incident workflow *before* answering, so an accepted
+alert is never lost if the process dies right after.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
-import os
+from collections import OrderedDict
+from datetime import datetime, timedelta, timezone
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from activities.common import ConfigSource
-from starter.start import start_or_attach_app_rollback
-from workflows.config import ConfigError
-from workflows.models import AlertNotice, AppRollbackInput
+from starter.alerts import Refused, authenticate, parse
+from starter.start import app_rollback_id, start_or_attach_app_rollback
+from workflows.config import RollbackConfig, WebhookSource
+from workflows.models import Alert, AlertNotice, AppRollbackInput
+from workflows.policy import decide
 
 log = logging.getLogger("rollback.webhook")
-TOKENS_ENV = "ROLLBACK_WEBHOOK_TOKENS"
-MAX_BODY_BYTES = 1 << 20
-
-
-class GenericAlert(BaseModel):
-    service: str
-    status: str = "firing"
-    summary: str = ""
-    severity: str = "P1"
-    fingerprint: str = ""
+TOKENS_ENV = "ROLLBACK_WEBHOOK_TOKENS"  # the generic endpoint's bearer tokens unless the config says otherwise
+SOURCES = ("alertmanager", "grafana", "sentry", "datadog", "pagerduty", "generic")
+REPLAY_MEMORY = 10_000
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-async def read_limited(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+async def read_limited(request: Request, limit: int) -> bytes:
     """Read the body, stopping as soon as it passes the limit (never buffering a huge one)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -57,54 +52,108 @@ async def read_limited(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-def bearer_ok(header: str | None, tokens: list[str]) -> bool:
-    """Constant-time match against any configured token; no tokens configured refuses all."""
-    if not header or not header.startswith("Bearer ") or not tokens:
+class SeenDeliveries:
+    """Delivery keys answered before (bounded, oldest forgotten first)."""
+
+    def __init__(self, size: int = REPLAY_MEMORY):
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def check_and_add(self, key: str) -> bool:
+        if key in self._keys:
+            return True
+        self._keys[key] = None
+        if len(self._keys) > self._size:
+            self._keys.popitem(last=False)
         return False
-    offered = header.removeprefix("Bearer ").encode()
-    return any(hmac.compare_digest(offered, token.encode()) for token in tokens)
+
+
+def source_config(config: RollbackConfig, source: str) -> WebhookSource | None:
+    configured = config.webhooks.sources.get(source)
+    if configured is None and source == "generic":
+        return WebhookSource(bearer_env=TOKENS_ENV)
+    return configured
+
+
+async def recent_automatic_rollbacks(client: Client, service: str, since: datetime) -> int:
+    query = (f"RollbackService = '{service}' AND RollbackTrigger = 'automatic' "
+             f"AND StartTime > '{since.strftime('%Y-%m-%dT%H:%M:%SZ')}'")
+    return (await client.count_workflows(query)).count
 
 
 def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlette:
     registry = CollectorRegistry()
     received = Counter("rollback_webhook_received", "Alert deliveries received", ["source"], registry=registry)
     rejected = Counter("rollback_webhook_rejected", "Deliveries refused", ["source", "reason"], registry=registry)
-    started = Counter("rollback_webhook_started", "Rollbacks started or alerts attached", ["source"], registry=registry)
+    started = Counter("rollback_webhook_started", "Rollbacks started or alerts attached", ["source"],
+                      registry=registry)
+    deduplicated = Counter("rollback_webhook_deduplicated", "Deliveries seen before", ["source"], registry=registry)
+    seen = SeenDeliveries()
 
-    def refuse(source: str, reason: str, status: int, message: str) -> JSONResponse:
-        rejected.labels(source, reason).inc()
-        return JSONResponse({"accepted": False, "reason": message}, status_code=status)
-
-    async def generic(request: Request) -> Response:
-        received.labels("generic").inc()
-        tokens = [t for t in os.environ.get(TOKENS_ENV, "").split(",") if t]
-        if not bearer_ok(request.headers.get("authorization"), tokens):
-            return refuse("generic", "unauthenticated", 401, "missing or wrong bearer token")
-        if not request.headers.get("content-type", "").startswith("application/json"):
-            return refuse("generic", "content_type", 415, "send application/json")
-        try:
-            body = await read_limited(request)
-        except BodyTooLarge:
-            return refuse("generic", "too_large", 413, f"body larger than {MAX_BODY_BYTES} bytes")
-        try:
-            alert = GenericAlert.model_validate(json.loads(body))
-        except (ValueError, ValidationError) as exc:
-            return refuse("generic", "malformed", 400, f"malformed alert: {str(exc).splitlines()[0]}")
-        try:
-            service = config.config.service(alert.service)
-        except ConfigError as exc:
-            log.info("alert for unknown service ignored: %s", exc)
-            return JSONResponse({"accepted": True, "started": False, "reason": str(exc)}, status_code=202)
-        if alert.status != "firing":
-            return JSONResponse({"accepted": True, "started": False, "reason": "only firing alerts start rollbacks"})
-        notice = AlertNotice(source="generic", status=alert.status, summary=alert.summary, fingerprint=alert.fingerprint)
-        request_input = AppRollbackInput(
-            service=alert.service, reason=f"alert: {alert.summary}", requested_by="webhook:generic",
-            automatic=True, severity=alert.severity, dry_run=not service.policy.auto_rollback,
+    async def act(settings: RollbackConfig, alert: Alert) -> dict:
+        service_name = alert.service or settings.service_for(alert.labels)
+        if service_name is None or service_name not in settings.services:
+            return {"fingerprint": alert.fingerprint, "started": False,
+                    "reason": f"no configured service matches this alert (service={alert.service or alert.labels})"}
+        service = settings.services[service_name]
+        decision = decide(alert, service.health)
+        notice = AlertNotice(source=alert.source, status=alert.status, summary=alert.summary,
+                             fingerprint=alert.fingerprint)
+        outcome = {"fingerprint": alert.fingerprint, "service": service_name, "decision": decision.action,
+                   "rule": decision.rule, "started": False}
+        log.info("decision source=%s service=%s action=%s rule=%r", alert.source, service_name, decision.action,
+                 decision.rule)
+        if decision.action != "rollback":
+            # resolved, watch and notify decisions go on the running incident's timeline, if any
+            try:
+                await client.get_workflow_handle(app_rollback_id(service_name)).signal("alert", notice)
+                outcome["attached"] = True
+            except RPCError:
+                outcome["attached"] = False
+            return outcome
+        policy = service.policy
+        now = datetime.now(timezone.utc)
+        in_cooldown = await recent_automatic_rollbacks(client, service_name, now - policy.cooldown)
+        in_hour = await recent_automatic_rollbacks(client, service_name, now - timedelta(hours=1))
+        request = AppRollbackInput(
+            service=service_name, reason=f"{alert.source} alert: {alert.summary}", requested_by=f"webhook:{alert.source}",
+            automatic=True, severity=decision.severity, trigger_rule=decision.rule,
+            dry_run=settings.webhooks.notify_only or not policy.auto_rollback,
+            require_approval=in_cooldown > 0 or in_hour >= policy.max_auto_rollbacks_per_hour,
         )
-        handle = await start_or_attach_app_rollback(client, task_queue, request_input, notice)
-        started.labels("generic").inc()
-        return JSONResponse({"accepted": True, "started": True, "workflow_id": handle.id}, status_code=202)
+        handle = await start_or_attach_app_rollback(client, task_queue, request, notice)
+        started.labels(alert.source).inc()
+        outcome.update(started=True, workflow_id=handle.id, dry_run=request.dry_run,
+                       needs_approval=request.require_approval)
+        return outcome
+
+    def make_endpoint(source: str):
+        async def endpoint(request: Request) -> Response:
+            received.labels(source).inc()
+            try:
+                try:
+                    settings = config.config
+                except Exception as exc:  # noqa: BLE001 - the config file broke after start
+                    raise Refused(503, "config", f"receiver config is invalid: {exc}") from None
+                try:
+                    raw = await read_limited(request, settings.webhooks.max_body_bytes)
+                except BodyTooLarge:
+                    raise Refused(413, "too_large", f"body larger than {settings.webhooks.max_body_bytes} bytes")
+                if not request.headers.get("content-type", "").startswith("application/json"):
+                    raise Refused(415, "content_type", "send application/json")
+                headers = {k.lower(): v for k, v in request.headers.items()}
+                authenticate(source, source_config(settings, source), headers, raw)
+                alerts, delivery = parse(source, raw, headers)
+            except Refused as refusal:
+                rejected.labels(source, refusal.reason).inc()
+                return JSONResponse({"accepted": False, "reason": str(refusal)}, status_code=refusal.status)
+            if delivery and seen.check_and_add(f"{source}:{delivery}"):
+                deduplicated.labels(source).inc()
+                return JSONResponse({"accepted": True, "duplicate": True, "started": False})
+            results = [await act(settings, alert) for alert in alerts]
+            return JSONResponse({"accepted": True, "alerts": results}, status_code=202)
+
+        return endpoint
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -112,8 +161,6 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[
-        Route("/alerts/generic", generic, methods=["POST"]),
-        Route("/healthz", healthz),
-        Route("/metrics", metrics),
-    ])
+    routes = [Route(f"/alerts/{source}", make_endpoint(source), methods=["POST"]) for source in SOURCES]
+    return Starlette(routes=[*routes, Route("/healthz", healthz), Route("/metrics", metrics)])
+

@@ -53,13 +53,14 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
 
     @workflow.run
     async def run(self, request: AppRollbackInput) -> AppRollbackResult:
-        self.start_run(request.service, request.severity)
+        self.start_run(request.service, request.severity, request.automatic)
         self.record(
             EventKind.STARTED,
             f"app rollback of {request.service} requested: {request.reason}",
             actor=request.requested_by,
             dry_run=request.dry_run,
             automatic=request.automatic,
+            rule=request.trigger_rule,
         )
         context = await workflow.execute_activity(
             "config.service", ServiceRef(service=request.service), result_type=ServiceContext,
@@ -107,6 +108,9 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         else:
             schema = compare_schema(target.schema_version, None, "service has no database configured")
         plan = plan_app_rollback(request.service, current, target, schema, config.policy, request.automatic)
+        if request.require_approval:
+            plan.needs_approval = True
+            plan.approval_reasons.append("another automatic rollback of this service ran within its cooldown")
         result.plan, result.to_version = plan, target.label or target.id
         self.record(
             EventKind.PLANNED,

@@ -26,7 +26,8 @@ SERVICE_KEY = SearchAttributeKey.for_keyword("RollbackService")
 TYPE_KEY = SearchAttributeKey.for_keyword("RollbackType")
 SEVERITY_KEY = SearchAttributeKey.for_keyword("RollbackSeverity")
 PHASE_KEY = SearchAttributeKey.for_keyword("RollbackPhase")
-SEARCH_ATTRIBUTES = (SERVICE_KEY, TYPE_KEY, SEVERITY_KEY, PHASE_KEY)
+TRIGGER_KEY = SearchAttributeKey.for_keyword("RollbackTrigger")  # manual | automatic
+SEARCH_ATTRIBUTES = (SERVICE_KEY, TYPE_KEY, SEVERITY_KEY, PHASE_KEY, TRIGGER_KEY)
 
 # Reads and checks may retry freely; a step that changes production retries a bounded number
 # of times (Temporal's default is forever) and never on errors marked non-retryable.
@@ -53,7 +54,7 @@ class RollbackWorkflowBase:
         self.events.append(TimelineEvent(at=workflow.now(), kind=kind, message=message, actor=actor, data=data))
         workflow.logger.info("%s: %s", kind.value, message)
 
-    def start_run(self, service: str, severity: str) -> None:
+    def start_run(self, service: str, severity: str, automatic: bool = False) -> None:
         self.service = service
         self.phase_started = workflow.now()
         workflow.upsert_search_attributes(
@@ -62,6 +63,7 @@ class RollbackWorkflowBase:
                 TYPE_KEY.value_set(self.rollback_type),
                 SEVERITY_KEY.value_set(severity),
                 PHASE_KEY.value_set(self.phase.value),
+                TRIGGER_KEY.value_set("automatic" if automatic else "manual"),
             ]
         )
 

@@ -83,6 +83,7 @@ class HealthCheck(_Strict):
     # The runbooks' thresholds: roll back above 5 % errors, warn above 1 %.
     rollback_error_rate: float = 0.05
     warn_error_rate: float = 0.01
+    rollback_p95_ms: float | None = Field(default=None, description="Roll back when an alert reports p95 above this.")
     consecutive_checks: int = Field(default=3, ge=1)
     interval_seconds: float = Field(default=2.0, gt=0)
     timeout_seconds: float = Field(default=5.0, gt=0)
@@ -129,6 +130,10 @@ class Policy(_Strict):
 
 
 class ServiceConfig(_Strict):
+    alert_match: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels/tags an alert must carry to belong to this service; default: service=<name>.",
+    )
     app: AppTarget
     health: HealthCheck
     database: DatabaseConfig | None = None
@@ -151,10 +156,37 @@ class ServiceConfig(_Strict):
         return [n for n in names if n]
 
 
+class WebhookSource(_Strict):
+    """How one alert source authenticates. Each variable may hold several comma-separated
+    values, all accepted, so secrets can be rotated without dropping alerts."""
+
+    bearer_env: str | None = None  # Authorization: Bearer <token>
+    basic_env: str | None = None  # "user:password" for Authorization: Basic
+    secret_env: str | None = None  # HMAC key (Sentry, PagerDuty) or shared header secret (Datadog)
+    header: str = "X-Webhook-Secret"  # Datadog: the custom header carrying the shared secret
+
+
+class WebhookConfig(_Strict):
+    notify_only: bool = Field(default=False, description="Global switch: automatic actions become dry runs.")
+    max_body_bytes: int = 1 << 20
+    sources: dict[Literal["alertmanager", "grafana", "sentry", "datadog", "pagerduty", "generic"], WebhookSource] = (
+        Field(default_factory=dict)
+    )
+
+
 class RollbackConfig(_Strict):
     state_dir: str = "var/state"
     artifact_dir: str = "var/incidents"
+    webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
+
+    def service_for(self, labels: dict[str, str]) -> str | None:
+        """The service an alert belongs to, by each service's label matchers (or service=<name>)."""
+        for name, service in self.services.items():
+            wanted = service.alert_match or {"service": name}
+            if all(labels.get(k) == v for k, v in wanted.items()):
+                return name
+        return None
 
     def service(self, name: str) -> ServiceConfig:
         try:

@@ -222,6 +222,8 @@ class AppRollbackInput(BaseModel):
     automatic: bool = False
     approval_timeout: timedelta = timedelta(minutes=30)
     severity: str = "P1"
+    require_approval: bool = Field(default=False, description="Set by the alert receiver past the cooldown/cap.")
+    trigger_rule: str = Field(default="", description="The decision rule that started an automatic rollback.")
 
 
 class AppRollbackResult(BaseModel):
@@ -267,3 +269,23 @@ class StatusPageRequest(BaseModel):
     status: str = Field(description="investigating | identified | monitoring | resolved")
     body: str
     impact: str = "minor"
+
+
+class Alert(BaseModel):
+    """Any source's alert, normalised: what the decision policy reads."""
+
+    source: str
+    status: str = Field(description="firing | resolved")
+    fingerprint: str
+    service: str | None = None
+    severity: str | None = Field(default=None, description="P0..P3 when the source says")
+    summary: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    values: dict[str, float] = Field(default_factory=dict)
+    links: list[str] = Field(default_factory=list)
+
+
+class AlertDecision(BaseModel):
+    action: str = Field(description="rollback | watch | notify | resolve")
+    rule: str
+    severity: str

@@ -5,8 +5,8 @@ Deterministic and free of I/O so workflows can call it and unit tests need no Te
 
 from __future__ import annotations
 
-from workflows.config import Policy
-from workflows.models import AppVersion, RollbackPlan, SchemaCheck
+from workflows.config import HealthCheck, Policy
+from workflows.models import Alert, AlertDecision, AppVersion, RollbackPlan, SchemaCheck
 
 EXPECTED_DOWNTIME = {
     "docker": "a few seconds: the container is stopped, recreated on the old image and started",
@@ -90,3 +90,55 @@ def plan_app_rollback(
         needs_approval=bool(reasons),
         approval_reasons=reasons,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Alerts: severity and the rollback decision matrix (runbook 003's table, runbook 004's triggers)
+
+SEVERITY_WORDS = {
+    "P0": ("p0", "sev0", "sev-0", "emergency", "disaster"),
+    "P1": ("p1", "sev1", "sev-1", "critical", "high", "error"),
+    "P2": ("p2", "sev2", "sev-2", "warning", "medium", "warn"),
+    "P3": ("p3", "sev3", "sev-3", "info", "low", "p4", "p5"),
+}
+# Issue types the runbooks roll back immediately, whatever the numbers say.
+P0_CATEGORIES = ("outage", "system_down", "service_down", "payments", "payment_failure", "data_corruption",
+                 "security")
+
+
+def classify_severity(alert: Alert) -> str:
+    """P0..P3 from the alert's own severity, its category, or P1 when nothing says."""
+    category = (alert.labels.get("category") or alert.labels.get("issue_type") or "").lower()
+    if category in P0_CATEGORIES:
+        return "P0"
+    for raw in (alert.severity, alert.labels.get("severity"), alert.labels.get("priority")):
+        word = (raw or "").strip().lower()
+        for level, words in SEVERITY_WORDS.items():
+            if word == level.lower() or word in words:
+                return level
+    return "P1"
+
+
+def decide(alert: Alert, health: HealthCheck) -> AlertDecision:
+    """Roll back, watch, or notify; the rule that fired is part of the answer."""
+    severity = classify_severity(alert)
+    if alert.status == "resolved":
+        return AlertDecision(action="resolve", rule="resolved alerts never start a rollback", severity=severity)
+    if severity == "P0":
+        return AlertDecision(action="rollback", rule="P0 (outage, payments, data corruption, security): roll back now",
+                             severity=severity)
+    rate = alert.values.get("error_rate")
+    p95 = alert.values.get("p95_latency_ms")
+    if rate is not None and rate > health.rollback_error_rate:
+        return AlertDecision(action="rollback", severity=severity,
+                             rule=f"error rate {rate:.1%} above the rollback threshold {health.rollback_error_rate:.1%}")
+    if p95 is not None and health.rollback_p95_ms is not None and p95 > health.rollback_p95_ms:
+        return AlertDecision(action="rollback", severity=severity,
+                             rule=f"p95 latency {p95:g} ms above the rollback threshold {health.rollback_p95_ms:g} ms")
+    if severity in ("P2", "P3"):
+        return AlertDecision(action="notify", rule=f"{severity}: fix forward, notify only", severity=severity)
+    if rate is not None and rate > health.warn_error_rate:
+        return AlertDecision(action="watch", severity=severity,
+                             rule=f"error rate {rate:.1%} above warning {health.warn_error_rate:.1%} but below rollback")
+    return AlertDecision(action="watch", severity=severity,
+                         rule=f"{severity} without a value over a rollback threshold: a person decides")
