@@ -120,6 +120,7 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
             automatic=True, severity=decision.severity, trigger_rule=decision.rule,
             dry_run=settings.webhooks.notify_only or not policy.auto_rollback,
             require_approval=in_cooldown > 0 or in_hour >= policy.max_auto_rollbacks_per_hour,
+            watch=policy.watch_after_rollback,
         )
         handle = await start_or_attach_app_rollback(client, task_queue, request, notice)
         started.labels(alert.source).inc()

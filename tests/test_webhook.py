@@ -143,9 +143,17 @@ async def test_flapping_within_cooldown_never_rolls_back_twice(receiver, client,
     async with running_worker(client, config, task_queue):
         first = await http.post("/alerts/generic", json=FIRING, headers=AUTH)
         assert first.json()["alerts"][0]["started"]
-        assert (await handle.result()).outcome == "rolled_back"
+
+        async def watching() -> bool:
+            status = await handle.query(AppRollbackWorkflow.status)
+            return any(e.message.startswith("watching up to") for e in status.timeline)
+
+        await assert_eventually(watching, message="rolled back and watching for the alert to resolve")
         resolved = await http.post("/alerts/generic", json={**FIRING, "status": "resolved"}, headers=AUTH)
-        assert resolved.json()["alerts"][0]["decision"] == "resolve"
+        assert resolved.json()["alerts"][0]["decision"] == "resolve" and resolved.json()["alerts"][0]["attached"]
+        result = await handle.result()
+        assert result.outcome == "rolled_back"
+        assert any(e.message == "the alert resolved after the rollback" for e in result.timeline)
 
         async def visible() -> bool:
             return (await client.count_workflows(

@@ -196,6 +196,15 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             await self._postmortem(result, "compensated", message)
             raise ApplicationError(message, type="RollbackCompensated", non_retryable=True) from exc
 
+        # 8b. Watch: an alert-started rollback waits for its alert to resolve (a resolved notice ends it early)
+        if request.watch > timedelta(0):
+            self.record(EventKind.DECIDED, f"watching up to {request.watch} for the alert to resolve")
+            try:
+                await workflow.wait_condition(lambda: self.resolved_alerts > 0, timeout=request.watch)
+                self.record(EventKind.VERIFIED, "the alert resolved after the rollback")
+            except asyncio.TimeoutError:
+                self.record(EventKind.DECIDED, f"no resolved alert within {request.watch}; health checks passed")
+
         # 9. Report
         self.record(EventKind.RESOLVED, f"{request.service} rolled back to {target.label or target.id}")
         await self.status_page("resolved", f"{request.service} is back on a known good version and verified.")

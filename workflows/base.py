@@ -48,6 +48,7 @@ class RollbackWorkflowBase:
         self.decision: ApprovalDecision | None = None
         self.phase_started = None
         self.phase_seconds: dict[str, float] = {}
+        self.resolved_alerts = 0
 
     # -- the story --------------------------------------------------------------------------
     def record(self, kind: EventKind, message: str, actor: str = "workflow", **data: Any) -> None:
@@ -125,6 +126,8 @@ class RollbackWorkflowBase:
     @workflow.signal
     def alert(self, notice: AlertNotice) -> None:
         """Further alerts for this incident land on the timeline instead of starting rollbacks."""
+        if notice.status == "resolved":
+            self.resolved_alerts += 1
         self.record(
             EventKind.SIGNAL,
             f"{notice.status} alert from {notice.source}: {notice.summary}".rstrip(": "),

@@ -126,6 +126,9 @@ class Policy(_Strict):
     database_approval: Literal["never", "manual", "automatic", "always"] = "always"
     approval_timeout: timedelta = timedelta(minutes=30)
     cooldown: timedelta = timedelta(hours=1)
+    watch_after_rollback: timedelta = Field(
+        default=timedelta(minutes=5), description="An alert-started rollback waits this long for the alert to resolve."
+    )
     max_auto_rollbacks_per_hour: int = 1
 
 

@@ -224,6 +224,8 @@ class AppRollbackInput(BaseModel):
     severity: str = "P1"
     require_approval: bool = Field(default=False, description="Set by the alert receiver past the cooldown/cap.")
     trigger_rule: str = Field(default="", description="The decision rule that started an automatic rollback.")
+    watch: timedelta = Field(default=timedelta(0),
+                             description="After a verified rollback, wait this long for the alert to resolve.")
 
 
 class AppRollbackResult(BaseModel):

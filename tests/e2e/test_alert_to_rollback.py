@@ -1,0 +1,121 @@
+"""The whole alert path with the real monitoring stack: Debian's Prometheus scrapes the demo
+app, its rule fires, Debian's Alertmanager posts to our receiver, the receiver starts the app
+rollback, the container goes back to v1, the error rate drops, Alertmanager sends `resolved`,
+and the workflow's timeline shows every step."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+
+from activities.docker import DeployLedger, deploy
+from starter import engines
+from starter.start import app_rollback_id
+from starter.webhook import create_app
+from tests.conftest import running_worker, unavailable
+from tests.integration.test_docker_rollback import docker_service
+from workflows.models import AppRollbackResult
+
+pytestmark = pytest.mark.docker
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        unavailable(f"{name} is not installed: apt-get install prometheus prometheus-alertmanager")
+    return found
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+async def test_prometheus_alert_rolls_back_and_resolves(client, task_queue, docker_engine, write_config, tmp_path,
+                                                        monkeypatch):
+    prometheus, alertmanager = binary("prometheus"), binary("prometheus-alertmanager")
+    service = f"demo-{uuid.uuid4().hex[:6]}"
+    app_port, prom_port, am_port, hook_port = (engines.free_port() for _ in range(4))
+
+    # the demo app: v1, then a v2 whose /metrics says 27 % errors
+    docker_engine.client.containers.run(docker_engine.images["v1"], name=service, detach=True, network_mode="host",
+                                        init=True, environment={"PORT": str(app_port)},
+                                        labels={"io.rollback.test": "1"})
+    config = write_config({service: {
+        **docker_service(docker_engine, service, app_port),
+        "policy": {"watch_after_rollback": "PT90S"},
+        "alert_match": {"service": service},
+    }})
+    raw = yaml.safe_load(config._path.read_text())
+    raw["webhooks"] = {"sources": {"alertmanager": {"bearer_env": "TEST_AM_BEARER"}}}
+    config._path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("TEST_AM_BEARER", "am-e2e-token")
+    ledger = DeployLedger(Path(config.config.state_dir) / "docker" / f"{service}.json")
+    ledger.record(docker_engine.images["v1"], "demo-web:v1")
+    deploy(docker_engine.client, service, "demo-web:v2", ledger)
+
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "demo", "rules": [{
+        "alert": "HighErrorRate", "expr": "max(demo_error_ratio) > 0.05", "for": "0s",
+        "labels": {"severity": "critical", "service": service},
+        "annotations": {"summary": "error ratio {{ $value }}", "error_rate": "{{ $value }}"}}]}]}))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(tmp_path / "rules.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+        "scrape_configs": [{"job_name": "demo", "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}],
+    }))
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump({
+        "route": {"receiver": "rollback", "group_by": ["alertname", "service"], "group_wait": "1s",
+                  "group_interval": "1s", "repeat_interval": "1h"},
+        "receivers": [{"name": "rollback", "webhook_configs": [{
+            "url": f"http://127.0.0.1:{hook_port}/alerts/alertmanager", "send_resolved": True,
+            "http_config": {"authorization": {"type": "Bearer", "credentials": "am-e2e-token"}}}]}],
+    }))
+
+    receiver = uvicorn.Server(uvicorn.Config(create_app(client, config, task_queue), host="127.0.0.1",
+                                             port=hook_port, log_level="warning"))
+    receiver.install_signal_handlers = lambda: None
+    serving = asyncio.create_task(receiver.serve())
+    processes = [
+        start([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
+               f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="], tmp_path / "am.log"),
+        start([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+               f"--web.listen-address=127.0.0.1:{prom_port}"], tmp_path / "prom.log"),
+    ]
+    handle = client.get_workflow_handle(app_rollback_id(service), result_type=AppRollbackResult)
+    try:
+        async with running_worker(client, config, task_queue):
+            result = None
+            for _ in range(180):  # the alert fires, the rollback runs, the alert resolves
+                try:
+                    description = await handle.describe()
+                    if description.status.name != "RUNNING":
+                        result = await handle.result()
+                        break
+                except Exception:  # noqa: BLE001 - not started yet
+                    pass
+                await asyncio.sleep(0.5)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+        receiver.should_exit = True
+        await serving
+    assert result is not None, (tmp_path / "am.log").read_text()[-2000:]
+    assert result.outcome == "rolled_back"
+    assert docker_engine.client.containers.get(service).attrs["Image"] == docker_engine.images["v1"]
+    assert "demo_error_ratio{version=\"v1\"}" in httpx.get(f"http://127.0.0.1:{app_port}/metrics").text
+    messages = [e.message for e in result.timeline]
+    started = next(e for e in result.timeline if e.kind.value == "started")
+    assert started.actor == "webhook:alertmanager" and started.data["rule"].startswith("error rate")
+    assert any(m.startswith("firing alert from alertmanager") for m in messages)
+    assert any("rolled back" in m or "now serves" in m for m in messages)
+    assert any(m.startswith("resolved alert from alertmanager") for m in messages)
+    assert "the alert resolved after the rollback" in messages
