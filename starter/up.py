@@ -75,7 +75,7 @@ async def _serve(config: Path | None, demo: bool, ui_port: int, webhook_port: in
     code = 0
     async with build_worker(client, source, _task_queue()):
         print(f"Temporal UI:       http://127.0.0.1:{ui_port}", flush=True)
-        print(f"webhook receiver:  http://127.0.0.1:{webhook_port}  (/healthz, /metrics, /alerts/generic)", flush=True)
+        print(f"webhook receiver:  http://127.0.0.1:{webhook_port}  (/healthz, /metrics, /alerts/<source>)", flush=True)
         print("worker:            running on task queue", _task_queue(), flush=True)
         if demo:
             code = await _demo(client, _follow, _task_queue())

@@ -103,13 +103,16 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
                    "rule": decision.rule, "started": False}
         log.info("decision source=%s service=%s action=%s rule=%r", alert.source, service_name, decision.action,
                  decision.rule)
-        if decision.action != "rollback":
-            # resolved, watch and notify decisions go on the running incident's timeline, if any
-            try:
-                await client.get_workflow_handle(app_rollback_id(service_name)).signal("alert", notice)
-                outcome["attached"] = True
-            except RPCError:
-                outcome["attached"] = False
+        # Every alert goes on the running incident's timeline, if there is one: one RPC, and
+        # for a rollback decision nothing more to do (storms attach here, cheaply).
+        try:
+            await client.get_workflow_handle(app_rollback_id(service_name)).signal("alert", notice)
+            outcome["attached"] = True
+        except RPCError:
+            outcome["attached"] = False
+        if decision.action != "rollback" or outcome["attached"]:
+            if outcome["attached"] and decision.action == "rollback":
+                outcome.update(started=True, workflow_id=app_rollback_id(service_name))
             return outcome
         policy = service.policy
         now = datetime.now(timezone.utc)
