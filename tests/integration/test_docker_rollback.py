@@ -14,7 +14,7 @@ from temporalio.client import WorkflowFailureError
 from activities.docker import DeployLedger, deploy
 from starter import engines
 from tests.conftest import running_worker
-from tests.helpers import assert_eventually, kinds, wait_for_phase
+from tests.helpers import kinds, wait_for_phase
 from workflows import AppRollbackWorkflow
 from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput
 
