@@ -218,3 +218,56 @@ def run_demo_container(client, name: str, image: str, port: int):
         pass
     return client.containers.run(image, name=name, detach=True, network_mode="host", init=True,
                                  environment={"PORT": str(port)})
+
+
+# ---------------------------------------------------------------------------------------------
+# The monitoring stack: Debian's Prometheus and Alertmanager, wired to the webhook receiver.
+
+
+def start_monitoring(root: Path, *, app_port: int, service: str, webhook_url: str, bearer_token: str,
+                     prometheus_port: int, alertmanager_port: int) -> list[Service]:
+    """Prometheus scraping the demo app's /metrics every second, a rule that fires when its error
+    ratio passes 5 %, and Alertmanager posting firing and resolved notices to our receiver."""
+    import yaml
+
+    prometheus, alertmanager = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
+    if not (prometheus and alertmanager):
+        raise EngineError("prometheus and alertmanager are not installed: apt-get install prometheus "
+                          "prometheus-alertmanager")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "demo", "rules": [{
+        "alert": "HighErrorRate", "expr": "max(demo_error_ratio) > 0.05", "for": "0s",
+        "labels": {"severity": "critical", "service": service},
+        "annotations": {"summary": "error ratio {{ $value }}", "error_rate": "{{ $value }}"}}]}]}))
+    (root / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(root / "rules.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]},
+        "scrape_configs": [{"job_name": "demo", "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}],
+    }))
+    (root / "alertmanager.yml").write_text(yaml.safe_dump({
+        "route": {"receiver": "rollback", "group_by": ["alertname", "service"], "group_wait": "1s",
+                  "group_interval": "1s", "repeat_interval": "1h"},
+        "receivers": [{"name": "rollback", "webhook_configs": [{
+            "url": webhook_url, "send_resolved": True,
+            "http_config": {"authorization": {"type": "Bearer", "credentials": bearer_token}}}]}],
+    }))
+    started = []
+    for name, args, port in (
+        ("alertmanager", [alertmanager, f"--config.file={root / 'alertmanager.yml'}", f"--storage.path={root / 'am'}",
+                          f"--web.listen-address=127.0.0.1:{alertmanager_port}", "--cluster.listen-address="],
+         alertmanager_port),
+        ("prometheus", [prometheus, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'tsdb'}",
+                        f"--web.listen-address=127.0.0.1:{prometheus_port}"], prometheus_port),
+    ):
+        log = root / f"{name}.log"
+        process = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        service_ = Service(process, f"127.0.0.1:{port}", log)
+        started.append(service_)
+        try:
+            wait_for(lambda p=port: port_open("127.0.0.1", p), 30, name, process, log)
+        except EngineError:
+            for running in started:
+                running.stop()
+            raise
+    return started

@@ -49,13 +49,14 @@ def run_up(*, config: Path | None, data_dir: Path, demo: bool, port: int, ui_por
             dockerd = engines.start_dockerd(data_dir / "docker")
             started.append(dockerd)
             os.environ["DOCKER_HOST"] = dockerd.address
-        return asyncio.run(_serve(config, demo, ui_port, webhook_port, exit_after_demo))
+        return asyncio.run(_serve(config, demo, ui_port, webhook_port, exit_after_demo, data_dir))
     finally:
         for service in reversed(started):
             service.stop()
 
 
-async def _serve(config: Path | None, demo: bool, ui_port: int, webhook_port: int, exit_after_demo: bool) -> int:
+async def _serve(config: Path | None, demo: bool, ui_port: int, webhook_port: int, exit_after_demo: bool,
+                 data_dir: Path) -> int:
     import uvicorn
 
     from starter.cli import _client, _follow, _task_queue
@@ -78,7 +79,7 @@ async def _serve(config: Path | None, demo: bool, ui_port: int, webhook_port: in
         print(f"webhook receiver:  http://127.0.0.1:{webhook_port}  (/healthz, /metrics, /alerts/<source>)", flush=True)
         print("worker:            running on task queue", _task_queue(), flush=True)
         if demo:
-            code = await _demo(client, _follow, _task_queue())
+            code = await _demo(client, _follow, _task_queue(), webhook_port, data_dir)
             print(f"see it in the UI:  http://127.0.0.1:{ui_port}/namespaces/default/workflows", flush=True)
         if not exit_after_demo:
             print("press Ctrl-C to stop", flush=True)
@@ -89,13 +90,29 @@ async def _serve(config: Path | None, demo: bool, ui_port: int, webhook_port: in
     return code
 
 
-async def _demo(client, follow, task_queue: str) -> int:
-    """Deploy demo v1, then a broken v2, then roll back with AppRollbackWorkflow and show it."""
+async def _demo(client, follow, task_queue: str, webhook_port: int, data_dir: Path) -> int:
+    """Deploy demo v1, then a bad v2; Prometheus + Alertmanager (when installed) notice and the
+    receiver starts the rollback, else the demo starts it directly. Then show it to the end."""
+    import secrets
+    from datetime import datetime, timezone
+
     import docker
 
     from activities.docker import DeployLedger, deploy
-    from starter.start import start_app_rollback
+    from starter.start import app_rollback_id, start_app_rollback
     from workflows.models import AppRollbackInput
+
+    monitoring: list[engines.Service] = []
+    os.environ["ROLLBACK_DEMO_ALERTMANAGER_TOKEN"] = secrets.token_urlsafe(24)
+    try:
+        monitoring = engines.start_monitoring(
+            data_dir / "monitoring", app_port=DEMO_PORT, service=DEMO_SERVICE,
+            webhook_url=f"http://127.0.0.1:{webhook_port}/alerts/alertmanager",
+            bearer_token=os.environ["ROLLBACK_DEMO_ALERTMANAGER_TOKEN"],
+            prometheus_port=engines.free_port(), alertmanager_port=engines.free_port())
+        print(f"demo: Prometheus on {monitoring[1].address}, Alertmanager on {monitoring[0].address}", flush=True)
+    except engines.EngineError as exc:
+        print(f"demo: no monitoring stack ({exc}); the demo starts the rollback itself", flush=True)
 
     def prepare() -> None:
         engine = docker.from_env(timeout=60)
@@ -110,9 +127,30 @@ async def _demo(client, follow, task_queue: str) -> int:
         ledger.record(engine.images.get("demo-web:v1").id, "demo-web:v1")
         deploy(engine, DEMO_SERVICE, "demo-web:v2", ledger)
 
-    print("demo: deploying demo-web v1, then a bad v2 (27% errors) on 127.0.0.1:18080 ...", flush=True)
-    await asyncio.to_thread(prepare)
-    handle = await start_app_rollback(client, task_queue, AppRollbackInput(
-        service=DEMO_SERVICE, reason="demo: v2 error rate 27% is above the 5% threshold", requested_by="demo"))
-    print(f"demo: started {handle.id}", flush=True)
-    return await follow(client, handle.id, False)
+    try:
+        began = datetime.now(timezone.utc)
+        print("demo: deploying demo-web v1, then a bad v2 (27% errors) on 127.0.0.1:18080 ...", flush=True)
+        await asyncio.to_thread(prepare)
+        workflow_id = app_rollback_id(DEMO_SERVICE)
+        alert_started = False
+        if monitoring:
+            print("demo: waiting for Prometheus to fire and Alertmanager to call the receiver ...", flush=True)
+            for _ in range(120):
+                try:
+                    alert_started = (await client.get_workflow_handle(workflow_id).describe()).start_time >= began
+                except Exception:  # noqa: BLE001 - not started yet
+                    pass
+                if alert_started:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                print("demo: no alert arrived within 60 s; starting the rollback directly", flush=True)
+        if not alert_started:
+            await start_app_rollback(client, task_queue, AppRollbackInput(
+                service=DEMO_SERVICE, reason="demo: v2 error rate 27% is above the 5% threshold",
+                requested_by="demo"))
+        print(f"demo: following {workflow_id}", flush=True)
+        return await follow(client, workflow_id, False)
+    finally:
+        for service in monitoring:
+            service.stop()

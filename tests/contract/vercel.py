@@ -105,9 +105,12 @@ class FakeVercel:
         async def handle(request: Request) -> Response:
             path = request.url.path
             query = dict(request.query_params)
-            self.calls.append((request.method, path, query, time.monotonic()))
+            if path != "/__calls":
+                self.calls.append((request.method, path, query, time.time()))
             if path.startswith("/_site/"):
                 return self._site(path)
+            if path == "/__calls":  # introspection for benchmarks that run this server in another process
+                return JSONResponse([{"method": m, "path": p, "at": t} for m, p, _, t in self.calls])
             if request.headers.get("authorization") != f"Bearer {self.token}":
                 return _error(401, "forbidden", "The request is missing an authentication token or it is invalid")
             route = self._route_name(request.method, path)
@@ -249,3 +252,18 @@ def realistic(fake: FakeVercel, project_id: str = "prj_shop", name: str = "shop"
     made.append(fake.add_deployment(project_id, "dpl_badprodzzz", top + 120_000,
                                     meta={"schemaVersion": "3", "health": "degraded", "errorRate": 0.3}))
     return made
+
+
+if __name__ == "__main__":
+    # `python -m tests.contract.vercel PORT NAME...`: serve one project per name (good and bad
+    # production deploys) in its own process, for benchmarks that must not share our GIL.
+    import sys
+
+    import uvicorn
+
+    fake = FakeVercel(token="benchVercelToken", job_seconds=0.2)
+    for index, name in enumerate(sys.argv[2:]):
+        fake.add_project(f"prj_{name}", name)
+        fake.add_deployment(f"prj_{name}", f"dpl_{name}_good", 1_000 + index * 10)
+        fake.add_deployment(f"prj_{name}", f"dpl_{name}_bad", 2_000 + index * 10)
+    uvicorn.run(fake.app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

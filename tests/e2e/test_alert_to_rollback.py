@@ -6,8 +6,6 @@ and the workflow's timeline shows every step."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -27,20 +25,8 @@ from workflows.models import AppRollbackResult
 pytestmark = pytest.mark.docker
 
 
-def binary(name: str) -> str:
-    found = shutil.which(name)
-    if not found:
-        unavailable(f"{name} is not installed: apt-get install prometheus prometheus-alertmanager")
-    return found
-
-
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
 async def test_prometheus_alert_rolls_back_and_resolves(client, task_queue, docker_engine, write_config, tmp_path,
                                                         monkeypatch):
-    prometheus, alertmanager = binary("prometheus"), binary("prometheus-alertmanager")
     service = f"demo-{uuid.uuid4().hex[:6]}"
     app_port, prom_port, am_port, hook_port = (engines.free_port() for _ in range(4))
 
@@ -61,34 +47,19 @@ async def test_prometheus_alert_rolls_back_and_resolves(client, task_queue, dock
     ledger.record(docker_engine.images["v1"], "demo-web:v1")
     deploy(docker_engine.client, service, "demo-web:v2", ledger)
 
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "demo", "rules": [{
-        "alert": "HighErrorRate", "expr": "max(demo_error_ratio) > 0.05", "for": "0s",
-        "labels": {"severity": "critical", "service": service},
-        "annotations": {"summary": "error ratio {{ $value }}", "error_rate": "{{ $value }}"}}]}]}))
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp_path / "rules.yml")],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
-        "scrape_configs": [{"job_name": "demo", "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}],
-    }))
-    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump({
-        "route": {"receiver": "rollback", "group_by": ["alertname", "service"], "group_wait": "1s",
-                  "group_interval": "1s", "repeat_interval": "1h"},
-        "receivers": [{"name": "rollback", "webhook_configs": [{
-            "url": f"http://127.0.0.1:{hook_port}/alerts/alertmanager", "send_resolved": True,
-            "http_config": {"authorization": {"type": "Bearer", "credentials": "am-e2e-token"}}}]}],
-    }))
-
     receiver = uvicorn.Server(uvicorn.Config(create_app(client, config, task_queue), host="127.0.0.1",
                                              port=hook_port, log_level="warning"))
     receiver.install_signal_handlers = lambda: None
     serving = asyncio.create_task(receiver.serve())
-    processes = [
-        start([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
-               f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="], tmp_path / "am.log"),
-        start([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-               f"--web.listen-address=127.0.0.1:{prom_port}"], tmp_path / "prom.log"),
-    ]
+    try:
+        processes = engines.start_monitoring(
+            tmp_path / "monitoring", app_port=app_port, service=service, bearer_token="am-e2e-token",
+            webhook_url=f"http://127.0.0.1:{hook_port}/alerts/alertmanager", prometheus_port=prom_port,
+            alertmanager_port=am_port)
+    except engines.EngineError as exc:
+        receiver.should_exit = True
+        await serving
+        unavailable(str(exc))
     handle = client.get_workflow_handle(app_rollback_id(service), result_type=AppRollbackResult)
     try:
         async with running_worker(client, config, task_queue):
@@ -104,11 +75,10 @@ async def test_prometheus_alert_rolls_back_and_resolves(client, task_queue, dock
                 await asyncio.sleep(0.5)
     finally:
         for process in processes:
-            process.terminate()
-            process.wait(10)
+            process.stop()
         receiver.should_exit = True
         await serving
-    assert result is not None, (tmp_path / "am.log").read_text()[-2000:]
+    assert result is not None, (tmp_path / "monitoring" / "alertmanager.log").read_text()[-2000:]
     assert result.outcome == "rolled_back"
     assert docker_engine.client.containers.get(service).attrs["Image"] == docker_engine.images["v1"]
     assert "demo_error_ratio{version=\"v1\"}" in httpx.get(f"http://127.0.0.1:{app_port}/metrics").text
