@@ -11,7 +11,7 @@ from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
-from workflows.config import ConfigError, RollbackConfig, ServiceConfig, load_config
+from workflows.config import ConfigError, RollbackConfig, ServiceConfig, config_path, load_config
 
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|KEY|SECRET|TOKEN|CREDENTIAL|DSN|DATABASE_URL", re.I)
 REDACTED = "***redacted***"
@@ -23,20 +23,32 @@ def fail(message: str, *, kind: str = "RollbackError") -> ApplicationError:
 
 
 class ConfigSource:
-    """Gives activities the current config: re-read from the file so edits apply without a restart."""
+    """Gives activities the current config: re-read when the file changes, so edits apply
+    without a restart, and parsed once otherwise (every activity asks for it)."""
 
     def __init__(self, path: str | os.PathLike | None = None, config: RollbackConfig | None = None):
         self._path = path
         self._config = config
+        self._loaded: tuple[tuple[float, int], RollbackConfig] | None = None
 
     @property
     def config(self) -> RollbackConfig:
         if self._config is not None:
             return self._config
         try:
-            return load_config(self._path)
+            stat = config_path(self._path).stat()
+            stamp = (stat.st_mtime, stat.st_size)
+        except OSError:
+            stamp = None
+        if self._loaded is not None and stamp is not None and self._loaded[0] == stamp:
+            return self._loaded[1]
+        try:
+            loaded = load_config(self._path)
         except ConfigError as exc:
             raise fail(str(exc), kind="ConfigError") from None
+        if stamp is not None:
+            self._loaded = (stamp, loaded)
+        return loaded
 
     def service(self, name: str) -> ServiceConfig:
         try:

@@ -179,3 +179,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     asyncio.run(main(parser.parse_args().rounds))
+    # a process that ran a worker can abort in interpreter teardown (PyGILState_Release)
+    sys.stdout.flush()
+    os._exit(0)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -153,8 +154,6 @@ async def storm(env, workdir: Path) -> None:
 
 
 async def main() -> None:
-    import os
-
     os.environ.update(BENCH_VERCEL_TOKEN="benchVercelToken", BENCH_HOOK_TOKEN=TOKEN)
     workdir = Path(tempfile.mkdtemp(prefix="rbbench-"))
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=engines.temporal_binary(),
@@ -169,3 +168,6 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    # a process that ran a worker can abort in interpreter teardown (PyGILState_Release)
+    sys.stdout.flush()
+    os._exit(0)

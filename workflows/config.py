@@ -219,7 +219,7 @@ def load_config(path: str | os.PathLike | None = None) -> RollbackConfig:
 
     file = config_path(path)
     try:
-        raw = yaml.safe_load(file.read_text()) or {}
+        raw = yaml.load(file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except FileNotFoundError:
         raise ConfigError(f"{file}: config file not found (pass --config or set {CONFIG_ENV_VAR})") from None
     except yaml.YAMLError as exc:

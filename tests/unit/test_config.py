@@ -71,3 +71,18 @@ def test_unknown_service_lists_the_known_ones(tmp_path):
     path.write_text(SERVICE)
     with pytest.raises(ConfigError, match=r"unknown service 'api' \(configured: web\)"):
         load_config(path).service("api")
+
+
+def test_config_source_parses_once_and_sees_edits(tmp_path):
+    import os
+
+    from activities.common import ConfigSource
+
+    path = tmp_path / "c.yaml"
+    path.write_text(SERVICE)
+    source = ConfigSource(path)
+    first = source.config
+    assert source.config is first  # not re-parsed while the file is unchanged
+    path.write_text(SERVICE.replace("prj_1", "prj_2222"))
+    os.utime(path, (first_mtime := path.stat().st_mtime + 1, first_mtime))
+    assert source.config.service("web").app.vercel.project == "prj_2222"
