@@ -84,7 +84,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         )
         result.from_version = current.label or current.id
 
-        # 2. Capture state for the post-mortem (read-only, so dry runs skip nothing they need)
+        # 2. Capture state for the post-mortem (a dry run leaves no artifacts, so it skips this)
         if not request.dry_run:
             captured = await self._provider(
                 provider, "capture_state",
@@ -107,10 +107,8 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             schema = compare_schema(target.schema_version, live.version, live.error)
         else:
             schema = compare_schema(target.schema_version, None, "service has no database configured")
-        plan = plan_app_rollback(request.service, current, target, schema, config.policy, request.automatic)
-        if request.require_approval:
-            plan.needs_approval = True
-            plan.approval_reasons.append("another automatic rollback of this service ran within its cooldown")
+        plan = plan_app_rollback(request.service, current, target, schema, config.policy, request.automatic,
+                                 within_cooldown=request.require_approval)
         result.plan, result.to_version = plan, target.label or target.id
         self.record(
             EventKind.PLANNED,

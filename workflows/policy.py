@@ -68,10 +68,13 @@ def plan_app_rollback(
     schema: SchemaCheck,
     policy: Policy,
     automatic: bool,
+    within_cooldown: bool = False,
 ) -> RollbackPlan:
     provider = current.provider
     steps = [f"capture state of {current.label or current.id}"]
     reasons = []
+    if within_cooldown:  # never a rollback of a rollback without a human
+        reasons.append("another automatic rollback of this service ran within its cooldown or hourly cap")
     if schema.migration_rollback_needed:
         steps.append(f"roll back the database schema to {schema.target_schema_version} (migration rollback)")
         reasons.append(schema.message)

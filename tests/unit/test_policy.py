@@ -54,3 +54,10 @@ def test_redaction_of_secret_looking_names():
     assert redact_env_list(["DB_PASSWORD=x", "PORT=80", "STRIPE_SECRET_KEY=y", "NOVALUE"]) == [
         "DB_PASSWORD=***redacted***", "PORT=80", "STRIPE_SECRET_KEY=***redacted***", "NOVALUE"]
     assert redact({"GITHUB_TOKEN": "t", "REGION": "eu"}) == {"GITHUB_TOKEN": "***redacted***", "REGION": "eu"}
+
+
+def test_plan_within_cooldown_needs_approval():
+    current = AppVersion(provider="vercel", id="dpl_b")
+    target = AppVersion(provider="vercel", id="dpl_a")
+    plan = plan_app_rollback("web", current, target, compare_schema(None, None), Policy(), True, within_cooldown=True)
+    assert plan.needs_approval and "cooldown" in plan.approval_reasons[0]
