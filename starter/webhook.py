@@ -67,6 +67,10 @@ class SeenDeliveries:
             self._keys.popitem(last=False)
         return False
 
+    def forget(self, key: str) -> None:
+        """A delivery we failed to act on: its retry must not be taken for a replay."""
+        self._keys.pop(key, None)
+
 
 def source_config(config: RollbackConfig, source: str) -> WebhookSource | None:
     configured = config.webhooks.sources.get(source)
@@ -151,10 +155,19 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
             except Refused as refusal:
                 rejected.labels(source, refusal.reason).inc()
                 return JSONResponse({"accepted": False, "reason": str(refusal)}, status_code=refusal.status)
-            if delivery and seen.check_and_add(f"{source}:{delivery}"):
+            key = f"{source}:{delivery}" if delivery else ""
+            if key and seen.check_and_add(key):
                 deduplicated.labels(source).inc()
                 return JSONResponse({"accepted": True, "duplicate": True, "started": False})
-            results = [await act(settings, alert) for alert in alerts]
+            try:
+                results = [await act(settings, alert) for alert in alerts]
+            except RPCError as exc:
+                # not acknowledged, so the sender retries; its retry is not a replay
+                if key:
+                    seen.forget(key)
+                rejected.labels(source, "temporal_unavailable").inc()
+                log.error("could not start or signal a workflow: %s", exc)
+                return JSONResponse({"accepted": False, "reason": "Temporal unavailable; retry"}, status_code=503)
             return JSONResponse({"accepted": True, "alerts": results}, status_code=202)
 
         return endpoint

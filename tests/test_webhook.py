@@ -176,3 +176,25 @@ async def test_notify_only_switch_turns_rollbacks_into_dry_runs(receiver, client
         assert answer.json()["alerts"][0]["dry_run"] is True
         result = await client.get_workflow_handle(receiver.workflow_id, result_type=AppRollbackResult).result()
     assert result.outcome == "dry_run" and vercel.count("POST", "") == 0
+
+
+async def test_temporal_down_is_503_and_the_retry_is_not_a_replay(receiver, client, monkeypatch):
+    from temporalio.service import RPCError, RPCStatusCode
+
+    http, _ = receiver()
+    raw = golden("alertmanager_grouped_firing.json")
+    headers = {"Authorization": "Bearer am-token", "Content-Type": "application/json"}
+
+    async def unavailable(*args, **kwargs):
+        raise RPCError("connection refused", RPCStatusCode.UNAVAILABLE, b"")
+
+    import starter.webhook as webhook
+
+    monkeypatch.setattr(webhook, "start_or_attach_app_rollback", unavailable)
+    down = await http.post("/alerts/alertmanager", content=raw, headers=headers)
+    assert down.status_code == 503
+    monkeypatch.undo()
+    monkeypatch.setenv("TEST_AM_TOKEN", "am-token")
+    retry = await http.post("/alerts/alertmanager", content=raw, headers=headers)
+    assert retry.status_code == 202 and retry.json()["alerts"][0]["started"]
+    await client.get_workflow_handle(receiver.workflow_id).terminate("test over")
