@@ -2,11 +2,67 @@
 
 from __future__ import annotations
 
-import psycopg
-from temporalio import activity
+import asyncio
+import time
 
-from activities.common import ConfigSource, resolve_secret
-from workflows.models import SchemaRequest, SchemaVersion
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.common import ConfigSource, fail, resolve_secret
+from workflows.models import CountsRequest, RestoreIntoRequest, SchemaRequest, SchemaVersion, SwapRequest, SwapResult
+
+LIBPQ_ENV = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD", "dbname": "PGDATABASE",
+             "sslmode": "PGSSLMODE"}
+
+
+def service_dsn(config: ConfigSource, service: str) -> tuple[str, str]:
+    """The service's DSN (resolved in the worker only) and its database name."""
+    database = config.service(service).database
+    if database is None:
+        raise fail(f"service {service!r} has no database configured")
+    dsn = resolve_secret(database.dsn_env, service)
+    return dsn, conninfo_to_dict(dsn).get("dbname") or "postgres"
+
+
+def libpq_env(dsn: str, dbname: str | None = None) -> dict[str, str]:
+    """Connection settings for pg_dump/pg_restore as environment, so no password shows in `ps`."""
+    import os
+
+    parts = conninfo_to_dict(dsn)
+    if dbname:
+        parts["dbname"] = dbname
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({LIBPQ_ENV[k]: str(v) for k, v in parts.items() if k in LIBPQ_ENV and v is not None})
+    return env
+
+
+def with_database(dsn: str, dbname: str) -> str:
+    parts = conninfo_to_dict(dsn)
+    parts["dbname"] = dbname
+    return make_conninfo(**parts)
+
+
+async def connect_to(dsn: str, autocommit: bool = True) -> psycopg.AsyncConnection:
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        host = conninfo_to_dict(dsn).get("host", "?")
+        raise ApplicationError(f"database on {host} unreachable: {type(exc).__name__}") from None
+
+
+async def table_counts(conn: psycopg.AsyncConnection) -> dict[str, int]:
+    """Exact row counts of every user table, by schema-qualified name."""
+    rows = await (await conn.execute(
+        "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
+        "ORDER BY 1, 2")).fetchall()
+    counts = {}
+    for schema, table in rows:
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        counts[f"{schema}.{table}"] = (await (await conn.execute(query)).fetchone())[0]
+    return counts
 
 # The query each migration tool's tracking table answers with "the version applied last".
 VERSION_QUERIES = {
@@ -40,3 +96,85 @@ class PostgresActivities:
         except psycopg.OperationalError as exc:
             return SchemaVersion(tool=database.migration_tool, error=f"database unreachable: {type(exc).__name__}")
         return SchemaVersion(version=row[0] if row else None, tool=database.migration_tool)
+
+
+class RestoreActivities:
+    """Restore into a new database and swap it in by rename; the old database is kept."""
+
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
+    @activity.defn(name="postgres.restore_into")
+    async def restore_into(self, request: RestoreIntoRequest) -> dict[str, int]:
+        """pg_restore into a fresh database; a half-restored one from a crashed attempt is replaced."""
+        from activities.backups import run_tool  # the same heartbeating subprocess runner
+
+        import shutil
+
+        dsn, _ = service_dsn(self._config, request.service)
+        admin = with_database(dsn, "postgres")
+        name = sql.Identifier(request.database)
+        async with await connect_to(admin) as conn:
+            exists = await (await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                               (request.database,))).fetchone()
+            if exists:  # our own database from an earlier attempt of this run: never live, safe to redo
+                await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
+            await conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+            await conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(name, sql.Literal(request.label)))
+        pg_restore = shutil.which("pg_restore") or "/usr/lib/postgresql/15/bin/pg_restore"
+        code, stderr = await run_tool(
+            [pg_restore, "-j", "2", "--exit-on-error", "--no-owner", "--no-password", "-d", request.database,
+             request.archive], libpq_env(dsn, request.database), lambda: {"restoring": request.database})
+        if code != 0:
+            raise ApplicationError(f"pg_restore into {request.database} failed: {stderr.strip()[-300:]}")
+        async with await connect_to(with_database(dsn, request.database)) as conn:
+            return await table_counts(conn)
+
+    @activity.defn(name="postgres.table_counts")
+    async def counts(self, request: CountsRequest) -> dict[str, int]:
+        dsn, live = service_dsn(self._config, request.service)
+        async with await connect_to(with_database(dsn, request.database or live)) as conn:
+            return await table_counts(conn)
+
+    @activity.defn(name="postgres.swap")
+    async def swap(self, request: SwapRequest) -> SwapResult:
+        """From the `postgres` database: stop connections, terminate sessions, rename both in one
+        transaction, allow connections again. On failure the names are put back as they were."""
+        dsn, live = service_dsn(self._config, request.service)
+        admin = with_database(dsn, "postgres")
+        live_id, new_id, old_id = (sql.Identifier(n) for n in (live, request.new_database, request.keep_old_as))
+        async with await connect_to(admin) as conn:
+            names = {r[0] for r in await (await conn.execute(
+                "SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                ([live, request.new_database, request.keep_old_as],))).fetchall()}
+            if request.keep_old_as in names and request.new_database not in names:
+                return SwapResult(live=live, kept_old_as=request.keep_old_as, downtime_seconds=0.0,
+                                  terminated_sessions=0)  # an earlier attempt swapped
+            if request.new_database not in names:
+                raise fail(f"restored database {request.new_database} is missing; nothing was swapped")
+            started = time.monotonic()
+            await conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(live_id))
+            try:
+                terminated = 0
+                for _ in range(50):  # sessions can race in before ALLOW_CONNECTIONS took effect
+                    rows = await (await conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()", (live,))).fetchall()
+                    terminated += len(rows)
+                    try:
+                        async with conn.transaction():
+                            await conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(live_id, old_id))
+                            await conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(new_id, live_id))
+                        break
+                    except psycopg.errors.ObjectInUse:
+                        await asyncio.sleep(0.1)
+                else:
+                    raise ApplicationError(f"sessions kept reconnecting to {live}; nothing was swapped")
+            except BaseException:
+                await conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(live_id))
+                raise
+            await conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(live_id))
+            downtime = time.monotonic() - started
+            await conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(old_id))
+        return SwapResult(live=live, kept_old_as=request.keep_old_as, downtime_seconds=downtime,
+                          terminated_sessions=terminated)

@@ -17,7 +17,8 @@ from activities.docker import ComposeActivities, DockerActivities
 from activities.git import GitActivities
 from activities.health import HealthActivities
 from activities.notify import NotifyActivities
-from activities.postgres import PostgresActivities
+from activities.backups import BackupActivities
+from activities.postgres import PostgresActivities, RestoreActivities
 from activities.statuspage import StatuspageActivities
 from activities.vercel import VercelActivities
 from workflows import WORKFLOWS
@@ -35,6 +36,8 @@ def activities_for(config: ConfigSource) -> list:
         VercelActivities(config),
         GitActivities(config),
         PostgresActivities(config),
+        RestoreActivities(config),
+        BackupActivities(config),
         NotifyActivities(config),
         StatuspageActivities(config),
         CaptureActivities(),

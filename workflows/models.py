@@ -291,3 +291,93 @@ class AlertDecision(BaseModel):
     action: str = Field(description="rollback | watch | notify | resolve")
     rule: str
     severity: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Database backup and restore
+
+
+class BackupManifest(BaseModel):
+    """Written beside every archive; a restore trusts only archives with a matching manifest."""
+
+    tool: str = "rollback-orchestrator"
+    backup_id: str
+    service: str
+    database: str
+    archive: str
+    format: str = "custom"
+    size_bytes: int
+    sha256: str
+    server_version: str
+    pg_dump_version: str
+    created_at: datetime
+    tables: dict[str, int] = Field(default_factory=dict, description="schema.table -> row count at dump time")
+    verified: bool = False
+
+
+class BackupInput(BaseModel):
+    """Input of `BackupWorkflow`. Only `service` is required."""
+
+    service: str
+    reason: str = "manual backup"
+
+
+class BackupRequest(BaseModel):
+    service: str
+    backup_id: str
+
+
+class ArchiveRequest(BaseModel):
+    service: str
+    archive: str
+
+
+class RestoreInput(BaseModel):
+    """Input of `DatabaseRestoreWorkflow`: `service` and `source` (a backup id or archive path)."""
+
+    service: str
+    source: str = Field(description="Backup id (from `rollback backups list`) or an archive path we wrote.")
+    dry_run: bool = False
+    reason: str = "manual restore"
+    requested_by: str = "unknown"
+    approval_timeout: timedelta = timedelta(minutes=30)
+
+
+class RestoreIntoRequest(BaseModel):
+    service: str
+    archive: str
+    database: str
+    label: str
+
+
+class CountsRequest(BaseModel):
+    service: str
+    database: str | None = None
+
+
+class SwapRequest(BaseModel):
+    service: str
+    new_database: str
+    keep_old_as: str
+
+
+class SwapResult(BaseModel):
+    live: str
+    kept_old_as: str
+    downtime_seconds: float
+    terminated_sessions: int
+
+
+class RestoreResult(BaseModel):
+    service: str
+    outcome: str  # restored | dry_run | rejected | not_approved | failed
+    source: BackupManifest | None = None
+    safety_backup: BackupManifest | None = None
+    restored_database: str | None = None
+    kept_old_as: str | None = None
+    counts_before: dict[str, int] = Field(default_factory=dict)
+    counts_after: dict[str, int] = Field(default_factory=dict)
+    swap_downtime_seconds: float | None = None
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    message: str = ""

@@ -1,0 +1,141 @@
+"""Verified PostgreSQL backups: pg_dump to a custom-format archive with a manifest beside it.
+
+A backup is "good" only after its sha256 is recorded and a full read (`pg_restore -f /dev/null`)
+exits 0: `pg_restore --list` alone exits 0 on an archive truncated to half its size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.common import ConfigSource, fail, write_json_atomic
+from activities.postgres import connect_to, libpq_env, service_dsn, table_counts
+from workflows.models import ArchiveRequest, BackupManifest, BackupRequest, ServiceRef
+
+HEARTBEAT_SECONDS = 2
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+async def run_tool(args: list[str], env: dict[str, str], progress) -> tuple[int, str]:
+    """Run pg_dump/pg_restore, heartbeating while it works; killed if the activity is cancelled."""
+    process = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                   stderr=asyncio.subprocess.PIPE)
+    try:
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(process.wait()), HEARTBEAT_SECONDS)
+                break
+            except asyncio.TimeoutError:
+                activity.heartbeat(progress())
+    except asyncio.CancelledError:
+        process.kill()
+        await process.wait()
+        raise
+    stderr = (await process.stderr.read()).decode(errors="replace")
+    return process.returncode, stderr
+
+
+async def full_read_ok(archive: Path) -> tuple[bool, str]:
+    """Read the whole archive the way a restore would, writing nothing."""
+    pg_restore = shutil.which("pg_restore") or "/usr/lib/postgresql/15/bin/pg_restore"
+    code, stderr = await run_tool([pg_restore, "-f", "/dev/null", str(archive)], {},
+                                  lambda: {"verifying": str(archive)})
+    return code == 0, stderr.strip()[-300:]
+
+
+class BackupActivities:
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
+    def backup_dir(self, service: str) -> Path:
+        database = self._config.service(service).database
+        if database is None:
+            raise fail(f"service {service!r} has no database configured")
+        directory = Path(database.backup_dir) if database.backup_dir else Path(self._config.config.state_dir) / "backups" / service
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    def manifest_path(self, service: str, backup_id: str) -> Path:
+        return self.backup_dir(service) / f"{backup_id}.manifest.json"
+
+    @activity.defn(name="backups.dump")
+    async def dump(self, request: BackupRequest) -> BackupManifest:
+        """pg_dump -Fc, sha256, a full read; idempotent per backup id (one archive per id)."""
+        manifest_file = self.manifest_path(request.service, request.backup_id)
+        if manifest_file.exists():
+            existing = BackupManifest.model_validate_json(manifest_file.read_text())
+            if existing.verified:
+                return existing  # an earlier attempt finished
+        dsn, database = service_dsn(self._config, request.service)
+        archive = self.backup_dir(request.service) / f"{request.backup_id}.dump"
+        partial = archive.with_suffix(".dump.partial")
+        pg_dump = shutil.which("pg_dump") or "/usr/lib/postgresql/15/bin/pg_dump"
+        async with await connect_to(dsn) as conn:
+            counts = await table_counts(conn)
+            server_version = (await (await conn.execute("SHOW server_version")).fetchone())[0]
+        code, stderr = await run_tool(
+            [pg_dump, "-Fc", "--no-password", "-f", str(partial)], libpq_env(dsn),
+            lambda: {"bytes": partial.stat().st_size if partial.exists() else 0})
+        if code != 0:
+            partial.unlink(missing_ok=True)
+            raise ApplicationError(f"pg_dump of {database} for {request.service} failed: {stderr.strip()[-300:]}")
+        partial.replace(archive)
+        ok, why = await full_read_ok(archive)
+        if not ok:
+            raise ApplicationError(f"the new archive {archive} does not read back: {why}")
+        version = await asyncio.create_subprocess_exec(pg_dump, "--version", stdout=asyncio.subprocess.PIPE)
+        manifest = BackupManifest(
+            backup_id=request.backup_id, service=request.service, database=database, archive=str(archive),
+            size_bytes=archive.stat().st_size, sha256=sha256_of(archive), server_version=server_version,
+            pg_dump_version=(await version.communicate())[0].decode().strip(),
+            created_at=datetime.now(timezone.utc), tables=counts, verified=True,
+        )
+        write_json_atomic(manifest_file, manifest.model_dump(mode="json"))
+        return manifest
+
+    @activity.defn(name="backups.validate")
+    async def validate(self, request: ArchiveRequest) -> BackupManifest:
+        """Refuse anything but an intact archive this system wrote: manifest, sha256, full read."""
+        directory = self.backup_dir(request.service)
+        candidate = Path(request.archive)
+        manifest_file = (directory / f"{request.archive}.manifest.json" if not candidate.suffix
+                         else candidate.with_suffix(".manifest.json"))
+        if not manifest_file.exists():
+            raise fail(f"no manifest for {request.archive!r} in {directory}: only archives this system wrote "
+                       "can be restored (see `rollback backups list`)", kind="BackupInvalid")
+        try:
+            manifest = BackupManifest.model_validate_json(manifest_file.read_text())
+        except ValidationError:
+            raise fail(f"manifest {manifest_file} is not readable", kind="BackupInvalid") from None
+        archive = Path(manifest.archive)
+        if not archive.exists():
+            raise fail(f"archive {archive} is missing", kind="BackupInvalid")
+        actual = sha256_of(archive)
+        if actual != manifest.sha256:
+            raise fail(f"archive {archive} is corrupt: sha256 {actual[:12]}… does not match the manifest's "
+                       f"{manifest.sha256[:12]}…; nothing was changed", kind="BackupInvalid")
+        ok, why = await full_read_ok(archive)
+        if not ok:
+            raise fail(f"archive {archive} does not read back ({why}); nothing was changed", kind="BackupInvalid")
+        return manifest
+
+    @activity.defn(name="backups.list")
+    async def list(self, request: ServiceRef) -> list[BackupManifest]:
+        manifests = [BackupManifest.model_validate_json(p.read_text())
+                     for p in self.backup_dir(request.service).glob("*.manifest.json")]
+        return sorted(manifests, key=lambda m: m.created_at, reverse=True)

@@ -1,0 +1,118 @@
+"""Backup and restore on a real PostgreSQL: verified archives, restore into a new database,
+approval, and a swap by rename that keeps the old database."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from temporalio.client import WorkflowFailureError
+
+from tests.conftest import running_worker
+from tests.helpers import wait_for_phase
+from workflows import BackupWorkflow, DatabaseRestoreWorkflow
+from workflows.models import ApprovalInput, BackupInput, BackupManifest, RestoreInput, RestoreResult
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def shop_db(postgres, write_config, monkeypatch, tmp_path):
+    name = f"shop_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = postgres.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL)")
+        conn.execute("INSERT INTO users SELECT g, 'user ' || g FROM generate_series(1, 100) g")
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users, total numeric)")
+        conn.execute("INSERT INTO orders SELECT g, 1 + g % 100, g * 1.5 FROM generate_series(1, 50) g")
+    monkeypatch.setenv("TEST_SHOP_DSN", dsn)
+    config = write_config({"shop": {
+        "app": {"provider": "docker", "docker": {"container": "unused"}},
+        "health": {"url": "http://127.0.0.1:9/health"},
+        "database": {"dsn_env": "TEST_SHOP_DSN", "backup_dir": str(tmp_path / "backups")},
+    }})
+    return name, dsn, postgres, config
+
+
+def databases(admin_dsn: str, prefix: str) -> set[str]:
+    with psycopg.connect(admin_dsn) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",))}
+
+
+def count(dsn: str, table: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+async def backup(client, task_queue, config) -> BackupManifest:
+    async with running_worker(client, config, task_queue):
+        return await client.execute_workflow(BackupWorkflow.run, BackupInput(service="shop"), id=f"wf-{uuid.uuid4()}",
+                                             task_queue=task_queue, result_type=BackupManifest)
+
+
+async def test_backup_damage_restore_keeps_the_old_database(client, task_queue, shop_db):
+    name, dsn, admin, config = shop_db
+    manifest = await backup(client, task_queue, config)
+    assert manifest.verified and manifest.tables == {"public.users": 100, "public.orders": 50}
+    assert Path(manifest.archive).stat().st_size == manifest.size_bytes
+
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the incident
+        conn.execute("DELETE FROM orders WHERE id > 20")
+        conn.execute("DELETE FROM users WHERE id > 70 AND id NOT IN (SELECT user_id FROM orders)")
+    damaged_users = count(dsn, "users")
+
+    held = psycopg.connect(dsn)  # an app session that stays open through the swap
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(
+            DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source=manifest.backup_id),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
+        status = await wait_for_phase(handle, "awaiting_approval", timeout=60)
+        assert "public.orders" in status.timeline[-1].message  # the approval shows what the swap changes
+        assert count(dsn, "orders") == 20  # nothing swapped before approval
+        await handle.execute_update(DatabaseRestoreWorkflow.approve, ApprovalInput(approver="dba", reason="restore"))
+        result = await handle.result()
+
+    assert result.outcome == "restored"
+    assert (count(dsn, "users"), count(dsn, "orders")) == (100, 50)
+    old_dsn = dsn.rsplit("/", 1)[0] + f"/{result.kept_old_as}"
+    assert (count(old_dsn, "users"), count(old_dsn, "orders")) == (damaged_users, 20)  # kept, not dropped
+    assert result.safety_backup.tables["public.orders"] == 20
+    assert result.swap_downtime_seconds is not None and result.swap_downtime_seconds < 10
+    with pytest.raises(psycopg.OperationalError):
+        held.execute("SELECT 1")  # its session was terminated for the swap
+    assert databases(admin, f"{name}_restore_") == set()  # renamed into place, no strays
+
+
+async def test_corrupt_archives_are_refused_before_anything_changes(client, task_queue, shop_db):
+    name, dsn, admin, config = shop_db
+    manifest = await backup(client, task_queue, config)
+    archive = Path(manifest.archive)
+    original = archive.read_bytes()
+    for damaged in (original[: len(original) // 2], original[:100] + bytes([original[100] ^ 0xFF]) + original[101:]):
+        archive.write_bytes(damaged)
+        async with running_worker(client, config, task_queue):
+            with pytest.raises(WorkflowFailureError) as failure:
+                await client.execute_workflow(
+                    DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source=manifest.backup_id),
+                    id=f"wf-{uuid.uuid4()}", task_queue=task_queue)
+        assert "is corrupt" in str(failure.value.cause.cause) and "nothing was changed" in str(failure.value.cause.cause)
+    assert databases(admin, f"{name}_") == set()  # no restore database, no renamed live one
+    assert count(dsn, "users") == 100
+
+
+async def test_unknown_source_and_dry_run(client, task_queue, shop_db):
+    name, dsn, admin, config = shop_db
+    manifest = await backup(client, task_queue, config)
+    async with running_worker(client, config, task_queue):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source="nope"),
+                                          id=f"wf-{uuid.uuid4()}", task_queue=task_queue)
+        assert "only archives this system wrote" in str(failure.value.cause.cause)
+        dry = await client.execute_workflow(
+            DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source=manifest.backup_id, dry_run=True),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
+    assert dry.outcome == "dry_run" and databases(admin, f"{name}_") == set()

@@ -1,0 +1,151 @@
+"""BackupWorkflow and DatabaseRestoreWorkflow: verified backups, restore into a new database,
+approval, and an atomic swap by rename that keeps the old database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase
+    from workflows.models import (
+        ArchiveRequest,
+        BackupInput,
+        BackupManifest,
+        BackupRequest,
+        CountsRequest,
+        EventKind,
+        Phase,
+        RestoreInput,
+        RestoreIntoRequest,
+        RestoreResult,
+        SwapRequest,
+        SwapResult,
+    )
+
+# pg_dump and pg_restore heartbeat every 2 s; a dead worker is noticed within this.
+LONG_STEP = dict(start_to_close_timeout=timedelta(hours=6), heartbeat_timeout=timedelta(seconds=30))
+
+
+def _stamp() -> str:
+    return workflow.now().strftime("%Y%m%d%H%M%S")
+
+
+@workflow.defn
+class BackupWorkflow(RollbackWorkflowBase):
+    rollback_type = "backup"
+
+    @workflow.run
+    async def run(self, request: BackupInput) -> BackupManifest:
+        self.start_run(request.service, "P3")
+        self.record(EventKind.STARTED, f"backup of {request.service}: {request.reason}")
+        self.enter(Phase.EXECUTING)
+        manifest = await workflow.execute_activity(
+            # unique per run, so the dump's idempotency never hands back another run's archive
+            "backups.dump",
+            BackupRequest(service=request.service,
+                          backup_id=f"{request.service}-{_stamp()}-{workflow.info().run_id[:8]}"),
+            result_type=BackupManifest, retry_policy=CHANGE_RETRY, **LONG_STEP,
+        )
+        self.record(EventKind.VERIFIED, f"backup {manifest.backup_id}: {manifest.size_bytes} bytes, sha256 "
+                    f"{manifest.sha256[:12]}…, full read OK", tables=manifest.tables)
+        self.enter(Phase.DONE)
+        await self.finish_handlers()
+        return manifest
+
+
+@workflow.defn
+class DatabaseRestoreWorkflow(RollbackWorkflowBase):
+    rollback_type = "restore"
+
+    @workflow.run
+    async def run(self, request: RestoreInput) -> RestoreResult:
+        self.start_run(request.service, "P1")
+        self.record(EventKind.STARTED, f"restore of {request.service} from {request.source}: {request.reason}",
+                    actor=request.requested_by, dry_run=request.dry_run)
+        result = RestoreResult(service=request.service, outcome="failed")
+
+        # 1. Validate the source before anything changes
+        source = await workflow.execute_activity(
+            "backups.validate", ArchiveRequest(service=request.service, archive=request.source),
+            result_type=BackupManifest, retry_policy=READ_RETRY, **LONG_STEP,
+        )
+        result.source = source
+        self.record(EventKind.ASSESSED, f"source {source.backup_id} valid: sha256 matches, full read OK, "
+                    f"{len(source.tables)} tables")
+        result.counts_before = await workflow.execute_activity(
+            "postgres.table_counts", CountsRequest(service=request.service), result_type=dict[str, int],
+            start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY,
+        )
+        if request.dry_run:
+            self.record(EventKind.RESOLVED, "dry run: nothing was changed")
+            return await self._finish(result, "dry_run", "dry run: the source is valid; nothing was changed")
+
+        # 2. Safety backup of what is live now, as a child workflow
+        self.enter(Phase.EXECUTING)
+        stamp = _stamp()
+        result.safety_backup = await workflow.execute_child_workflow(
+            BackupWorkflow.run, BackupInput(service=request.service, reason=f"safety backup before restore {stamp}"),
+            id=f"{workflow.info().workflow_id}-safety-backup", result_type=BackupManifest,
+        )
+        self.record(EventKind.CAPTURED, f"safety backup {result.safety_backup.backup_id} taken and verified")
+
+        # 3. Restore into a new database; the live one keeps serving
+        new_database = f"{source.database}_restore_{stamp}"
+        restored = await workflow.execute_activity(
+            "postgres.restore_into",
+            RestoreIntoRequest(service=request.service, archive=source.archive, database=new_database,
+                               label=f"rollback: restore of {source.backup_id} by {workflow.info().workflow_id}"),
+            result_type=dict[str, int], retry_policy=CHANGE_RETRY, **LONG_STEP,
+        )
+        result.restored_database = new_database
+        self.record(EventKind.EXECUTING, f"restored into {new_database}; live database untouched")
+
+        # 4. Verify the new database against the manifest
+        self.enter(Phase.VERIFYING)
+        mismatches = {t: (n, restored.get(t)) for t, n in source.tables.items() if restored.get(t) != n}
+        if mismatches:
+            self.record(EventKind.VERIFICATION_FAILED, f"row counts differ from the backup: {mismatches}")
+            raise ApplicationError(f"restored database {new_database} does not match backup {source.backup_id}: "
+                                   f"{mismatches}; the live database was not touched", non_retryable=True)
+        self.record(EventKind.VERIFIED, f"all {len(source.tables)} tables match the backup's row counts")
+
+        # 5. Approval, showing what the swap would change
+        changes = {t: f"{result.counts_before.get(t)} -> {n}" for t, n in restored.items()
+                   if result.counts_before.get(t) != n}
+        decision = await self.wait_for_approval(
+            "database swap", f"swap {new_database} in for {source.database}; row count changes: {changes or 'none'}",
+            request.approval_timeout)
+        if decision is None or not decision.approved:
+            outcome = "not_approved" if decision is None else "rejected"
+            return await self._finish(result, outcome, f"swap {outcome}; {new_database} is kept for inspection")
+
+        # 7. Atomic swap by rename; the old database is kept
+        self.enter(Phase.EXECUTING)
+        swap = await workflow.execute_activity(
+            "postgres.swap", SwapRequest(service=request.service, new_database=new_database,
+                                         keep_old_as=f"{source.database}_before_restore_{stamp}"),
+            result_type=SwapResult, start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+        result.kept_old_as, result.swap_downtime_seconds = swap.kept_old_as, swap.downtime_seconds
+        self.record(EventKind.ROLLED_BACK, f"{new_database} is now {swap.live}; the previous database is kept as "
+                    f"{swap.kept_old_as}; {swap.terminated_sessions} sessions terminated; swap took "
+                    f"{swap.downtime_seconds * 1000:.0f} ms")
+        result.counts_after = await workflow.execute_activity(
+            "postgres.table_counts", CountsRequest(service=request.service), result_type=dict[str, int],
+            start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY,
+        )
+        self.record(EventKind.RESOLVED, f"{request.service} database restored from {source.backup_id}")
+        return await self._finish(result, "restored", f"restored from {source.backup_id}")
+
+    async def _finish(self, result: RestoreResult, outcome: str, message: str) -> RestoreResult:
+        self.enter(Phase.DONE if outcome in ("restored", "dry_run") else Phase.FAILED)
+        result.outcome, result.message = outcome, message
+        result.phase_seconds = dict(self.phase_seconds)
+        result.timeline = list(self.events)
+        await self.finish_handlers()
+        return result
