@@ -84,9 +84,21 @@ async def _status(client: Client, workflow_id: str) -> RollbackStatus:
         raise
 
 
+SUCCESS = ("rolled_back", "dry_run", "restored")
+
+
+def _result_type(workflow_type: str):
+    from workflows.models import BackupManifest, RestoreResult
+
+    return {"BackupWorkflow": BackupManifest, "DatabaseRestoreWorkflow": RestoreResult}.get(
+        workflow_type, AppRollbackResult)
+
+
 async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
     """Print timeline events as they happen until the workflow closes; exit code from the outcome."""
-    handle = client.get_workflow_handle(workflow_id, result_type=AppRollbackResult)
+    await _status(client, workflow_id)  # a clear error for an unknown ID
+    description = await client.get_workflow_handle(workflow_id).describe()
+    handle = client.get_workflow_handle(workflow_id, result_type=_result_type(description.workflow_type))
     shown = 0
     hinted = False
     while True:
@@ -115,13 +127,14 @@ async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
         else:
             print(f"FAILED: {message}")
         return EXIT_FAILED
+    outcome = getattr(result, "outcome", "done")
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
-        print(f"{result.outcome.upper()}: {result.message}")
-        if result.artifact_dir and result.outcome != "dry_run":
+        print(f"{outcome.upper()}: {getattr(result, 'message', '') or result.model_dump_json()[:300]}")
+        if getattr(result, "artifact_dir", None) and outcome != "dry_run":
             print(f"  artifacts: {result.artifact_dir}")
-    return 0 if result.outcome in ("rolled_back", "dry_run") else EXIT_FAILED
+    return 0 if outcome in (*SUCCESS, "done") else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +174,88 @@ def app_rollback(service: str, to: Optional[str], dry_run: bool, wait: bool, rea
         return 0
 
     sys.exit(_run(main()))
+
+
+async def _start_and_maybe_follow(workflow_run, request, workflow_id: str, wait: bool, as_json: bool) -> int:
+    from temporalio.common import WorkflowIDConflictPolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    client = await _client()
+    try:
+        handle = await client.start_workflow(workflow_run, request, id=workflow_id, task_queue=_task_queue(),
+                                             id_conflict_policy=WorkflowIDConflictPolicy.FAIL)
+    except WorkflowAlreadyStartedError:
+        raise CliError(f"{workflow_id} is already running: see `rollback status {workflow_id}`") from None
+    if not as_json:
+        print(f"started {handle.id}", flush=True)
+    if wait:
+        return await _follow(client, handle.id, as_json)
+    if as_json:
+        print(json.dumps({"workflow_id": handle.id}))
+    return 0
+
+
+@app.command("backup")
+@click.argument("service")
+@click.option("--wait", is_flag=True, help="Show progress until the backup is verified.")
+@click.option("--reason", default="manual backup", show_default=True)
+@json_option
+def backup(service: str, wait: bool, reason: str, as_json: bool) -> None:
+    """Take a verified backup (pg_dump, sha256, full read) of a service's database."""
+    from workflows import BackupWorkflow
+    from workflows.models import BackupInput
+
+    sys.exit(_run(_start_and_maybe_follow(BackupWorkflow.run, BackupInput(service=service, reason=reason),
+                                          f"backup-{service}", wait, as_json)))
+
+
+@app.group("backups", help="Backups of a service's database.")
+def backups_group() -> None:
+    pass
+
+
+@backups_group.command("list")
+@click.argument("service")
+@config_option
+@json_option
+def backups_list(service: str, config: Optional[Path], as_json: bool) -> None:
+    """List a service's backups, newest first (read from its backup directory)."""
+    from activities.backups import BackupActivities
+    from activities.common import ConfigSource
+
+    loaded = load_config(config)
+    loaded.service(service)
+    directory = BackupActivities(ConfigSource(config, loaded)).backup_dir(service)
+    from workflows.models import BackupManifest
+
+    manifests = sorted((BackupManifest.model_validate_json(p.read_text()) for p in directory.glob("*.manifest.json")),
+                       key=lambda m: m.created_at, reverse=True)
+    if as_json:
+        print(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2))
+    elif not manifests:
+        print(f"no backups in {directory}")
+    for m in manifests if not as_json else []:
+        print(f"{m.created_at:%Y-%m-%d %H:%M:%S}  {m.backup_id:<40} {m.size_bytes:>12} bytes  "
+              f"{'verified' if m.verified else 'UNVERIFIED'}  {sum(m.tables.values())} rows")
+    sys.exit(0)
+
+
+@app.command("restore")
+@click.argument("service")
+@click.option("--from", "source", required=True, help="Backup id (see `rollback backups list`).")
+@click.option("--dry-run", is_flag=True, help="Validate the source only; change nothing.")
+@click.option("--wait", is_flag=True, help="Show progress until the restore ends.")
+@click.option("--reason", default="manual restore", show_default=True)
+@json_option
+def restore(service: str, source: str, dry_run: bool, wait: bool, reason: str, as_json: bool) -> None:
+    """Restore a database into a new one and swap it in after approval (the old one is kept)."""
+    from workflows import DatabaseRestoreWorkflow
+    from workflows.models import RestoreInput
+
+    request = RestoreInput(service=service, source=source, dry_run=dry_run, reason=reason,
+                           requested_by=os.environ.get("USER", "cli"))
+    sys.exit(_run(_start_and_maybe_follow(DatabaseRestoreWorkflow.run, request, f"restore-{service}", wait,
+                                          as_json)))
 
 
 # ---------------------------------------------------------------------------------------------

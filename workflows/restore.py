@@ -47,7 +47,7 @@ class BackupWorkflow(RollbackWorkflowBase):
             # unique per run, so the dump's idempotency never hands back another run's archive
             "backups.dump",
             BackupRequest(service=request.service,
-                          backup_id=f"{request.service}-{_stamp()}-{workflow.info().run_id[:8]}"),
+                          backup_id=f"{request.service}-{_stamp()}-{workflow.info().run_id[-12:]}"),
             result_type=BackupManifest, retry_policy=CHANGE_RETRY, **LONG_STEP,
         )
         self.record(EventKind.VERIFIED, f"backup {manifest.backup_id}: {manifest.size_bytes} bytes, sha256 "

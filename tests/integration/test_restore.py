@@ -116,3 +116,26 @@ async def test_unknown_source_and_dry_run(client, task_queue, shop_db):
             DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source=manifest.backup_id, dry_run=True),
             id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
     assert dry.outcome == "dry_run" and databases(admin, f"{name}_") == set()
+
+
+async def test_cli_backup_list_and_dry_run_restore(client, task_queue, temporal_address, shop_db):
+    import asyncio
+    import json
+
+    from tests.test_cli import cli
+
+    name, dsn, admin, config = shop_db
+    env = {"TEST_SHOP_DSN": dsn}
+    async with running_worker(client, config, task_queue):
+        made = await asyncio.to_thread(cli, "backup", "shop", "--wait", address=temporal_address,
+                                       task_queue=task_queue, extra_env=env)
+        assert made.returncode == 0, made.stderr
+        assert "backup shop-" in made.stdout and "full read OK" in made.stdout
+        listed = await asyncio.to_thread(cli, "backups", "list", "shop", "--config", str(config._path), "--json",
+                                         extra_env=env)
+        (backup_row,) = json.loads(listed.stdout)
+        assert backup_row["verified"] and backup_row["tables"] == {"public.orders": 50, "public.users": 100}
+        dry = await asyncio.to_thread(cli, "restore", "shop", "--from", backup_row["backup_id"], "--dry-run",
+                                      "--wait", address=temporal_address, task_queue=task_queue, extra_env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "DRY_RUN" in dry.stdout and databases(admin, f"{name}_") == set()
