@@ -170,8 +170,11 @@ class RestoreActivities:
                         await asyncio.sleep(0.1)
                 else:
                     raise ApplicationError(f"sessions kept reconnecting to {live}; nothing was swapped")
-            except BaseException:
+            except BaseException as exc:
                 await conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(live_id))
+                if isinstance(exc, psycopg.Error):
+                    raise fail(f"swap of {live} failed ({type(exc).__name__}: {str(exc).strip()}); {live} is "
+                               f"unchanged and accepts connections again") from None
                 raise
             await conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(live_id))
             downtime = time.monotonic() - started

@@ -139,3 +139,22 @@ async def test_cli_backup_list_and_dry_run_restore(client, task_queue, temporal_
                                       "--wait", address=temporal_address, task_queue=task_queue, extra_env=env)
     assert dry.returncode == 0, dry.stderr
     assert "DRY_RUN" in dry.stdout and databases(admin, f"{name}_") == set()
+
+
+async def test_swap_failing_half_way_leaves_the_original_in_place(shop_db):
+    from temporalio.exceptions import ApplicationError
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.postgres import RestoreActivities
+    from workflows.models import SwapRequest
+
+    name, dsn, admin, config = shop_db
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}_new"')
+        conn.execute(f'CREATE DATABASE "{name}_old"')  # the name the live one would move to is taken
+    swap = SwapRequest(service="shop", new_database=f"{name}_new", keep_old_as=f"{name}_old")
+    with pytest.raises(ApplicationError) as failure:
+        await ActivityEnvironment().run(RestoreActivities(config).swap, swap)
+    assert failure.value.non_retryable and "is unchanged and accepts connections again" in str(failure.value)
+    assert count(dsn, "users") == 100  # same name, same data, and it accepts connections again
+    assert databases(admin, f"{name}_") == {f"{name}_new", f"{name}_old"}
