@@ -23,6 +23,11 @@ from workflows.models import ArchiveRequest, BackupManifest, BackupRequest, Serv
 HEARTBEAT_SECONDS = 2
 
 
+def major(version: str) -> int:
+    """15 from '15.18 (Debian 15.18-0+deb12u1)'."""
+    return int(version.split(".")[0].split()[0])
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -132,7 +137,30 @@ class BackupActivities:
         ok, why = await full_read_ok(archive)
         if not ok:
             raise fail(f"archive {archive} does not read back ({why}); nothing was changed", kind="BackupInvalid")
+        dsn, _ = service_dsn(self._config, request.service)
+        async with await connect_to(dsn) as conn:
+            live_version = (await (await conn.execute("SHOW server_version")).fetchone())[0]
+        if major(live_version) < major(manifest.server_version):
+            raise fail(f"archive {manifest.backup_id} comes from PostgreSQL {manifest.server_version}; the live "
+                       f"server is {live_version}, which cannot load it; nothing was changed", kind="BackupInvalid")
         return manifest
+
+    @activity.defn(name="backups.prune")
+    async def prune(self, request: ServiceRef) -> list[str]:
+        """Retention: delete backups that are neither among the newest N nor younger than D.
+        The newest verified backup is never deleted, whatever the settings say."""
+        database = self._config.service(request.service).database
+        manifests = await self.list(request)
+        newest_verified = next((m.backup_id for m in manifests if m.verified), None)
+        cutoff = datetime.now(timezone.utc) - database.keep_backups_for
+        deleted = []
+        for index, manifest in enumerate(manifests):
+            if index < database.keep_backups or manifest.created_at >= cutoff or manifest.backup_id == newest_verified:
+                continue
+            Path(manifest.archive).unlink(missing_ok=True)
+            self.manifest_path(request.service, manifest.backup_id).unlink(missing_ok=True)
+            deleted.append(manifest.backup_id)
+        return deleted
 
     @activity.defn(name="backups.list")
     async def list(self, request: ServiceRef) -> list[BackupManifest]:

@@ -96,6 +96,10 @@ class DatabaseConfig(_Strict):
     migrations_dir: str | None = None
     critical_tables: list[str] = Field(default_factory=list)
     backup_dir: str | None = None
+    keep_backups: int = Field(default=10, ge=1, description="Retention: keep at least this many newest backups.")
+    keep_backups_for: timedelta = Field(default=timedelta(days=7), description="…and every backup younger than this.")
+    recent_data_columns: list[str] = Field(default_factory=lambda: ["created_at", "updated_at"],
+                                           description="Timestamp columns that tell which rows are newer than a backup.")
 
 
 class KillSwitch(_Strict):

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         RestoreInput,
         RestoreIntoRequest,
         RestoreResult,
+        ServiceRef,
         SwapRequest,
         SwapResult,
     )
@@ -52,6 +53,12 @@ class BackupWorkflow(RollbackWorkflowBase):
         )
         self.record(EventKind.VERIFIED, f"backup {manifest.backup_id}: {manifest.size_bytes} bytes, sha256 "
                     f"{manifest.sha256[:12]}…, full read OK", tables=manifest.tables)
+        pruned = await workflow.execute_activity(
+            "backups.prune", ServiceRef(service=request.service), result_type=list[str],
+            start_to_close_timeout=timedelta(minutes=5), retry_policy=READ_RETRY,
+        )
+        if pruned:
+            self.record(EventKind.DECIDED, f"retention removed {len(pruned)} old backup(s): {', '.join(pruned)}")
         self.enter(Phase.DONE)
         await self.finish_handlers()
         return manifest

@@ -158,3 +158,30 @@ async def test_swap_failing_half_way_leaves_the_original_in_place(shop_db):
     assert failure.value.non_retryable and "is unchanged and accepts connections again" in str(failure.value)
     assert count(dsn, "users") == 100  # same name, same data, and it accepts connections again
     assert databases(admin, f"{name}_") == {f"{name}_new", f"{name}_old"}
+
+
+async def test_retention_never_deletes_the_newest_verified_backup(shop_db):
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.backups import BackupActivities
+    from workflows.models import BackupRequest, ServiceRef
+
+    name, dsn, admin, config = shop_db
+    raw = config._path.read_text().replace("backup_dir:", "keep_backups: 1\n      keep_backups_for: PT1S\n      backup_dir:")
+    config._path.write_text(raw)
+    activities = BackupActivities(config)
+    environment = ActivityEnvironment()
+    for i in range(3):
+        manifest = await environment.run(activities.dump, BackupRequest(service="shop", backup_id=f"b{i}"))
+        path = activities.manifest_path("shop", manifest.backup_id)
+        document = json.loads(path.read_text())
+        document["created_at"] = (datetime.now(timezone.utc) - timedelta(days=3 - i)).isoformat()
+        document["verified"] = i < 2  # the newest one never finished verification
+        path.write_text(json.dumps(document))
+    deleted = await environment.run(activities.prune, ServiceRef(service="shop"))
+    kept = {m.backup_id for m in await environment.run(activities.list, ServiceRef(service="shop"))}
+    assert deleted == ["b0"] and kept == {"b2", "b1"}  # b1: the newest *verified*, kept past the limits
+    assert not Path(manifest.archive).with_name("b0.dump").exists()
