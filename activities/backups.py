@@ -90,6 +90,8 @@ class BackupActivities:
         archive = self.backup_dir(request.service) / f"{request.backup_id}.dump"
         partial = archive.with_suffix(".dump.partial")
         pg_dump = shutil.which("pg_dump") or "/usr/lib/postgresql/15/bin/pg_dump"
+        # the dump's snapshot is taken at its start: rows written later are "newer than the backup"
+        started_at = datetime.now(timezone.utc)
         async with await connect_to(dsn) as conn:
             counts = await table_counts(conn)
             server_version = (await (await conn.execute("SHOW server_version")).fetchone())[0]
@@ -108,7 +110,7 @@ class BackupActivities:
             backup_id=request.backup_id, service=request.service, database=database, archive=str(archive),
             size_bytes=archive.stat().st_size, sha256=sha256_of(archive), server_version=server_version,
             pg_dump_version=(await version.communicate())[0].decode().strip(),
-            created_at=datetime.now(timezone.utc), tables=counts, verified=True,
+            created_at=started_at, tables=counts, verified=True,
         )
         write_json_atomic(manifest_file, manifest.model_dump(mode="json"))
         return manifest

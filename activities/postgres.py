@@ -12,7 +12,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import ConfigSource, fail, resolve_secret
-from workflows.models import CountsRequest, RestoreIntoRequest, SchemaRequest, SchemaVersion, SwapRequest, SwapResult
+from workflows.models import (
+    CountsRequest,
+    RecentRowsRequest,
+    RestoreIntoRequest,
+    SchemaRequest,
+    SchemaVersion,
+    SwapRequest,
+    SwapResult,
+)
 
 LIBPQ_ENV = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD", "dbname": "PGDATABASE",
              "sslmode": "PGSSLMODE"}
@@ -135,6 +143,43 @@ class RestoreActivities:
         dsn, live = service_dsn(self._config, request.service)
         async with await connect_to(with_database(dsn, request.database or live)) as conn:
             return await table_counts(conn)
+
+    @activity.defn(name="postgres.recent_rows")
+    async def recent_rows(self, request: RecentRowsRequest) -> dict[str, int]:
+        """Runbook 003's "minimizing data loss": export the live rows newer than the backup (by the
+        configured timestamp columns) to CSV in the incident directory, before the swap drops them."""
+        from pathlib import Path
+
+        columns = self._config.service(request.service).database.recent_data_columns
+        dsn, _ = service_dsn(self._config, request.service)
+        out = Path(request.artifact_dir) / "recent-rows"
+        exported: dict[str, int] = {}
+        async with await connect_to(dsn) as conn:
+            candidates = await (await conn.execute(
+                "SELECT table_schema, table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND column_name = ANY(%s) "
+                "AND data_type LIKE 'timestamp%%' ORDER BY 1, 2, 3", (columns,))).fetchall()
+            by_table: dict[tuple[str, str], list[str]] = {}
+            for schema, table, column in candidates:
+                by_table.setdefault((schema, table), []).append(column)
+            for (schema, table), found in by_table.items():
+                condition = sql.SQL(" OR ").join(
+                    sql.SQL("{} > {}").format(sql.Identifier(c), sql.Literal(request.since)) for c in found)
+                query = sql.SQL("SELECT * FROM {}.{} WHERE ").format(sql.Identifier(schema), sql.Identifier(table))
+                query += condition
+                rows = (await (await conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS recent").format(query)))
+                        .fetchone())[0]
+                if not rows:
+                    continue
+                out.mkdir(parents=True, exist_ok=True)
+                target = out / f"{schema}.{table}.csv"
+                with target.open("wb") as fh:
+                    async with conn.cursor().copy(
+                            sql.SQL("COPY ({}) TO STDOUT WITH CSV HEADER").format(query)) as copy:
+                        async for block in copy:
+                            fh.write(block)
+                exported[f"{schema}.{table}"] = rows
+        return exported
 
     @activity.defn(name="postgres.swap")
     async def swap(self, request: SwapRequest) -> SwapResult:

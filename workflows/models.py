@@ -378,6 +378,14 @@ class RestoreResult(BaseModel):
     counts_before: dict[str, int] = Field(default_factory=dict)
     counts_after: dict[str, int] = Field(default_factory=dict)
     swap_downtime_seconds: float | None = None
+    recent_rows: dict[str, int] = Field(default_factory=dict, description="Rows newer than the backup, exported")
+    artifact_dir: str | None = None
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     timeline: list[TimelineEvent] = Field(default_factory=list)
     message: str = ""
+
+
+class RecentRowsRequest(BaseModel):
+    service: str
+    since: datetime
+    artifact_dir: str

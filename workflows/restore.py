@@ -21,7 +21,9 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         RestoreInput,
         RestoreIntoRequest,
+        RecentRowsRequest,
         RestoreResult,
+        ServiceContext,
         ServiceRef,
         SwapRequest,
         SwapResult,
@@ -120,12 +122,27 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
                                    f"{mismatches}; the live database was not touched", non_retryable=True)
         self.record(EventKind.VERIFIED, f"all {len(source.tables)} tables match the backup's row counts")
 
-        # 5. Approval, showing what the swap would change
+        # 6. Recent data report: what the live database has that the backup does not
+        context = await workflow.execute_activity(
+            "config.service", ServiceRef(service=request.service), result_type=ServiceContext,
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY,
+        )
+        recent = await workflow.execute_activity(
+            "postgres.recent_rows",
+            RecentRowsRequest(service=request.service, since=source.created_at, artifact_dir=context.artifact_dir),
+            result_type=dict[str, int], start_to_close_timeout=timedelta(minutes=30), retry_policy=READ_RETRY,
+        )
+        result.recent_rows, result.artifact_dir = recent, context.artifact_dir
+        if recent:
+            self.record(EventKind.CAPTURED, f"rows newer than the backup exported to {context.artifact_dir}/recent-rows: "
+                        f"{recent}")
+
+        # 5. Approval, showing what the swap would change and drop
         changes = {t: f"{result.counts_before.get(t)} -> {n}" for t, n in restored.items()
                    if result.counts_before.get(t) != n}
         decision = await self.wait_for_approval(
-            "database swap", f"swap {new_database} in for {source.database}; row count changes: {changes or 'none'}",
-            request.approval_timeout)
+            "database swap", f"swap {new_database} in for {source.database}; row count changes: {changes or 'none'}; "
+            f"rows newer than the backup (exported): {recent or 'none'}", request.approval_timeout)
         if decision is None or not decision.approved:
             outcome = "not_approved" if decision is None else "rejected"
             return await self._finish(result, outcome, f"swap {outcome}; {new_database} is kept for inspection")

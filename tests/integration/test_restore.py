@@ -27,7 +27,8 @@ def shop_db(postgres, write_config, monkeypatch, tmp_path):
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL)")
         conn.execute("INSERT INTO users SELECT g, 'user ' || g FROM generate_series(1, 100) g")
-        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users, total numeric)")
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users, total numeric, "
+                     "created_at timestamptz NOT NULL DEFAULT now())")
         conn.execute("INSERT INTO orders SELECT g, 1 + g % 100, g * 1.5 FROM generate_series(1, 50) g")
     monkeypatch.setenv("TEST_SHOP_DSN", dsn)
     config = write_config({"shop": {
@@ -60,8 +61,9 @@ async def test_backup_damage_restore_keeps_the_old_database(client, task_queue, 
     assert manifest.verified and manifest.tables == {"public.users": 100, "public.orders": 50}
     assert Path(manifest.archive).stat().st_size == manifest.size_bytes
 
-    with psycopg.connect(dsn, autocommit=True) as conn:  # the incident
-        conn.execute("DELETE FROM orders WHERE id > 20")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (id, user_id, total) SELECT g, 1, 9.99 FROM generate_series(1001, 1005) g")
+        conn.execute("DELETE FROM orders WHERE id BETWEEN 21 AND 50")  # the incident
         conn.execute("DELETE FROM users WHERE id > 70 AND id NOT IN (SELECT user_id FROM orders)")
     damaged_users = count(dsn, "users")
 
@@ -72,15 +74,19 @@ async def test_backup_damage_restore_keeps_the_old_database(client, task_queue, 
             id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
         status = await wait_for_phase(handle, "awaiting_approval", timeout=60)
         assert "public.orders" in status.timeline[-1].message  # the approval shows what the swap changes
-        assert count(dsn, "orders") == 20  # nothing swapped before approval
+        assert "rows newer than the backup (exported): {'public.orders': 5}" in status.timeline[-1].message
+        assert count(dsn, "orders") == 25  # nothing swapped before approval
         await handle.execute_update(DatabaseRestoreWorkflow.approve, ApprovalInput(approver="dba", reason="restore"))
         result = await handle.result()
 
     assert result.outcome == "restored"
     assert (count(dsn, "users"), count(dsn, "orders")) == (100, 50)
     old_dsn = dsn.rsplit("/", 1)[0] + f"/{result.kept_old_as}"
-    assert (count(old_dsn, "users"), count(old_dsn, "orders")) == (damaged_users, 20)  # kept, not dropped
-    assert result.safety_backup.tables["public.orders"] == 20
+    assert (count(old_dsn, "users"), count(old_dsn, "orders")) == (damaged_users, 25)  # kept, not dropped
+    assert result.safety_backup.tables["public.orders"] == 25
+    assert result.recent_rows == {"public.orders": 5}
+    exported = (Path(result.artifact_dir) / "recent-rows" / "public.orders.csv").read_text().splitlines()
+    assert exported[0].startswith("id,user_id,total,created_at") and len(exported) == 6
     assert result.swap_downtime_seconds is not None and result.swap_downtime_seconds < 10
     with pytest.raises(psycopg.OperationalError):
         held.execute("SELECT 1")  # its session was terminated for the swap
