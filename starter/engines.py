@@ -7,6 +7,7 @@ tests are the same processes with the same flags.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 import subprocess
@@ -71,13 +72,13 @@ def search_attribute_flags() -> list[str]:
 
 @dataclass
 class Service:
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # None for a daemon that forks itself (pg_ctl)
     address: str
     log: Path
     cleanup: Callable[[], None] | None = None
 
     def stop(self, timeout: float = 20) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout)
@@ -271,3 +272,31 @@ def start_monitoring(root: Path, *, app_port: int, service: str, webhook_url: st
                 running.stop()
             raise
     return started
+
+
+def start_postgres(root: Path) -> Service:
+    """A throwaway PostgreSQL 15 cluster (initdb + pg_ctl) on a free loopback port.
+
+    initdb refuses to run as root, so as root the cluster belongs to the `postgres` user.
+    Service.address is a DSN to its `postgres` database.
+    """
+    bindir = Path("/usr/lib/postgresql/15/bin")
+    if not (bindir / "initdb").exists():
+        raise EngineError("PostgreSQL 15 server binaries not found: apt-get install postgresql-15")
+    root.mkdir(parents=True, exist_ok=True)
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(root / "db"), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(root / "db"), "-l", str(root / "log"), "-w",
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+
+    def stop() -> None:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(root / "db"), "-m", "fast", "stop"],
+                       capture_output=True)
+
+    return Service(None, f"postgresql://postgres@127.0.0.1:{port}/postgres", root / "log", stop)

@@ -170,23 +170,13 @@ def postgres():
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
         return
-    bindir = Path("/usr/lib/postgresql/15/bin")
-    if not (bindir / "initdb").exists():
-        unavailable("PostgreSQL 15 server binaries not found in /usr/lib/postgresql/15/bin")
     data = Path(tempfile.mkdtemp(prefix="rbpg-", dir="/tmp"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(data, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = engines.free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w",
-                    "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
-    yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
-                   capture_output=True)
+    try:
+        cluster = engines.start_postgres(data)
+    except (engines.EngineError, subprocess.CalledProcessError) as exc:
+        unavailable(f"PostgreSQL could not start: {exc}")
+    yield cluster.address
+    cluster.stop()
     shutil.rmtree(data, ignore_errors=True)
 
 
