@@ -29,6 +29,7 @@ test: install .tools/node_modules/.bin/vercel
 bench: install
 	$(VENV)/bin/python bench/app_rollback_downtime.py
 	$(VENV)/bin/python bench/webhook_storm.py
+	$(VENV)/bin/python bench/restore_downtime.py
 
 clean:
 	rm -rf var .pytest_cache

@@ -1,0 +1,153 @@
+"""Restore downtime: DatabaseRestoreWorkflow (restore aside, swap by rename) vs the runbooks'
+in-place `pg_restore --clean` on the live database, on pgbench tables (figures, not a test).
+
+Prints (a) app-visible downtime of our restore (the swap), (b) downtime of the in-place
+restore, and (c) our restore's total time over a bare `pg_restore -j 2` of the same archive.
+
+    .venv/bin/python bench/restore_downtime.py [--scale 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import yaml
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from activities.common import ConfigSource  # noqa: E402
+from starter import engines  # noqa: E402
+from worker.main import build_worker  # noqa: E402
+from workflows import BackupWorkflow, DatabaseRestoreWorkflow  # noqa: E402
+from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
+from workflows.models import ApprovalInput, BackupInput, BackupManifest, RestoreInput, RestoreResult  # noqa: E402
+
+BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+class Prober:
+    """What the app sees: a fresh connection and a query every 10 ms; the longest failing run."""
+
+    def __init__(self, dsn: str):
+        self.dsn, self.samples = dsn, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            at = time.monotonic()
+            try:
+                with psycopg.connect(self.dsn, connect_timeout=2) as conn:
+                    conn.execute("SELECT count(*) FROM pgbench_branches").fetchone()
+                ok = True
+            except psycopg.Error:
+                ok = False
+            self.samples.append((at, ok))
+            time.sleep(max(0.0, 0.01 - (time.monotonic() - at)))
+
+    def __enter__(self) -> "Prober":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def downtime(self) -> float:
+        longest, since = 0.0, None
+        for at, ok in self.samples:
+            if not ok and since is None:
+                since = at
+            elif ok and since is not None:
+                longest, since = max(longest, at - since), None
+        return max(longest, (self.samples[-1][0] - since) if since is not None else 0.0)
+
+
+def timed(args: list[str], env: dict) -> float:
+    started = time.monotonic()
+    subprocess.run(args, env=env, check=True, capture_output=True)
+    return time.monotonic() - started
+
+
+async def main(scale: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="rbbench-", dir="/tmp"))
+    cluster = engines.start_postgres(work / "pg")
+    admin = cluster.address
+    dsn = admin.rsplit("/", 1)[0] + "/bench"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE bench")
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": admin.rsplit(":", 1)[1].split("/")[0], "PGUSER": "postgres"}
+    print(f"pgbench -i -s {scale} ...", flush=True)
+    subprocess.run([str(BIN / "pgbench"), "-i", "-q", "-s", str(scale), "bench"], env=env, check=True, capture_output=True)
+    os.environ["BENCH_DSN"] = dsn
+    config_path = work / "rollback.yaml"
+    config_path.write_text(yaml.safe_dump({"state_dir": str(work / "state"), "artifact_dir": str(work / "inc"),
+        "services": {"bench": {"app": {"provider": "docker", "docker": {"container": "unused"}},
+                               "health": {"url": "http://127.0.0.1:9/h"},
+                               "database": {"dsn_env": "BENCH_DSN", "backup_dir": str(work / "backups")}}}}))
+    temporal = await WorkflowEnvironment.start_local(dev_server_existing_path=engines.temporal_binary(),
+                                                     search_attributes=SEARCH_ATTRIBUTES,
+                                                     data_converter=pydantic_data_converter,
+                                                     dev_server_log_level="error")
+    queue = f"bench-{uuid.uuid4()}"
+    try:
+        async with build_worker(temporal.client, ConfigSource(config_path), queue):
+            manifest = await temporal.client.execute_workflow(
+                BackupWorkflow.run, BackupInput(service="bench"), id=f"b-{uuid.uuid4()}", task_queue=queue,
+                result_type=BackupManifest)
+            size_mb = manifest.size_bytes / 1e6
+            database_mb = sum(manifest.tables.values())
+            with Prober(dsn) as ours:
+                started = time.monotonic()
+                handle = await temporal.client.start_workflow(
+                    DatabaseRestoreWorkflow.run, RestoreInput(service="bench", source=manifest.backup_id),
+                    id=f"r-{uuid.uuid4()}", task_queue=queue, result_type=RestoreResult)
+                while True:
+                    status = await handle.query(DatabaseRestoreWorkflow.status)
+                    if status.waiting_for_approval:
+                        break
+                    await asyncio.sleep(0.05)
+                waited_from = time.monotonic()
+                await handle.execute_update(DatabaseRestoreWorkflow.approve,
+                                            ApprovalInput(approver="bench", reason="bench"))
+                waited = time.monotonic() - waited_from
+                result = await handle.result()
+                total = time.monotonic() - started - waited
+            safety = result.phase_seconds
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bare")
+        bare = timed([str(BIN / "pg_restore"), "-j", "2", "--no-owner", "-d", "bare", manifest.archive], env)
+        restore_only = bare  # the same work our restore step does
+        with Prober(dsn) as theirs:
+            in_place = timed([str(BIN / "pg_restore"), "-j", "2", "--clean", "--if-exists", "--no-owner", "-d", "bench",
+                              manifest.archive], env)
+    finally:
+        await temporal.shutdown()
+        cluster.stop()
+    print(f"pgbench scale {scale}: archive {size_mb:.0f} MB, {database_mb} rows; phases {safety}")
+    print(f"(a) our restore, app-visible downtime (swap):     {ours.downtime() * 1000:8.0f} ms "
+          f"(swap step reported {result.swap_downtime_seconds * 1000:.0f} ms)")
+    print(f"(b) in-place pg_restore --clean, downtime:        {theirs.downtime() * 1000:8.0f} ms "
+          f"(whole run {in_place:.1f} s)")
+    print(f"(c) our restore total {total:.1f} s (incl. safety backup) vs bare pg_restore -j 2 {restore_only:.1f} s: "
+          f"{total / restore_only:.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=20)
+    asyncio.run(main(parser.parse_args().scale))
+    sys.stdout.flush()
+    os._exit(0)  # a process that ran a worker can abort in interpreter teardown
