@@ -83,6 +83,7 @@ def timed(args: list[str], env: dict) -> float:
 
 async def main(scale: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="rbbench-", dir="/tmp"))
+    work.chmod(0o755)  # the cluster runs as the postgres user, which must reach its directory
     cluster = engines.start_postgres(work / "pg")
     admin = cluster.address
     dsn = admin.rsplit("/", 1)[0] + "/bench"
