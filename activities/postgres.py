@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -115,9 +117,7 @@ class RestoreActivities:
     @activity.defn(name="postgres.restore_into")
     async def restore_into(self, request: RestoreIntoRequest) -> dict[str, int]:
         """pg_restore into a fresh database; a half-restored one from a crashed attempt is replaced."""
-        from activities.backups import run_tool  # the same heartbeating subprocess runner
-
-        import shutil
+        from activities.backups import run_tool  # the same heartbeating runner (backups imports this module)
 
         dsn, _ = service_dsn(self._config, request.service)
         admin = with_database(dsn, "postgres")
@@ -148,8 +148,6 @@ class RestoreActivities:
     async def recent_rows(self, request: RecentRowsRequest) -> dict[str, int]:
         """Runbook 003's "minimizing data loss": export the live rows newer than the backup (by the
         configured timestamp columns) to CSV in the incident directory, before the swap drops them."""
-        from pathlib import Path
-
         columns = self._config.service(request.service).database.recent_data_columns
         dsn, _ = service_dsn(self._config, request.service)
         out = Path(request.artifact_dir) / "recent-rows"
