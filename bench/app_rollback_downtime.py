@@ -30,6 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
+from bench.common import longest_failure  # noqa: E402
 from activities.docker import DeployLedger, deploy  # noqa: E402
 from starter import engines  # noqa: E402
 from worker.main import build_worker  # noqa: E402
@@ -67,15 +68,7 @@ class Poller:
         self._thread.join()
 
     def downtime(self) -> float:
-        longest, down_since = 0.0, None
-        for at, ok, _ in self.samples:
-            if not ok and down_since is None:
-                down_since = at
-            elif ok and down_since is not None:
-                longest, down_since = max(longest, at - down_since), None
-        if down_since is not None:
-            longest = max(longest, self.samples[-1][0] - down_since)
-        return longest
+        return longest_failure([(at, ok) for at, ok, _ in self.samples])
 
 
 def wait_for_version(port: int, version: str, timeout: float = 60) -> float:

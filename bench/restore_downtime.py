@@ -28,6 +28,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
+from bench.common import longest_failure  # noqa: E402
 from starter import engines  # noqa: E402
 from worker.main import build_worker  # noqa: E402
 from workflows import BackupWorkflow, DatabaseRestoreWorkflow  # noqa: E402
@@ -66,13 +67,7 @@ class Prober:
         self._thread.join()
 
     def downtime(self) -> float:
-        longest, since = 0.0, None
-        for at, ok in self.samples:
-            if not ok and since is None:
-                since = at
-            elif ok and since is not None:
-                longest, since = max(longest, at - since), None
-        return max(longest, (self.samples[-1][0] - since) if since is not None else 0.0)
+        return longest_failure(self.samples)
 
 
 def timed(args: list[str], env: dict) -> float:

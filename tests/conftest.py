@@ -14,12 +14,16 @@ import sys
 import tempfile
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -31,6 +35,7 @@ from tests.contract.server import serve
 from tests.contract.slack import HOOK_PATH, FakeSlack
 from tests.contract.statuspage import FakeStatuspage
 from tests.contract.vercel import FakeVercel
+from tests.helpers import sh
 from worker.main import build_worker
 from workflows.base import SEARCH_ATTRIBUTES
 
@@ -208,5 +213,64 @@ def statuspage(monkeypatch):
     server = serve(fake.app())
     monkeypatch.setenv("TEST_STATUSPAGE_KEY", fake.api_key)
     fake.url = server.url + "/v1"
+    yield fake
+    server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Git: a bare repository as the remote and a tiny PaaS behind a deploy hook
+
+
+@dataclass
+class Platform:
+    """A tiny PaaS: the deploy hook deploys a commit; /health and /version show what runs."""
+
+    serving: str = ""
+    hooks: list[str] = field(default_factory=list)
+    broken_deploys: set[int] = field(default_factory=set)  # 1-based hook calls whose deploy is unhealthy
+
+    def app(self) -> Starlette:
+        async def hook(request: Request):
+            self.hooks.append(request.query_params["sha"])
+            self.serving = request.query_params["sha"]
+            return JSONResponse({"job": {"id": f"job{len(self.hooks)}", "state": "PENDING"}}, status_code=201)
+
+        async def health(_: Request):
+            if len(self.hooks) in self.broken_deploys:
+                return JSONResponse({"status": "error", "error_rate": 0.5}, status_code=503)
+            return JSONResponse({"status": "ok", "error_rate": 0.0})
+
+        async def version(_: Request):
+            return PlainTextResponse(self.serving)
+
+        return Starlette(routes=[Route("/hook", hook, methods=["POST"]), Route("/health", health),
+                                 Route("/version", version)])
+
+
+@pytest.fixture
+def repo(tmp_path):
+    remote = tmp_path / "remote.git"
+    sh("git", "init", "--quiet", "--bare", "--initial-branch=main", str(remote))
+    seed = tmp_path / "seed"
+    sh("git", "clone", "--quiet", str(remote), str(seed))
+    sh("git", "config", "user.email", "dev@example.com", cwd=seed)
+    sh("git", "config", "user.name", "dev", cwd=seed)
+    commits = {}
+    for name, content, schema in (("good", "v1", "2"), ("bad1", "v2", "3"), ("bad2", "v2.1", "3")):
+        (seed / "app.txt").write_text(content + "\n")
+        (seed / "SCHEMA_VERSION").write_text(schema + "\n")
+        sh("git", "add", "-A", cwd=seed)
+        sh("git", "commit", "--quiet", "-m", f"release {content}", cwd=seed)
+        commits[name] = sh("git", "rev-parse", "HEAD", cwd=seed)
+    sh("git", "push", "--quiet", "origin", "HEAD:main", cwd=seed)
+    return remote, commits
+
+
+@pytest.fixture
+def platform(monkeypatch):
+    fake = Platform()
+    server = serve(fake.app())
+    monkeypatch.setenv("TEST_DEPLOY_HOOK", server.url + "/hook")
+    fake.url = server.url
     yield fake
     server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from typing import Awaitable, Callable
 
@@ -33,3 +34,28 @@ async def wait_for_phase(handle, phase: str, timeout: float = 20) -> RollbackSta
 
 def kinds(timeline) -> list[str]:
     return [event.kind.value for event in timeline]
+
+
+def sh(*args: str, cwd=None) -> str:
+    return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def git_service(remote, platform) -> dict:
+    return {
+        "app": {"provider": "git", "git": {"repo": str(remote), "branch": "main",
+                                           "deploy_hook_url_env": "TEST_DEPLOY_HOOK", "schema_file": "SCHEMA_VERSION"}},
+        "health": {"url": f"{platform.url}/health", "version_url": f"{platform.url}/version",
+                   "consecutive_checks": 2, "interval_seconds": 0.2, "timeout_seconds": 1},
+    }
+
+
+def create_database(admin_dsn: str, prefix: str) -> tuple[str, str]:
+    """A fresh database on the test cluster: its name and a DSN to it."""
+    import uuid
+
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return name, admin_dsn.rsplit("/", 1)[0] + f"/{name}"

@@ -11,7 +11,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from tests.conftest import running_worker
-from tests.helpers import wait_for_phase
+from tests.helpers import create_database, wait_for_phase
 from workflows import BackupWorkflow, DatabaseRestoreWorkflow
 from workflows.models import ApprovalInput, BackupInput, BackupManifest, RestoreInput, RestoreResult
 
@@ -20,10 +20,7 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 def shop_db(postgres, write_config, monkeypatch, tmp_path):
-    name = f"shop_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = postgres.rsplit("/", 1)[0] + f"/{name}"
+    name, dsn = create_database(postgres, "shop")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL)")
         conn.execute("INSERT INTO users SELECT g, 'user ' || g FROM generate_series(1, 100) g")

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from tests.conftest import running_worker
-from tests.integration.test_git_rollback import git_service, platform, repo, sh  # noqa: F401 - fixtures
+from tests.helpers import create_database, git_service, sh
 from workflows import AppRollbackWorkflow
 from workflows.models import AppRollbackInput, AppRollbackResult
 
@@ -17,10 +17,7 @@ from workflows.models import AppRollbackInput, AppRollbackResult
 @pytest.fixture
 def app_database(postgres, monkeypatch):
     """A database whose golang-migrate tracking table says version 3."""
-    name = f"app_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = postgres.rsplit("/", 1)[0] + f"/{name}"
+    _, dsn = create_database(postgres, "app")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE schema_migrations (version bigint PRIMARY KEY, dirty boolean NOT NULL)")
         conn.execute("INSERT INTO schema_migrations VALUES (3, false)")
@@ -40,7 +37,7 @@ async def run(client, task_queue, config, **request) -> AppRollbackResult:
         )
 
 
-async def test_live_schema_ahead_of_target_stops_before_any_change(client, task_queue, repo, platform,  # noqa: F811
+async def test_live_schema_ahead_of_target_stops_before_any_change(client, task_queue, repo, platform,
                                                                    write_config, app_database):
     remote, commits = repo
     config = write_config({"web": with_database(git_service(remote, platform))})
@@ -55,7 +52,7 @@ async def test_live_schema_ahead_of_target_stops_before_any_change(client, task_
     assert platform.hooks == []
 
 
-async def test_compatible_schema_proceeds(client, task_queue, repo, platform, write_config,  # noqa: F811
+async def test_compatible_schema_proceeds(client, task_queue, repo, platform, write_config,
                                           app_database):
     remote, commits = repo
     with psycopg.connect(app_database, autocommit=True) as conn:
@@ -66,7 +63,7 @@ async def test_compatible_schema_proceeds(client, task_queue, repo, platform, wr
     assert result.plan.schema_check.checked and not result.plan.schema_check.migration_rollback_needed
 
 
-async def test_unreachable_database_says_the_check_could_not_be_made(client, task_queue, repo, platform,  # noqa: F811
+async def test_unreachable_database_says_the_check_could_not_be_made(client, task_queue, repo, platform,
                                                                      write_config, monkeypatch):
     remote, commits = repo
     monkeypatch.setenv("TEST_APP_DSN", "postgresql://postgres@127.0.0.1:1/none")
