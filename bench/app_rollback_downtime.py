@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -30,7 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
-from bench.common import longest_failure  # noqa: E402
+from bench.common import Prober  # noqa: E402
 from activities.docker import DeployLedger, deploy  # noqa: E402
 from starter import engines  # noqa: E402
 from worker.main import build_worker  # noqa: E402
@@ -39,36 +38,9 @@ from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
 from workflows.models import AppRollbackInput, AppRollbackResult  # noqa: E402
 
 
-class Poller:
-    """Poll /version every 10 ms; a poll fails unless it answers 200."""
-
-    def __init__(self, port: int):
-        self.url = f"http://127.0.0.1:{port}/version"
-        self.samples: list[tuple[float, bool, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=0.5) as client:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    response = client.get(self.url)
-                    self.samples.append((started, response.status_code == 200, response.text.strip()))
-                except httpx.HTTPError:
-                    self.samples.append((started, False, ""))
-                time.sleep(max(0.0, 0.010 - (time.monotonic() - started)))
-
-    def __enter__(self) -> "Poller":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def downtime(self) -> float:
-        return longest_failure([(at, ok) for at, ok, _ in self.samples])
+def version_prober(port: int, client: httpx.Client) -> Prober:
+    """Poll the demo app's /version every 10 ms; a poll fails unless it answers 200."""
+    return Prober(lambda: client.get(f"http://127.0.0.1:{port}/version").status_code == 200)
 
 
 def wait_for_version(port: int, version: str, timeout: float = 60) -> float:
@@ -99,7 +71,7 @@ async def workflow_round(env, engine, address: str, workdir: Path) -> tuple[floa
     wait_for_version(port, "v2")
     queue = f"bench-{uuid.uuid4()}"
     async with build_worker(env.client, ConfigSource(config_path), queue):
-        with Poller(port) as poller:
+        with httpx.Client(timeout=0.5) as http, version_prober(port, http) as poller:
             started = time.monotonic()
             result = await env.client.execute_workflow(
                 AppRollbackWorkflow.run, AppRollbackInput(service="web"), id=f"bench-{uuid.uuid4()}",
@@ -127,7 +99,7 @@ def compose_round(engine, address: str, workdir: Path) -> tuple[float, float]:
     engine.images.get("demo-web:v2").tag("bench-app", "latest")
     compose("up", "-d")
     wait_for_version(port, "v2")
-    with Poller(port) as poller:
+    with httpx.Client(timeout=0.5) as http, version_prober(port, http) as poller:
         started = time.monotonic()
         compose("down")
         engine.images.get("demo-web:v1").tag("bench-app", "latest")

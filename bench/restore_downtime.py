@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
-from bench.common import longest_failure  # noqa: E402
+from bench.common import Prober  # noqa: E402
 from starter import engines  # noqa: E402
 from worker.main import build_worker  # noqa: E402
 from workflows import BackupWorkflow, DatabaseRestoreWorkflow  # noqa: E402
@@ -38,36 +37,15 @@ from workflows.models import ApprovalInput, BackupInput, BackupManifest, Restore
 BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-class Prober:
-    """What the app sees: a fresh connection and a query every 10 ms; the longest failing run."""
+def database_prober(dsn: str) -> Prober:
+    """What the app sees: a fresh connection and a query every 10 ms."""
 
-    def __init__(self, dsn: str):
-        self.dsn, self.samples = dsn, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def probe() -> bool:
+        with psycopg.connect(dsn, connect_timeout=2) as conn:
+            conn.execute("SELECT count(*) FROM pgbench_branches").fetchone()
+        return True
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            at = time.monotonic()
-            try:
-                with psycopg.connect(self.dsn, connect_timeout=2) as conn:
-                    conn.execute("SELECT count(*) FROM pgbench_branches").fetchone()
-                ok = True
-            except psycopg.Error:
-                ok = False
-            self.samples.append((at, ok))
-            time.sleep(max(0.0, 0.01 - (time.monotonic() - at)))
-
-    def __enter__(self) -> "Prober":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def downtime(self) -> float:
-        return longest_failure(self.samples)
+    return Prober(probe)
 
 
 def timed(args: list[str], env: dict) -> float:
@@ -105,7 +83,7 @@ async def main(scale: int) -> None:
                 result_type=BackupManifest)
             size_mb = manifest.size_bytes / 1e6
             database_mb = sum(manifest.tables.values())
-            with Prober(dsn) as ours:
+            with database_prober(dsn) as ours:
                 started = time.monotonic()
                 handle = await temporal.client.start_workflow(
                     DatabaseRestoreWorkflow.run, RestoreInput(service="bench", source=manifest.backup_id),
@@ -126,7 +104,7 @@ async def main(scale: int) -> None:
             conn.execute("CREATE DATABASE bare")
         bare = timed([str(BIN / "pg_restore"), "-j", "2", "--no-owner", "-d", "bare", manifest.archive], env)
         restore_only = bare  # the same work our restore step does
-        with Prober(dsn) as theirs:
+        with database_prober(dsn) as theirs:
             in_place = timed([str(BIN / "pg_restore"), "-j", "2", "--clean", "--if-exists", "--no-owner", "-d", "bench",
                               manifest.archive], env)
     finally:
