@@ -252,10 +252,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                           key="compensated")
 
     async def _finish(self, result: AppRollbackResult, outcome: str, message: str) -> AppRollbackResult:
-        self.enter(Phase.DONE if outcome in ("rolled_back", "dry_run") else Phase.FAILED)
-        result.outcome, result.message = outcome, message
-        result.phase_seconds = dict(self.phase_seconds)
-        result.timeline = list(self.events)
+        self.close(result, outcome, message, succeeded=outcome in ("rolled_back", "dry_run"))
         if outcome != "dry_run":
             await self._postmortem(result, outcome, message)
         await self.finish_handlers()

@@ -191,5 +191,13 @@ class RollbackWorkflowBase:
             self.awaiting_step = None
             self.enter(previous_phase)
 
+    def close(self, result, outcome: str, message: str, succeeded: bool):
+        """Mark the final phase and fill the fields every result model has."""
+        self.enter(Phase.DONE if succeeded else Phase.FAILED)
+        result.outcome, result.message = outcome, message
+        result.phase_seconds = dict(self.phase_seconds)
+        result.timeline = list(self.events)
+        return result
+
     async def finish_handlers(self) -> None:
         await workflow.wait_condition(workflow.all_handlers_finished)

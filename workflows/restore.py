@@ -85,10 +85,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         result.source = source
         self.record(EventKind.ASSESSED, f"source {source.backup_id} valid: sha256 matches, full read OK, "
                     f"{len(source.tables)} tables")
-        result.counts_before = await workflow.execute_activity(
-            "postgres.table_counts", CountsRequest(service=request.service), result_type=dict[str, int],
-            start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY,
-        )
+        result.counts_before = await self._live_counts(request.service)
         if request.dry_run:
             self.record(EventKind.RESOLVED, "dry run: nothing was changed")
             return await self._finish(result, "dry_run", "dry run: the source is valid; nothing was changed")
@@ -159,17 +156,17 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         self.record(EventKind.ROLLED_BACK, f"{new_database} is now {swap.live}; the previous database is kept as "
                     f"{swap.kept_old_as}; {swap.terminated_sessions} sessions terminated; swap took "
                     f"{swap.downtime_seconds * 1000:.0f} ms")
-        result.counts_after = await workflow.execute_activity(
-            "postgres.table_counts", CountsRequest(service=request.service), result_type=dict[str, int],
-            start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY,
-        )
+        result.counts_after = await self._live_counts(request.service)
         self.record(EventKind.RESOLVED, f"{request.service} database restored from {source.backup_id}")
         return await self._finish(result, "restored", f"restored from {source.backup_id}")
 
     async def _finish(self, result: RestoreResult, outcome: str, message: str) -> RestoreResult:
-        self.enter(Phase.DONE if outcome in ("restored", "dry_run") else Phase.FAILED)
-        result.outcome, result.message = outcome, message
-        result.phase_seconds = dict(self.phase_seconds)
-        result.timeline = list(self.events)
+        self.close(result, outcome, message, succeeded=outcome in ("restored", "dry_run"))
         await self.finish_handlers()
         return result
+
+    async def _live_counts(self, service: str) -> dict[str, int]:
+        return await workflow.execute_activity(
+            "postgres.table_counts", CountsRequest(service=service), result_type=dict[str, int],
+            start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY,
+        )
