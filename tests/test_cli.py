@@ -84,13 +84,19 @@ def shop_config(vercel, write_config, monkeypatch):
     return vercel, write_config({"shop": vercel_service(vercel, policy={"app_approval": "always"})})
 
 
+async def start_waiting_for_approval(client, task_queue: str, workflow_id: str):
+    """An app rollback of `shop` (policy: always ask) that has reached its approval checkpoint."""
+    handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
+                                         id=workflow_id, task_queue=task_queue, result_type=AppRollbackResult)
+    await wait_for_phase(handle, "awaiting_approval")
+    return handle
+
+
 async def test_status_reject_list_against_a_waiting_rollback(client, task_queue, temporal_address, shop_config):
     fake, config = shop_config
     workflow_id = f"wf-{uuid.uuid4()}"
     async with running_worker(client, config, task_queue):
-        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
-                                             id=workflow_id, task_queue=task_queue, result_type=AppRollbackResult)
-        await wait_for_phase(handle, "awaiting_approval")
+        handle = await start_waiting_for_approval(client, task_queue, workflow_id)
 
         status = await asyncio.to_thread(cli, "status", workflow_id, "--json", address=temporal_address)
         assert status.returncode == 0, status.stderr
@@ -120,9 +126,7 @@ async def test_approve_over_cli_then_rollback_finishes(client, task_queue, tempo
     fake, config = shop_config
     workflow_id = f"wf-{uuid.uuid4()}"
     async with running_worker(client, config, task_queue):
-        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
-                                             id=workflow_id, task_queue=task_queue, result_type=AppRollbackResult)
-        await wait_for_phase(handle, "awaiting_approval")
+        handle = await start_waiting_for_approval(client, task_queue, workflow_id)
         assert fake.count("POST", "") == 0  # the approval really blocks the step
         empty = await asyncio.to_thread(cli, "approve", workflow_id, "--reason", " ", address=temporal_address)
         assert_one_line_error(empty, 1, "a reason is required")
@@ -137,9 +141,7 @@ async def test_cancel_while_waiting_changes_nothing(client, task_queue, temporal
     fake, config = shop_config
     workflow_id = f"wf-{uuid.uuid4()}"
     async with running_worker(client, config, task_queue):
-        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
-                                             id=workflow_id, task_queue=task_queue)
-        await wait_for_phase(handle, "awaiting_approval")
+        handle = await start_waiting_for_approval(client, task_queue, workflow_id)
         cancelled = await asyncio.to_thread(cli, "cancel", workflow_id, address=temporal_address)
         assert cancelled.returncode == 0, cancelled.stderr
         description = None
