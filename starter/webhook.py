@@ -23,6 +23,7 @@ from temporalio.service import RPCError
 
 from activities.common import ConfigSource
 from starter.alerts import Refused, authenticate, parse
+from starter.flags import flag_routes
 from starter.start import app_rollback_id, start_or_attach_app_rollback
 from workflows.config import RollbackConfig, WebhookSource
 from workflows.models import Alert, AlertNotice, AppRollbackInput
@@ -179,5 +180,5 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     routes = [Route(f"/alerts/{source}", make_endpoint(source), methods=["POST"]) for source in SOURCES]
-    return Starlette(routes=[*routes, Route("/healthz", healthz), Route("/metrics", metrics)])
+    return Starlette(routes=[*routes, *flag_routes(config), Route("/healthz", healthz), Route("/metrics", metrics)])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -14,8 +15,10 @@ from activities.capture import CaptureActivities
 from activities.common import ConfigSource
 from activities.config import ConfigActivities
 from activities.docker import ComposeActivities, DockerActivities
+from activities.flags import FlagActivities
 from activities.git import GitActivities
 from activities.health import HealthActivities
+from activities.migrations import MigrationActivities
 from activities.notify import NotifyActivities
 from activities.backups import BackupActivities
 from activities.postgres import PostgresActivities, RestoreActivities
@@ -38,6 +41,8 @@ def activities_for(config: ConfigSource) -> list:
         PostgresActivities(config),
         RestoreActivities(config),
         BackupActivities(config),
+        MigrationActivities(config),
+        FlagActivities(config),
         NotifyActivities(config),
         StatuspageActivities(config),
         CaptureActivities(),
@@ -57,6 +62,8 @@ def build_worker(client: Client, config: ConfigSource, task_queue: str) -> Worke
         task_queue=task_queue,
         workflows=WORKFLOWS,
         activities=activities_for(config),
+        # the migration activities are synchronous (psycopg, Alembic) and run in these threads
+        activity_executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="activity"),
         # Activities that are mid-step when SIGTERM arrives get this long to finish or heartbeat out.
         graceful_shutdown_timeout=timedelta(seconds=30),
     )

@@ -1,8 +1,11 @@
 """Deterministic workflow code: rollback workflows, shared models, config models and policy."""
 
 from workflows.app_rollback import AppRollbackWorkflow
+from workflows.migration import MigrationRepairWorkflow, MigrationRollbackWorkflow, MigrationStatusWorkflow
 from workflows.restore import BackupWorkflow, DatabaseRestoreWorkflow
 
-WORKFLOWS = [AppRollbackWorkflow, BackupWorkflow, DatabaseRestoreWorkflow]
+WORKFLOWS = [AppRollbackWorkflow, BackupWorkflow, DatabaseRestoreWorkflow, MigrationRollbackWorkflow,
+             MigrationRepairWorkflow, MigrationStatusWorkflow]
 
-__all__ = ["AppRollbackWorkflow", "BackupWorkflow", "DatabaseRestoreWorkflow", "WORKFLOWS"]
+__all__ = ["AppRollbackWorkflow", "BackupWorkflow", "DatabaseRestoreWorkflow", "MigrationRepairWorkflow",
+           "MigrationRollbackWorkflow", "MigrationStatusWorkflow", "WORKFLOWS"]

@@ -93,8 +93,14 @@ class HealthCheck(_Strict):
 class DatabaseConfig(_Strict):
     dsn_env: str
     migration_tool: Literal["golang-migrate", "dbmate", "alembic", "prisma", "plain"] | None = None
-    migrations_dir: str | None = None
-    critical_tables: list[str] = Field(default_factory=list)
+    migrations_dir: str | None = Field(default=None, description="The tool's migrations; for Alembic the folder "
+                                       "holding alembic.ini. Relative paths start at the config file's folder.")
+    critical_tables: list[str] = Field(default_factory=list, description="Must exist after a rollback; a plan that "
+                                       "drops one is refused.")
+    verify_sql: list[str] = Field(default_factory=list, description="Queries that must return true after a rollback.")
+    lock_timeout: timedelta = Field(default=timedelta(seconds=5), description="Per down migration: give up rather "
+                                    "than queue behind the app's locks.")
+    statement_timeout: timedelta = timedelta(minutes=5)
     backup_dir: str | None = None
     keep_backups: int = Field(default=10, ge=1, description="Retention: keep at least this many newest backups.")
     keep_backups_for: timedelta = Field(default=timedelta(days=7), description="…and every backup younger than this.")
@@ -103,9 +109,22 @@ class DatabaseConfig(_Strict):
 
 
 class KillSwitch(_Strict):
+    """A runtime flag the app reads (runbook 001's PROCESSING_ENABLED). A Vercel env var is not
+    one: it only applies to the next deployment."""
+
     name: str
     store: Literal["postgres", "http"]
     off_value: str = "false"
+    table: str = Field(default="rollback_flags", description="postgres store: table (name text primary key, value text).")
+    dsn_env: str | None = Field(default=None, description="postgres store: defaults to the service database's DSN.")
+    url: str | None = Field(default=None, description="http store: base URL; the flag lives at <url>/<name>.")
+    token_env: str | None = Field(default=None, description="http store: bearer token for writes.")
+
+    @model_validator(mode="after")
+    def _store_settings(self) -> "KillSwitch":
+        if self.store == "http" and not self.url:
+            raise ValueError(f"kill switch {self.name!r}: the http store needs a url")
+        return self
 
 
 class StatuspageTarget(_Strict):
@@ -157,6 +176,7 @@ class ServiceConfig(_Strict):
             names.append(self.app.git.deploy_hook_url_env)
         if self.database:
             names.append(self.database.dsn_env)
+        names += [s.dsn_env for s in self.kill_switches] + [s.token_env for s in self.kill_switches]
         names += [self.notify.slack_webhook_env, self.notify.escalation_slack_webhook_env]
         if self.notify.statuspage:
             names.append(self.notify.statuspage.api_key_env)
@@ -181,10 +201,17 @@ class WebhookConfig(_Strict):
     )
 
 
+class FlagEndpoint(_Strict):
+    """The receiver's HTTP flag store (`/flags/<service>/<name>`): anyone may read, writes need the token."""
+
+    token_env: str | None = None
+
+
 class RollbackConfig(_Strict):
     state_dir: str = "var/state"
     artifact_dir: str = "var/incidents"
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
+    flags: FlagEndpoint = Field(default_factory=FlagEndpoint)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
 
     def service_for(self, labels: dict[str, str]) -> str | None:
@@ -239,6 +266,9 @@ def load_config(path: str | os.PathLike | None = None) -> RollbackConfig:
     # `rollback up` points these at its data directory, whatever the file says.
     config.state_dir = str((base / os.environ.get("ROLLBACK_STATE_DIR", config.state_dir)).resolve())
     config.artifact_dir = str((base / os.environ.get("ROLLBACK_ARTIFACT_DIR", config.artifact_dir)).resolve())
+    for service in config.services.values():
+        if service.database and service.database.migrations_dir:
+            service.database.migrations_dir = str((base / service.database.migrations_dir).resolve())
     return config
 
 

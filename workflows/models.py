@@ -341,6 +341,8 @@ class RestoreInput(BaseModel):
     reason: str = "manual restore"
     requested_by: str = "unknown"
     approval_timeout: timedelta = timedelta(minutes=30)
+    approved_by: str | None = Field(default=None, description="Set by a parent workflow whose own approval "
+                                    "covered this restore (a failed migration rollback's compensation).")
 
 
 class RestoreIntoRequest(BaseModel):
@@ -389,3 +391,143 @@ class RecentRowsRequest(BaseModel):
     service: str
     since: datetime
     artifact_dir: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Migration rollback and kill switches
+
+
+class MigrationInfo(BaseModel):
+    version: str
+    name: str
+    applied: bool
+    has_down: bool
+
+
+class MigrationStatus(BaseModel):
+    """What `migrate status` would say: the tool's files beside its tracking table."""
+
+    service: str
+    tool: str
+    current: str | None = Field(default=None, description="Last applied version; None before the first.")
+    dirty: bool = False
+    migrations: list[MigrationInfo] = Field(default_factory=list)
+    last_stable: str | None = Field(default=None, description="Recorded by the last successful verification.")
+
+
+class DataLoss(BaseModel):
+    """Rows a down script would remove: one DROP TABLE / DROP COLUMN / TRUNCATE / DELETE."""
+
+    version: str
+    statement: str = Field(description="drop_table | drop_column | truncate | delete")
+    table: str
+    column: str | None = None
+    rows: int
+    csv: str | None = Field(default=None, description="Where the rows were exported before the rollback.")
+
+
+class MigrationStep(BaseModel):
+    version: str
+    name: str
+    previous: str | None = Field(description="The version the database is at after this step's down script.")
+    down_file: str
+
+
+class MigrationPlan(BaseModel):
+    service: str
+    tool: str
+    current: str | None
+    target: str | None = Field(description="None means before the first migration.")
+    tracking_table: str = ""
+    steps: list[MigrationStep] = Field(default_factory=list)
+    data_loss: list[DataLoss] = Field(default_factory=list)
+
+
+class MigrationPlanRequest(BaseModel):
+    service: str
+    target: str
+
+
+class DataLossExportRequest(BaseModel):
+    service: str
+    plan: MigrationPlan
+    artifact_dir: str
+
+
+class DownStepRequest(BaseModel):
+    service: str
+    step: MigrationStep
+
+
+class DownStepResult(BaseModel):
+    version: str | None
+    already_done: bool = False
+    seconds: float = 0.0
+
+
+class MigrationVerifyRequest(BaseModel):
+    service: str
+    target: str | None
+
+
+class MarkStableRequest(BaseModel):
+    service: str
+    version: str | None
+
+
+class ForceVersionRequest(BaseModel):
+    service: str
+    version: str
+
+
+class FlagsRequest(BaseModel):
+    """Kill switch values by name; None means "not set" (the row or key is removed)."""
+
+    service: str
+    values: dict[str, str | None]
+
+
+class MigrationRollbackInput(BaseModel):
+    """Input of `MigrationRollbackWorkflow`. `target`: a version, `-N` steps, or `last-stable`."""
+
+    service: str
+    target: str = "-1"
+    dry_run: bool = False
+    reason: str = "manual migration rollback"
+    requested_by: str = "unknown"
+    approval_timeout: timedelta = timedelta(minutes=30)
+
+
+class MigrationRollbackResult(BaseModel):
+    service: str
+    outcome: str  # rolled_back | dry_run | nothing_to_do | rejected | not_approved | failed | restored
+    plan: MigrationPlan | None = None
+    version_before: str | None = None
+    version_after: str | None = None
+    emergency_backup: BackupManifest | None = None
+    kill_switches_before: dict[str, str | None] = Field(default_factory=dict)
+    kill_switches_restored: bool = False
+    artifact_dir: str | None = None
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    message: str = ""
+
+
+class MigrationRepairInput(BaseModel):
+    """Input of `MigrationRepairWorkflow`: clear golang-migrate's dirty flag at `version`."""
+
+    service: str
+    version: str
+    reason: str = "repair dirty migration state"
+    requested_by: str = "unknown"
+    approval_timeout: timedelta = timedelta(minutes=30)
+
+
+class MigrationRepairResult(BaseModel):
+    service: str
+    outcome: str  # repaired | rejected | not_approved | not_dirty
+    before: MigrationStatus | None = None
+    after: MigrationStatus | None = None
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    message: str = ""

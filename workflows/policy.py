@@ -6,7 +6,7 @@ Deterministic and free of I/O so workflows can call it and unit tests need no Te
 from __future__ import annotations
 
 from workflows.config import HealthCheck, Policy
-from workflows.models import Alert, AlertDecision, AppVersion, RollbackPlan, SchemaCheck
+from workflows.models import Alert, AlertDecision, AppVersion, DataLoss, RollbackPlan, SchemaCheck
 
 EXPECTED_DOWNTIME = {
     "docker": "a few seconds: the container is stopped, recreated on the old image and started",
@@ -145,3 +145,33 @@ def decide(alert: Alert, health: HealthCheck) -> AlertDecision:
                              rule=f"error rate {rate:.1%} above warning {health.warn_error_rate:.1%} but below rollback")
     return AlertDecision(action="watch", severity=severity,
                          rule=f"{severity} without a value over a rollback threshold: a person decides")
+
+
+def qualified(table: str) -> str:
+    """`public.orders` for `orders`, `"Orders"` or `public.orders`, as table counts name them."""
+    parts = [part.strip('"') for part in table.split(".")]
+    return ".".join(parts) if len(parts) == 2 else f"public.{parts[0]}"
+
+
+def row_count_problems(before: dict[str, int], after: dict[str, int], data_loss: list[DataLoss],
+                       critical_tables: list[str], bookkeeping: list[str]) -> list[str]:
+    """After a migration rollback every table keeps its rows, except what the guard reported
+    (tables dropped, rows deleted or truncated) and the `bookkeeping` tables the rollback itself
+    writes (tracking table, kill switch table); critical tables must still exist."""
+    dropped = {qualified(d.table) for d in data_loss if d.statement == "drop_table"}
+    dropped |= {qualified(t) for t in bookkeeping}
+    removed: dict[str, int] = {}
+    for loss in data_loss:
+        if loss.statement in ("delete", "truncate"):
+            removed[qualified(loss.table)] = removed.get(qualified(loss.table), 0) + loss.rows
+    problems = []
+    for table, count in sorted(before.items()):
+        if table in dropped:
+            continue
+        expected = count - removed.get(table, 0)
+        if table not in after:
+            problems.append(f"table {table} is gone")
+        elif after[table] != expected:
+            problems.append(f"table {table} has {after[table]} rows, expected {expected}")
+    problems += [f"critical table {t} does not exist" for t in critical_tables if qualified(t) not in after]
+    return problems

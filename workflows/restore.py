@@ -137,10 +137,15 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         # 5. Approval, showing what the swap would change and drop
         changes = {t: f"{result.counts_before.get(t)} -> {n}" for t, n in restored.items()
                    if result.counts_before.get(t) != n}
-        decision = await self.wait_for_approval(
-            "database swap", f"swap {new_database} in for {source.database}; row count changes: {changes or 'none'}; "
-            f"rows newer than the backup (exported): {recent or 'none'}", request.approval_timeout)
-        if decision is None or not decision.approved:
+        summary = (f"swap {new_database} in for {source.database}; row count changes: {changes or 'none'}; "
+                   f"rows newer than the backup (exported): {recent or 'none'}")
+        if request.approved_by:
+            self.record(EventKind.APPROVED, f"database swap: approved by the parent workflow's checkpoint; {summary}",
+                        actor=request.approved_by)
+            decision = None
+        else:
+            decision = await self.wait_for_approval("database swap", summary, request.approval_timeout)
+        if not request.approved_by and (decision is None or not decision.approved):
             outcome = "not_approved" if decision is None else "rejected"
             return await self._finish(result, outcome, f"swap {outcome}; {new_database} is kept for inspection")
 

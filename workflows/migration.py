@@ -1,0 +1,297 @@
+"""MigrationRollbackWorkflow (runbooks 001-003 by hand: status, emergency backup, stop
+processing, down scripts, verify, start processing) and MigrationRepairWorkflow (golang-migrate's
+dirty flag), plus the read-only MigrationStatusWorkflow behind `rollback migrations status`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase
+    from workflows.models import (
+        BackupInput,
+        BackupManifest,
+        CountsRequest,
+        DataLoss,
+        DataLossExportRequest,
+        DownStepRequest,
+        DownStepResult,
+        EventKind,
+        FlagsRequest,
+        ForceVersionRequest,
+        MarkStableRequest,
+        MigrationPlan,
+        MigrationPlanRequest,
+        MigrationRepairInput,
+        MigrationRepairResult,
+        MigrationRollbackInput,
+        MigrationRollbackResult,
+        MigrationStatus,
+        MigrationVerifyRequest,
+        Phase,
+        RestoreInput,
+        RestoreResult,
+        ServiceContext,
+        ServiceRef,
+        VerifyRequest,
+        VerifyResult,
+    )
+    from workflows.policy import approval_needed, row_count_problems
+    from workflows.restore import BackupWorkflow, DatabaseRestoreWorkflow
+
+QUICK = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=READ_RETRY)
+
+
+def migration_rollback_id(service: str) -> str:
+    """One migration rollback per service at a time: a second start is refused by this ID."""
+    return f"migration-rollback-{service}"
+
+
+def _version(value: str | None) -> str:
+    return value if value is not None else "none (before the first migration)"
+
+
+def _loss_summary(losses: list[DataLoss]) -> str:
+    return "; ".join(f"{d.rows} row(s) from {d.statement.replace('_', ' ')} {d.table}"
+                     f"{'.' + d.column if d.column else ''} in {d.version}" for d in losses if d.rows)
+
+
+@workflow.defn
+class MigrationStatusWorkflow:
+    """Reads the tool's files and tracking table in the worker, where the DSN lives."""
+
+    @workflow.run
+    async def run(self, request: ServiceRef) -> MigrationStatus:
+        return await workflow.execute_activity("migrations.status", request, result_type=MigrationStatus, **QUICK)
+
+
+@workflow.defn
+class MigrationRollbackWorkflow(RollbackWorkflowBase):
+    rollback_type = "migration"
+
+    @workflow.run
+    async def run(self, request: MigrationRollbackInput) -> MigrationRollbackResult:
+        self.start_run(request.service, "P1")
+        self.record(EventKind.STARTED, f"migration rollback of {request.service} to {request.target}: "
+                    f"{request.reason}", actor=request.requested_by, dry_run=request.dry_run)
+        result = MigrationRollbackResult(service=request.service, outcome="failed")
+        context = await workflow.execute_activity("config.service", ServiceRef(service=request.service),
+                                                  result_type=ServiceContext, **QUICK)
+        result.artifact_dir = context.artifact_dir
+
+        # 1. Status and plan: every check that can refuse happens here, before anything changes
+        self.enter(Phase.PLANNING)
+        plan = await workflow.execute_activity(
+            "migrations.plan", MigrationPlanRequest(service=request.service, target=request.target),
+            result_type=MigrationPlan, start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY)
+        result.plan, result.version_before = plan, plan.current
+        if not plan.steps:
+            self.record(EventKind.RESOLVED, f"already at {_version(plan.target)}; nothing to do")
+            return await self._finish(result, "nothing_to_do", f"{request.service} is already at {_version(plan.target)}")
+        self.record(EventKind.PLANNED, f"{plan.tool}: {_version(plan.current)} -> {_version(plan.target)} by "
+                    + ", then ".join(f"{s.version} down ({s.down_file})" for s in plan.steps),
+                    steps=[s.model_dump() for s in plan.steps])
+
+        # 2. Data-loss guard
+        losing = [d for d in plan.data_loss if d.rows]
+        if losing:
+            self.record(EventKind.ASSESSED, f"data-loss guard: the down scripts remove {_loss_summary(losing)}",
+                        rows=sum(d.rows for d in losing))
+        if request.dry_run:
+            self.record(EventKind.RESOLVED, "dry run: nothing was changed")
+            return await self._finish(result, "dry_run", f"dry run: would roll back {len(plan.steps)} migration(s) "
+                                      f"to {_version(plan.target)}")
+        if losing:
+            plan.data_loss = await workflow.execute_activity(
+                "migrations.export_data_loss",
+                DataLossExportRequest(service=request.service, plan=plan, artifact_dir=context.artifact_dir),
+                result_type=list[DataLoss], start_to_close_timeout=timedelta(minutes=30), retry_policy=READ_RETRY)
+            self.record(EventKind.CAPTURED, "rows the rollback removes exported to CSV: "
+                        + ", ".join(d.csv for d in plan.data_loss if d.csv))
+
+        # 3. Emergency backup (runbook 001's first step), verified by a full read
+        self.enter(Phase.EXECUTING)
+        backup = await workflow.execute_child_workflow(
+            BackupWorkflow.run, BackupInput(service=request.service, reason="emergency backup before migration rollback"),
+            id=f"{workflow.info().workflow_id}-emergency-backup", result_type=BackupManifest)
+        result.emergency_backup = backup
+        self.record(EventKind.CAPTURED, f"emergency backup {backup.backup_id}: {backup.size_bytes} bytes, sha256 "
+                    f"{backup.sha256[:12]}…, full read OK")
+
+        # 4. Stop processing: record what the switches say, then flip them
+        switches = context.config.kill_switches
+        if switches:
+            result.kill_switches_before = await workflow.execute_activity(
+                "flags.read", ServiceRef(service=request.service), result_type=dict[str, str | None], **QUICK)
+            try:
+                await self._stop_processing(request.service, switches)
+            except ActivityError as exc:
+                await self._start_processing(result)
+                raise ApplicationError(f"could not stop processing ({exc.cause or exc}); the switches were put back "
+                                       "and nothing was rolled back", non_retryable=True) from None
+            self.record(EventKind.EXECUTING, "processing stopped: " + ", ".join(f"{s.name}={s.off_value}"
+                        for s in switches), previous=result.kill_switches_before)
+
+        # 5. Approval where policy or the guard asks
+        policy = context.config.policy
+        if losing or approval_needed(policy.database_approval, automatic=False):
+            why = f"data loss: {_loss_summary(losing)} (exported)" if losing else "policy requires approval"
+            decision = await self.wait_for_approval(
+                "run down migrations", f"{_version(plan.current)} -> {_version(plan.target)}; {why}",
+                request.approval_timeout)
+            if decision is None or not decision.approved:
+                await self._start_processing(result)
+                outcome = "not_approved" if decision is None else "rejected"
+                return await self._finish(result, outcome, f"down migrations {outcome}; nothing was rolled back")
+
+        # 6. Down migrations, one transaction each; 7. verify
+        counts_before = await self._counts(request.service)
+        try:
+            for step in plan.steps:
+                done = await workflow.execute_activity(
+                    "migrations.down_step", DownStepRequest(service=request.service, step=step),
+                    result_type=DownStepResult, retry_policy=CHANGE_RETRY,
+                    start_to_close_timeout=context.config.database.statement_timeout + timedelta(minutes=2),
+                    heartbeat_timeout=timedelta(seconds=60))
+                result.version_after = done.version
+                self.record(EventKind.ROLLED_BACK, f"{step.version} ({step.name}) rolled back; now at "
+                            f"{_version(done.version)}" + (" (found already done)" if done.already_done else ""),
+                            seconds=round(done.seconds, 3))
+        except ActivityError as exc:
+            return await self._compensate(request, result, backup, str(exc.cause or exc), context)
+        problems = await self._verify(request.service, plan, counts_before, context)
+        if problems:
+            return await self._compensate(request, result, backup, "verification failed: " + "; ".join(problems),
+                                          context)
+
+        # 8. Start processing again, with the values recorded before
+        await workflow.execute_activity("migrations.mark_stable",
+                                        MarkStableRequest(service=request.service, version=plan.target), **QUICK)
+        await self._start_processing(result)
+        self.record(EventKind.RESOLVED, f"{request.service} schema rolled back to {_version(plan.target)}")
+        await self.notify(f"{request.service}: migrations rolled back to {_version(plan.target)}", key="resolved")
+        return await self._finish(result, "rolled_back", f"rolled back to {_version(plan.target)}")
+
+    async def _verify(self, service: str, plan: MigrationPlan, counts_before: dict[str, int],
+                      context: ServiceContext) -> list[str]:
+        self.enter(Phase.VERIFYING)
+        problems = await workflow.execute_activity(
+            "migrations.verify", MigrationVerifyRequest(service=service, target=plan.target),
+            result_type=list[str], **QUICK)
+        bookkeeping = [plan.tracking_table] + [s.table for s in context.config.kill_switches if s.store == "postgres"]
+        problems += row_count_problems(counts_before, await self._counts(service), plan.data_loss,
+                                       context.config.database.critical_tables, bookkeeping)
+        health = context.config.health
+        verdict = await workflow.execute_activity(
+            "health.verify", VerifyRequest(service=service), result_type=VerifyResult,
+            start_to_close_timeout=timedelta(seconds=health.consecutive_checks * 3 * (
+                health.interval_seconds + 2 * health.timeout_seconds) + 60),
+            retry_policy=RetryPolicy(maximum_attempts=2))
+        if not verdict.passed:
+            problems.append(f"app health: {verdict.problem}")
+        if problems:
+            self.record(EventKind.VERIFICATION_FAILED, "; ".join(problems))
+        else:
+            self.record(EventKind.VERIFIED, f"tracking table at {_version(plan.target)}, row counts as expected, "
+                        f"{len(context.config.database.verify_sql)} SQL check(s) and app health pass")
+        return problems
+
+    async def _compensate(self, request: MigrationRollbackInput, result: MigrationRollbackResult,
+                          backup: BackupManifest, problem: str, context: ServiceContext) -> MigrationRollbackResult:
+        """Processing stays stopped; restoring the emergency backup waits for a person."""
+        self.enter(Phase.COMPENSATING)
+        self.record(EventKind.FAILED, problem)
+        self.record(EventKind.COMPENSATING, f"processing stays stopped; the emergency backup {backup.backup_id} can "
+                    "be restored")
+        await self.notify(f"{request.service}: migration rollback failed ({problem}); processing stays stopped",
+                          key="failed", escalation=True)
+        decision = await self.wait_for_approval(
+            "restore emergency backup", f"restore {backup.backup_id} (taken before this rollback) into a new "
+            f"database and swap it in; the current database is kept", request.approval_timeout)
+        manual = f"`rollback restore {request.service} --from {backup.backup_id}`"
+        if decision is None or not decision.approved:
+            return await self._finish(result, "failed", f"{problem}; processing is still stopped; nothing was "
+                                      f"restored: run {manual} and then restore the kill switches")
+        restored = await workflow.execute_child_workflow(
+            DatabaseRestoreWorkflow.run,
+            RestoreInput(service=request.service, source=backup.backup_id, reason=f"compensation of "
+                         f"{workflow.info().workflow_id}", requested_by=decision.approver,
+                         approved_by=decision.approver),
+            id=f"{workflow.info().workflow_id}-restore", result_type=RestoreResult)
+        # a flags table inside the database came back with the backup's values: stop processing again
+        await self._stop_processing(request.service, context.config.kill_switches)
+        self.record(EventKind.COMPENSATED, f"emergency backup restored ({restored.outcome}); the database as it "
+                    f"was before is kept as {restored.kept_old_as}; processing stays stopped until someone checks "
+                    "the app and restores the kill switches")
+        return await self._finish(result, "compensated", f"{problem}; the emergency backup was restored; processing "
+                                  "is still stopped")
+
+    async def _stop_processing(self, service: str, switches) -> None:
+        if switches:
+            await workflow.execute_activity(
+                "flags.set", FlagsRequest(service=service, values={s.name: s.off_value for s in switches}),
+                start_to_close_timeout=timedelta(minutes=1), retry_policy=CHANGE_RETRY)
+
+    async def _start_processing(self, result: MigrationRollbackResult) -> None:
+        if not result.kill_switches_before:
+            return
+        await workflow.execute_activity(
+            "flags.set", FlagsRequest(service=result.service, values=result.kill_switches_before),
+            start_to_close_timeout=timedelta(minutes=1), retry_policy=CHANGE_RETRY)
+        result.kill_switches_restored = True
+        self.record(EventKind.EXECUTING, "processing started again: kill switches back to " + ", ".join(
+            f"{k}={v if v is not None else '(not set)'}" for k, v in result.kill_switches_before.items()))
+
+    async def _counts(self, service: str) -> dict[str, int]:
+        return await workflow.execute_activity(
+            "postgres.table_counts", CountsRequest(service=service), result_type=dict[str, int],
+            start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY)
+
+    async def _finish(self, result: MigrationRollbackResult, outcome: str, message: str) -> MigrationRollbackResult:
+        self.close(result, outcome, message, succeeded=outcome in ("rolled_back", "dry_run", "nothing_to_do"))
+        await self.finish_handlers()
+        return result
+
+
+@workflow.defn
+class MigrationRepairWorkflow(RollbackWorkflowBase):
+    """golang-migrate's `force V`, behind an approval that shows the dirty state."""
+
+    rollback_type = "repair"
+
+    @workflow.run
+    async def run(self, request: MigrationRepairInput) -> MigrationRepairResult:
+        self.start_run(request.service, "P2")
+        self.record(EventKind.STARTED, f"repair of {request.service}'s migration state at {request.version}: "
+                    f"{request.reason}", actor=request.requested_by)
+        result = MigrationRepairResult(service=request.service, outcome="failed")
+        result.before = await workflow.execute_activity(
+            "migrations.status", ServiceRef(service=request.service), result_type=MigrationStatus, **QUICK)
+        if not result.before.dirty:
+            self.record(EventKind.RESOLVED, f"not dirty (at {_version(result.before.current)}); nothing to repair")
+            return await self._done(result, "not_dirty", f"{request.service} is not dirty; nothing was changed")
+        decision = await self.wait_for_approval(
+            "force version", f"{result.before.tool} says {result.before.current} (dirty); set it to "
+            f"{request.version}, clean. Only do this after checking the schema really is at {request.version}",
+            request.approval_timeout)
+        if decision is None or not decision.approved:
+            outcome = "not_approved" if decision is None else "rejected"
+            return await self._done(result, outcome, f"repair {outcome}; nothing was changed")
+        try:
+            result.after = await workflow.execute_activity(
+                "migrations.force_version", ForceVersionRequest(service=request.service, version=request.version),
+                result_type=MigrationStatus, start_to_close_timeout=timedelta(minutes=2), retry_policy=CHANGE_RETRY)
+        except ActivityError as exc:
+            self.record(EventKind.FAILED, str(exc.cause or exc))
+            return await self._done(result, "failed", str(exc.cause or exc))
+        self.record(EventKind.RESOLVED, f"version set to {request.version}, dirty flag cleared")
+        return await self._done(result, "repaired", f"{request.service} is at {request.version}, clean")
+
+    async def _done(self, result: MigrationRepairResult, outcome: str, message: str) -> MigrationRepairResult:
+        self.close(result, outcome, message, succeeded=outcome in ("repaired", "not_dirty"))
+        await self.finish_handlers()
+        return result
