@@ -36,10 +36,34 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _die_with_parent() -> None:
+    """In the child: be killed when the worker dies, so a crashed worker leaves no pg_dump still
+    writing beside the retry's."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+async def with_heartbeats(awaitable, details):
+    """Await something slow (row counts of a big database) while telling Temporal we are alive."""
+    task = asyncio.ensure_future(awaitable)
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), HEARTBEAT_SECONDS)
+        except asyncio.TimeoutError:
+            activity.heartbeat(details)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+
+
 async def run_tool(args: list[str], env: dict[str, str], progress) -> tuple[int, str]:
-    """Run pg_dump/pg_restore, heartbeating while it works; killed if the activity is cancelled."""
+    """Run pg_dump/pg_restore, heartbeating while it works; killed if the activity is cancelled
+    or the worker dies."""
     process = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.DEVNULL,
-                                                   stderr=asyncio.subprocess.PIPE)
+                                                   stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
     try:
         while True:
             try:
@@ -88,12 +112,15 @@ class BackupActivities:
                 return existing  # an earlier attempt finished
         dsn, database = service_dsn(self._config, request.service)
         archive = self.backup_dir(request.service) / f"{request.backup_id}.dump"
-        partial = archive.with_suffix(".dump.partial")
+        # each attempt writes its own partial file; an earlier attempt's (a crashed worker's) goes
+        for stale in archive.parent.glob(f"{archive.name}.partial*"):
+            stale.unlink(missing_ok=True)
+        partial = archive.with_name(f"{archive.name}.partial{activity.info().attempt}")
         pg_dump = shutil.which("pg_dump") or "/usr/lib/postgresql/15/bin/pg_dump"
         # the dump's snapshot is taken at its start: rows written later are "newer than the backup"
         started_at = datetime.now(timezone.utc)
         async with await connect_to(dsn) as conn:
-            counts = await table_counts(conn)
+            counts = await with_heartbeats(table_counts(conn), {"counting": database})
             server_version = (await (await conn.execute("SHOW server_version")).fetchone())[0]
         code, stderr = await run_tool(
             [pg_dump, "-Fc", "--no-password", "-f", str(partial)], libpq_env(dsn),

@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.service import RPCError, RPCStatusCode
 
 from starter.engines import EngineError
+from workflows.base import cause_message
 from workflows.config import ConfigError, load_config, missing_secrets
 from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput, RollbackStatus
 
@@ -84,14 +85,15 @@ async def _status(client: Client, workflow_id: str) -> RollbackStatus:
         raise
 
 
-SUCCESS = ("rolled_back", "dry_run", "restored")
+SUCCESS = ("rolled_back", "dry_run", "restored", "nothing_to_do", "repaired", "not_dirty")
 
 
 def _result_type(workflow_type: str):
-    from workflows.models import BackupManifest, RestoreResult
+    from workflows.models import BackupManifest, MigrationRepairResult, MigrationRollbackResult, RestoreResult
 
-    return {"BackupWorkflow": BackupManifest, "DatabaseRestoreWorkflow": RestoreResult}.get(
-        workflow_type, AppRollbackResult)
+    return {"BackupWorkflow": BackupManifest, "DatabaseRestoreWorkflow": RestoreResult,
+            "MigrationRollbackWorkflow": MigrationRollbackResult,
+            "MigrationRepairWorkflow": MigrationRepairResult}.get(workflow_type, AppRollbackResult)
 
 
 async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
@@ -118,10 +120,7 @@ async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
     try:
         result = await handle.result()
     except WorkflowFailureError as exc:
-        cause = exc.cause
-        while getattr(cause, "cause", None) is not None and not str(cause):
-            cause = cause.cause
-        message = str(cause or exc)
+        message = cause_message(exc)
         if as_json:
             print(json.dumps({"workflow_id": workflow_id, "outcome": "failed", "message": message}))
         else:
@@ -256,6 +255,81 @@ def restore(service: str, source: str, dry_run: bool, wait: bool, reason: str, a
                            requested_by=os.environ.get("USER", "cli"))
     sys.exit(_run(_start_and_maybe_follow(DatabaseRestoreWorkflow.run, request, f"restore-{service}", wait,
                                           as_json)))
+
+
+@app.command("migration")
+@click.argument("service")
+@click.option("--to", "target", required=True,
+              help="A version, -N to go back N migrations, 0 for none, or last-stable.")
+@click.option("--dry-run", is_flag=True, help="Plan and count the data at risk; change nothing.")
+@click.option("--wait", is_flag=True, help="Show progress until the rollback ends.")
+@click.option("--reason", default="manual migration rollback", show_default=True)
+@json_option
+def migration(service: str, target: str, dry_run: bool, wait: bool, reason: str, as_json: bool) -> None:
+    """Roll a service's database migrations back: emergency backup, kill switches, down scripts."""
+    from workflows import MigrationRollbackWorkflow
+    from workflows.migration import migration_rollback_id
+    from workflows.models import MigrationRollbackInput
+
+    request = MigrationRollbackInput(service=service, target=target, dry_run=dry_run, reason=reason,
+                                     requested_by=os.environ.get("USER", "cli"))
+    sys.exit(_run(_start_and_maybe_follow(MigrationRollbackWorkflow.run, request, migration_rollback_id(service),
+                                          wait, as_json)))
+
+
+@app.group("migrations", help="A service's migration state.")
+def migrations_group() -> None:
+    pass
+
+
+@migrations_group.command("status")
+@click.argument("service")
+@json_option
+def migrations_status(service: str, as_json: bool) -> None:
+    """Applied, pending and dirty migrations, read by the worker (which holds the DSN)."""
+    import uuid
+
+    from workflows import MigrationStatusWorkflow
+    from workflows.models import MigrationStatus, ServiceRef
+
+    async def main() -> int:
+        client = await _client()
+        try:
+            status = await client.execute_workflow(
+                MigrationStatusWorkflow.run, ServiceRef(service=service), id=f"migrations-status-{service}-"
+                f"{uuid.uuid4().hex[:8]}", task_queue=_task_queue(), result_type=MigrationStatus)
+        except WorkflowFailureError as exc:
+            raise CliError(cause_message(exc)) from None
+        if as_json:
+            print(status.model_dump_json(indent=2))
+            return 0
+        state = "DIRTY" if status.dirty else "clean"
+        print(f"{service}: {status.tool}, current version {status.current or 'none'} ({state}), "
+              f"last stable {status.last_stable or 'none recorded'}")
+        for m in status.migrations:
+            marks = ("applied" if m.applied else "pending") + ("" if m.has_down else ", NO DOWN SCRIPT")
+            dirty = "  <- dirty" if status.dirty and m.version == status.current else ""
+            print(f"  {m.version:<24} {m.name:<32} {marks}{dirty}")
+        return 0
+
+    sys.exit(_run(main()))
+
+
+@migrations_group.command("repair")
+@click.argument("service")
+@click.option("--version", "version", required=True, help="The version the schema really is at.")
+@click.option("--wait", is_flag=True, help="Show progress until the repair ends.")
+@click.option("--reason", default="repair dirty migration state", show_default=True)
+@json_option
+def migrations_repair(service: str, version: str, wait: bool, reason: str, as_json: bool) -> None:
+    """Clear golang-migrate's dirty flag at VERSION (like `migrate force`), after approval."""
+    from workflows import MigrationRepairWorkflow
+    from workflows.models import MigrationRepairInput
+
+    request = MigrationRepairInput(service=service, version=version, reason=reason,
+                                   requested_by=os.environ.get("USER", "cli"))
+    sys.exit(_run(_start_and_maybe_follow(MigrationRepairWorkflow.run, request, f"migration-repair-{service}",
+                                          wait, as_json)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,9 +9,8 @@ from __future__ import annotations
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from workflows import AppRollbackWorkflow, MigrationRollbackWorkflow
-from workflows.migration import migration_rollback_id
-from workflows.models import AlertNotice, AppRollbackInput, MigrationRollbackInput
+from workflows import AppRollbackWorkflow
+from workflows.models import AlertNotice, AppRollbackInput
 
 
 def app_rollback_id(service: str) -> str:
@@ -45,14 +44,3 @@ async def start_or_attach_app_rollback(
         start_signal_args=[notice],
     )
 
-
-async def start_migration_rollback(client: Client, task_queue: str, request: MigrationRollbackInput) -> WorkflowHandle:
-    """Start a migration rollback; a second one for the service fails with WorkflowAlreadyStartedError."""
-    return await client.start_workflow(
-        MigrationRollbackWorkflow.run,
-        request,
-        id=migration_rollback_id(request.service),
-        task_queue=task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-    )

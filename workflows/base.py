@@ -35,6 +35,14 @@ READ_RETRY = RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=
 CHANGE_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=2))
 
 
+def cause_message(exc: BaseException) -> str:
+    """What went wrong, from the innermost cause: the activity's own message, without the
+    "Activity task failed" wrapper or the error type in front."""
+    while getattr(exc, "cause", None) is not None:
+        exc = exc.cause
+    return getattr(exc, "message", None) or str(exc)
+
+
 class RollbackWorkflowBase:
     """Timeline, phase, approval checkpoint and alert handling for one rollback run."""
 

@@ -11,7 +11,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase
+    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, cause_message
     from workflows.models import (
         BackupInput,
         BackupManifest,
@@ -85,9 +85,13 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
 
         # 1. Status and plan: every check that can refuse happens here, before anything changes
         self.enter(Phase.PLANNING)
-        plan = await workflow.execute_activity(
-            "migrations.plan", MigrationPlanRequest(service=request.service, target=request.target),
-            result_type=MigrationPlan, start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY)
+        try:
+            plan = await workflow.execute_activity(
+                "migrations.plan", MigrationPlanRequest(service=request.service, target=request.target),
+                result_type=MigrationPlan, start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY)
+        except ActivityError as exc:
+            self.record(EventKind.FAILED, f"refused: {cause_message(exc)}")
+            raise ApplicationError(cause_message(exc), non_retryable=True) from None
         result.plan, result.version_before = plan, plan.current
         if not plan.steps:
             self.record(EventKind.RESOLVED, f"already at {_version(plan.target)}; nothing to do")
@@ -131,7 +135,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
                 await self._stop_processing(request.service, switches)
             except ActivityError as exc:
                 await self._start_processing(result)
-                raise ApplicationError(f"could not stop processing ({exc.cause or exc}); the switches were put back "
+                raise ApplicationError(f"could not stop processing ({cause_message(exc)}); the switches were put back "
                                        "and nothing was rolled back", non_retryable=True) from None
             self.record(EventKind.EXECUTING, "processing stopped: " + ", ".join(f"{s.name}={s.off_value}"
                         for s in switches), previous=result.kill_switches_before)
@@ -162,7 +166,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
                             f"{_version(done.version)}" + (" (found already done)" if done.already_done else ""),
                             seconds=round(done.seconds, 3))
         except ActivityError as exc:
-            return await self._compensate(request, result, backup, str(exc.cause or exc), context)
+            return await self._compensate(request, result, backup, cause_message(exc), context)
         problems = await self._verify(request.service, plan, counts_before, context)
         if problems:
             return await self._compensate(request, result, backup, "verification failed: " + "; ".join(problems),
@@ -286,8 +290,8 @@ class MigrationRepairWorkflow(RollbackWorkflowBase):
                 "migrations.force_version", ForceVersionRequest(service=request.service, version=request.version),
                 result_type=MigrationStatus, start_to_close_timeout=timedelta(minutes=2), retry_policy=CHANGE_RETRY)
         except ActivityError as exc:
-            self.record(EventKind.FAILED, str(exc.cause or exc))
-            return await self._done(result, "failed", str(exc.cause or exc))
+            self.record(EventKind.FAILED, cause_message(exc))
+            return await self._done(result, "failed", cause_message(exc))
         self.record(EventKind.RESOLVED, f"version set to {request.version}, dirty flag cleared")
         return await self._done(result, "repaired", f"{request.service} is at {request.version}, clean")
 

@@ -20,8 +20,8 @@ from workflows.models import AppRollbackInput, AppRollbackResult
 ROLLBACK = str(Path(sys.executable).parent / "rollback")
 
 
-def start_worker(config_path: str, address: str, task_queue: str, token: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_TASK_QUEUE": task_queue, "TEST_VERCEL_TOKEN": token}
+def start_worker(config_path: str, address: str, task_queue: str, log: Path, **env: str) -> subprocess.Popen:
+    env = {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_TASK_QUEUE": task_queue, **env}
     return subprocess.Popen([ROLLBACK, "worker", "--config", config_path], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
@@ -31,7 +31,7 @@ async def test_sigkill_during_vercel_polling(client, task_queue, temporal_addres
     vercel.job_seconds = 6  # long enough to kill the worker mid-poll
     config = write_config({"shop": vercel_service(vercel)})
     log = tmp_path / "worker.log"
-    worker = start_worker(str(config._path), temporal_address, task_queue, vercel.token, log)
+    worker = start_worker(str(config._path), temporal_address, task_queue, log, TEST_VERCEL_TOKEN=vercel.token)
     try:
         handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
                                              id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
@@ -46,7 +46,7 @@ async def test_sigkill_during_vercel_polling(client, task_queue, temporal_addres
         worker.wait(10)
         assert vercel.production["prj_shop"] == "dpl_badprodzzz"  # the job was still running
 
-        worker = start_worker(str(config._path), temporal_address, task_queue, vercel.token, log)
+        worker = start_worker(str(config._path), temporal_address, task_queue, log, TEST_VERCEL_TOKEN=vercel.token)
         result = await asyncio.wait_for(handle.result(), timeout=90)
     finally:
         worker.kill()
@@ -63,7 +63,7 @@ async def test_sigkill_during_vercel_polling(client, task_queue, temporal_addres
 async def test_sigterm_stops_the_worker_cleanly(temporal_address, task_queue, write_config, tmp_path, vercel):
     config = write_config({"shop": vercel_service(vercel)})
     log = tmp_path / "worker.log"
-    worker = start_worker(str(config._path), temporal_address, task_queue, vercel.token, log)
+    worker = start_worker(str(config._path), temporal_address, task_queue, log, TEST_VERCEL_TOKEN=vercel.token)
 
     async def started() -> bool:
         return "worker started" in log.read_text()

@@ -4,6 +4,7 @@ kill switches are off during the work and restored after; failures leave a truth
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import uuid
 from pathlib import Path
@@ -251,21 +252,30 @@ async def test_another_migrator_holding_the_lock_is_waited_for_then_refused(migr
     assert again.already_done and tracking(dsn, "golang-migrate") == [(2, False)]
 
 
-async def test_two_rollbacks_of_one_service_at_once_one_is_refused(client, task_queue, migrated):
-    from temporalio.exceptions import WorkflowAlreadyStartedError
-
-    from starter.start import start_migration_rollback
+async def test_cli_status_and_two_rollbacks_at_once(client, task_queue, temporal_address, migrated):
+    from tests.test_cli import assert_one_line_error, cli
 
     dsn, versions, config = migrated("golang-migrate", policy="always")
+    run = dict(address=temporal_address, task_queue=task_queue)
     async with running_worker(client, config, task_queue):
-        first = await start_migration_rollback(client, task_queue, MigrationRollbackInput(service="billing", target="1"))
-        with pytest.raises(WorkflowAlreadyStartedError):
-            await start_migration_rollback(client, task_queue, MigrationRollbackInput(service="billing", target="2"))
-        await wait_for_phase(first, "awaiting_approval", timeout=60)
-        await first.execute_update("reject", ApprovalInput(approver="oncall", reason="test"))
-        result = await first.result()
-    assert result.outcome == "rejected" and tracking(dsn, "golang-migrate") == [(3, False)]
-    assert flag(dsn, "PROCESSING_ENABLED") == "true"  # a rejected rollback starts processing again
+        status = await asyncio.to_thread(cli, "migrations", "status", "billing", **run)
+        assert status.returncode == 0, status.stderr
+        assert "current version 3 (clean)" in status.stdout
+        assert [line.split()[-1] for line in status.stdout.splitlines()[1:]] == ["applied"] * 3
+        first, second = await asyncio.gather(
+            asyncio.to_thread(cli, "migration", "billing", "--to", "1", **run),
+            asyncio.to_thread(cli, "migration", "billing", "--to", "2", **run))
+        outcomes = sorted([first, second], key=lambda p: p.returncode)
+        assert outcomes[0].returncode == 0 and "started migration-rollback-billing" in outcomes[0].stdout
+        assert_one_line_error(outcomes[1], 1, "migration-rollback-billing is already running")
+        handle = client.get_workflow_handle("migration-rollback-billing", result_type=MigrationRollbackResult)
+        await wait_for_phase(handle, "awaiting_approval", timeout=60)
+        await handle.execute_update("reject", ApprovalInput(approver="oncall", reason="test"))
+        result = await handle.result()
+        assert result.outcome == "rejected" and tracking(dsn, "golang-migrate") == [(3, False)]
+        assert flag(dsn, "PROCESSING_ENABLED") == "true"  # a rejected rollback starts processing again
+        bad = await asyncio.to_thread(cli, "migration", "billing", "--to", "17", "--wait", **run)
+        assert bad.returncode == 1 and "FAILED: unknown version '17'" in bad.stdout
 
 
 async def test_repair_clears_the_dirty_flag_after_approval(client, task_queue, migrated):
