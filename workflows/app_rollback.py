@@ -29,8 +29,6 @@ with workflow.unsafe.imports_passed_through():
         ServiceRef,
         TargetRequest,
         UndoRequest,
-        VerifyRequest,
-        VerifyResult,
     )
     from workflows.policy import compare_schema, plan_app_rollback
 
@@ -167,15 +165,8 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             # 7. Verify
             self.enter(Phase.VERIFYING)
             check = config.health
-            verify_seconds = check.consecutive_checks * 3 * (check.interval_seconds + 2 * check.timeout_seconds) + 60
-            verdict = await workflow.execute_activity(
-                "health.verify",
-                VerifyRequest(service=request.service,
-                              expected_version=executed.details.get("expected_version", target.version)),
-                result_type=VerifyResult, start_to_close_timeout=timedelta(seconds=verify_seconds),
-                heartbeat_timeout=timedelta(seconds=max(30, 3 * (check.interval_seconds + 2 * check.timeout_seconds))),
-                retry_policy=RetryPolicy(maximum_attempts=2),
-            )
+            verdict = await self.verify_app(request.service, check,
+                                            executed.details.get("expected_version", target.version))
             if not verdict.passed:
                 self.record(EventKind.VERIFICATION_FAILED, verdict.problem,
                             checks=[c.model_dump(mode="json") for c in verdict.checks])

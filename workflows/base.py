@@ -8,18 +8,24 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.config import HealthCheck, KillSwitch
     from workflows.models import (
         AlertNotice,
         ApprovalDecision,
         ApprovalInput,
         EventKind,
+        FlagsRequest,
         NotifyRequest,
         Phase,
         StatusPageRequest,
         RollbackStatus,
+        ServiceRef,
         TimelineEvent,
+        VerifyRequest,
+        VerifyResult,
     )
 
 SERVICE_KEY = SearchAttributeKey.for_keyword("RollbackService")
@@ -198,6 +204,46 @@ class RollbackWorkflowBase:
         finally:
             self.awaiting_step = None
             self.enter(previous_phase)
+
+    # -- the app: health and kill switches -------------------------------------------------------
+    async def verify_app(self, service: str, check: HealthCheck, expected_version: str | None = None) -> VerifyResult:
+        """N consecutive healthy checks (and the expected version, when given)."""
+        probe_seconds = check.interval_seconds + 2 * check.timeout_seconds
+        return await workflow.execute_activity(
+            "health.verify", VerifyRequest(service=service, expected_version=expected_version),
+            result_type=VerifyResult, start_to_close_timeout=timedelta(seconds=check.consecutive_checks * 3 * probe_seconds + 60),
+            heartbeat_timeout=timedelta(seconds=max(30, 3 * probe_seconds)), retry_policy=RetryPolicy(maximum_attempts=2))
+
+    async def set_switches(self, service: str, values: dict[str, str | None]) -> None:
+        await workflow.execute_activity("flags.set", FlagsRequest(service=service, values=values),
+                                        start_to_close_timeout=timedelta(minutes=1), retry_policy=CHANGE_RETRY)
+
+    async def stop_processing(self, service: str, switches: list[KillSwitch]) -> dict[str, str | None]:
+        """Runbook 001's "stop processing": the switches' values go into history first, so they can
+        be put back exactly; then each is set to its off value. Returns the recorded values."""
+        if not switches:
+            return {}
+        previous = await workflow.execute_activity(
+            "flags.read", ServiceRef(service=service), result_type=dict[str, str | None],
+            start_to_close_timeout=timedelta(minutes=1), retry_policy=READ_RETRY)
+        try:
+            await self.set_switches(service, {s.name: s.off_value for s in switches})
+        except ActivityError as exc:
+            await self.set_switches(service, previous)
+            raise ApplicationError(f"could not stop processing ({cause_message(exc)}); the switches were put back "
+                                   "and nothing else was changed", non_retryable=True) from None
+        self.record(EventKind.EXECUTING, "processing stopped: " + ", ".join(f"{s.name}={s.off_value}" for s in switches),
+                    previous=previous)
+        return previous
+
+    async def start_processing(self, service: str, previous: dict[str, str | None]) -> bool:
+        """Every switch back to its recorded value ("not set" included)."""
+        if not previous:
+            return False
+        await self.set_switches(service, previous)
+        self.record(EventKind.EXECUTING, "processing started again: kill switches back to " + ", ".join(
+            f"{k}={v if v is not None else '(not set)'}" for k, v in previous.items()))
+        return True
 
     def close(self, result, outcome: str, message: str, succeeded: bool):
         """Mark the final phase and fill the fields every result model has."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -21,7 +20,6 @@ with workflow.unsafe.imports_passed_through():
         DownStepRequest,
         DownStepResult,
         EventKind,
-        FlagsRequest,
         ForceVersionRequest,
         MarkStableRequest,
         MigrationPlan,
@@ -37,8 +35,6 @@ with workflow.unsafe.imports_passed_through():
         RestoreResult,
         ServiceContext,
         ServiceRef,
-        VerifyRequest,
-        VerifyResult,
     )
     from workflows.policy import approval_needed, row_count_problems
     from workflows.restore import BackupWorkflow, DatabaseRestoreWorkflow
@@ -127,18 +123,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
                     f"{backup.sha256[:12]}…, full read OK")
 
         # 4. Stop processing: record what the switches say, then flip them
-        switches = context.config.kill_switches
-        if switches:
-            result.kill_switches_before = await workflow.execute_activity(
-                "flags.read", ServiceRef(service=request.service), result_type=dict[str, str | None], **QUICK)
-            try:
-                await self._stop_processing(request.service, switches)
-            except ActivityError as exc:
-                await self._start_processing(result)
-                raise ApplicationError(f"could not stop processing ({cause_message(exc)}); the switches were put back "
-                                       "and nothing was rolled back", non_retryable=True) from None
-            self.record(EventKind.EXECUTING, "processing stopped: " + ", ".join(f"{s.name}={s.off_value}"
-                        for s in switches), previous=result.kill_switches_before)
+        result.kill_switches_before = await self.stop_processing(request.service, context.config.kill_switches)
 
         # 5. Approval where policy or the guard asks
         policy = context.config.policy
@@ -148,7 +133,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
                 "run down migrations", f"{_version(plan.current)} -> {_version(plan.target)}; {why}",
                 request.approval_timeout)
             if decision is None or not decision.approved:
-                await self._start_processing(result)
+                result.kill_switches_restored = await self.start_processing(result.service, result.kill_switches_before)
                 outcome = "not_approved" if decision is None else "rejected"
                 return await self._finish(result, outcome, f"down migrations {outcome}; nothing was rolled back")
 
@@ -175,7 +160,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
         # 8. Start processing again, with the values recorded before
         await workflow.execute_activity("migrations.mark_stable",
                                         MarkStableRequest(service=request.service, version=plan.target), **QUICK)
-        await self._start_processing(result)
+        result.kill_switches_restored = await self.start_processing(result.service, result.kill_switches_before)
         self.record(EventKind.RESOLVED, f"{request.service} schema rolled back to {_version(plan.target)}")
         await self.notify(f"{request.service}: migrations rolled back to {_version(plan.target)}", key="resolved")
         return await self._finish(result, "rolled_back", f"rolled back to {_version(plan.target)}")
@@ -189,12 +174,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
         bookkeeping = [plan.tracking_table] + [s.table for s in context.config.kill_switches if s.store == "postgres"]
         problems += row_count_problems(counts_before, await self._counts(service), plan.data_loss,
                                        context.config.database.critical_tables, bookkeeping)
-        health = context.config.health
-        verdict = await workflow.execute_activity(
-            "health.verify", VerifyRequest(service=service), result_type=VerifyResult,
-            start_to_close_timeout=timedelta(seconds=health.consecutive_checks * 3 * (
-                health.interval_seconds + 2 * health.timeout_seconds) + 60),
-            retry_policy=RetryPolicy(maximum_attempts=2))
+        verdict = await self.verify_app(service, context.config.health)
         if not verdict.passed:
             problems.append(f"app health: {verdict.problem}")
         if problems:
@@ -227,28 +207,12 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
                          approved_by=decision.approver),
             id=f"{workflow.info().workflow_id}-restore", result_type=RestoreResult)
         # a flags table inside the database came back with the backup's values: stop processing again
-        await self._stop_processing(request.service, context.config.kill_switches)
+        await self.set_switches(request.service, {s.name: s.off_value for s in context.config.kill_switches})
         self.record(EventKind.COMPENSATED, f"emergency backup restored ({restored.outcome}); the database as it "
                     f"was before is kept as {restored.kept_old_as}; processing stays stopped until someone checks "
                     "the app and restores the kill switches")
         return await self._finish(result, "compensated", f"{problem}; the emergency backup was restored; processing "
                                   "is still stopped")
-
-    async def _stop_processing(self, service: str, switches) -> None:
-        if switches:
-            await workflow.execute_activity(
-                "flags.set", FlagsRequest(service=service, values={s.name: s.off_value for s in switches}),
-                start_to_close_timeout=timedelta(minutes=1), retry_policy=CHANGE_RETRY)
-
-    async def _start_processing(self, result: MigrationRollbackResult) -> None:
-        if not result.kill_switches_before:
-            return
-        await workflow.execute_activity(
-            "flags.set", FlagsRequest(service=result.service, values=result.kill_switches_before),
-            start_to_close_timeout=timedelta(minutes=1), retry_policy=CHANGE_RETRY)
-        result.kill_switches_restored = True
-        self.record(EventKind.EXECUTING, "processing started again: kill switches back to " + ", ".join(
-            f"{k}={v if v is not None else '(not set)'}" for k, v in result.kill_switches_before.items()))
 
     async def _counts(self, service: str) -> dict[str, int]:
         return await workflow.execute_activity(

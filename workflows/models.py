@@ -381,6 +381,8 @@ class RestoreResult(BaseModel):
     counts_after: dict[str, int] = Field(default_factory=dict)
     swap_downtime_seconds: float | None = None
     recent_rows: dict[str, int] = Field(default_factory=dict, description="Rows newer than the backup, exported")
+    kill_switches_before: dict[str, str | None] = Field(default_factory=dict)
+    kill_switches_restored: bool = False
     artifact_dir: str | None = None
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     timeline: list[TimelineEvent] = Field(default_factory=list)

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase
@@ -149,19 +149,40 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             outcome = "not_approved" if decision is None else "rejected"
             return await self._finish(result, outcome, f"swap {outcome}; {new_database} is kept for inspection")
 
-        # 7. Atomic swap by rename; the old database is kept
+        # 7. Kill switches off (the app's maintenance mode), then the atomic swap by rename; the old
+        # database is kept
         self.enter(Phase.EXECUTING)
-        swap = await workflow.execute_activity(
-            "postgres.swap", SwapRequest(service=request.service, new_database=new_database,
-                                         keep_old_as=f"{source.database}_before_restore_{stamp}"),
-            result_type=SwapResult, start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=RetryPolicy(maximum_attempts=3),
-        )
+        switches = context.config.kill_switches
+        result.kill_switches_before = await self.stop_processing(request.service, switches)
+        try:
+            swap = await workflow.execute_activity(
+                "postgres.swap", SwapRequest(service=request.service, new_database=new_database,
+                                             keep_old_as=f"{source.database}_before_restore_{stamp}"),
+                result_type=SwapResult, start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except ActivityError:
+            await self.start_processing(request.service, result.kill_switches_before)  # the live database is unchanged
+            raise
         result.kept_old_as, result.swap_downtime_seconds = swap.kept_old_as, swap.downtime_seconds
         self.record(EventKind.ROLLED_BACK, f"{new_database} is now {swap.live}; the previous database is kept as "
                     f"{swap.kept_old_as}; {swap.terminated_sessions} sessions terminated; swap took "
                     f"{swap.downtime_seconds * 1000:.0f} ms")
         result.counts_after = await self._live_counts(request.service)
+
+        # 8. The app on the restored database; switches stay off until it is healthy. A flags table
+        # inside the database came back with the backup's values, so they are set off again first.
+        if switches:
+            await self.set_switches(request.service, {s.name: s.off_value for s in switches})
+        self.enter(Phase.VERIFYING)
+        verdict = await self.verify_app(request.service, context.config.health)
+        if not verdict.passed:
+            self.record(EventKind.VERIFICATION_FAILED, f"app unhealthy on the restored database: {verdict.problem}")
+            return await self._finish(result, "failed", f"restored from {source.backup_id}, but the app is unhealthy "
+                                      f"({verdict.problem}); processing stays stopped; the previous database is "
+                                      f"kept as {swap.kept_old_as}")
+        self.record(EventKind.VERIFIED, "app healthy on the restored database")
+        result.kill_switches_restored = await self.start_processing(request.service, result.kill_switches_before)
         self.record(EventKind.RESOLVED, f"{request.service} database restored from {source.backup_id}")
         return await self._finish(result, "restored", f"restored from {source.backup_id}")
 

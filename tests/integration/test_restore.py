@@ -11,7 +11,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from tests.conftest import running_worker
-from tests.helpers import create_database, wait_for_phase
+from tests.helpers import create_database, kinds, wait_for_phase
 from workflows import BackupWorkflow, DatabaseRestoreWorkflow
 from workflows.models import ApprovalInput, BackupInput, BackupManifest, RestoreInput, RestoreResult
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def shop_db(postgres, write_config, monkeypatch, tmp_path):
+def shop_db(postgres, write_config, monkeypatch, tmp_path, platform):
     name, dsn = create_database(postgres, "shop")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL)")
@@ -27,13 +27,22 @@ def shop_db(postgres, write_config, monkeypatch, tmp_path):
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users, total numeric, "
                      "created_at timestamptz NOT NULL DEFAULT now())")
         conn.execute("INSERT INTO orders SELECT g, 1 + g % 100, g * 1.5 FROM generate_series(1, 50) g")
+        conn.execute("CREATE TABLE rollback_flags (name text PRIMARY KEY, value text, updated_at timestamptz "
+                     "NOT NULL DEFAULT now(), updated_by text)")
+        conn.execute("INSERT INTO rollback_flags (name, value) VALUES ('MAINTENANCE_MODE', 'off')")
     monkeypatch.setenv("TEST_SHOP_DSN", dsn)
     config = write_config({"shop": {
         "app": {"provider": "docker", "docker": {"container": "unused"}},
-        "health": {"url": "http://127.0.0.1:9/health"},
+        "health": {"url": f"{platform.url}/health", "consecutive_checks": 1, "interval_seconds": 0.1},
+        "kill_switches": [{"name": "MAINTENANCE_MODE", "store": "postgres", "off_value": "on"}],
         "database": {"dsn_env": "TEST_SHOP_DSN", "backup_dir": str(tmp_path / "backups")},
     }})
     return name, dsn, postgres, config
+
+
+def flag(dsn: str) -> str | None:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT value FROM rollback_flags WHERE name = 'MAINTENANCE_MODE'").fetchone()[0]
 
 
 def databases(admin_dsn: str, prefix: str) -> set[str]:
@@ -55,7 +64,8 @@ async def backup(client, task_queue, config) -> BackupManifest:
 async def test_backup_damage_restore_keeps_the_old_database(client, task_queue, shop_db):
     name, dsn, admin, config = shop_db
     manifest = await backup(client, task_queue, config)
-    assert manifest.verified and manifest.tables == {"public.users": 100, "public.orders": 50}
+    assert manifest.verified and manifest.tables == {"public.users": 100, "public.orders": 50,
+                                                     "public.rollback_flags": 1}
     assert Path(manifest.archive).stat().st_size == manifest.size_bytes
 
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -78,6 +88,9 @@ async def test_backup_damage_restore_keeps_the_old_database(client, task_queue, 
 
     assert result.outcome == "restored"
     assert (count(dsn, "users"), count(dsn, "orders")) == (100, 50)
+    assert result.kill_switches_before == {"MAINTENANCE_MODE": "off"} and flag(dsn) == "off"
+    assert [k for k in kinds(result.timeline) if k in ("executing", "rolled_back", "verified")][-4:] == [
+        "executing", "rolled_back", "verified", "executing"]  # switches on, swap, app healthy, switches back
     old_dsn = dsn.rsplit("/", 1)[0] + f"/{result.kept_old_as}"
     assert (count(old_dsn, "users"), count(old_dsn, "orders")) == (damaged_users, 25)  # kept, not dropped
     assert result.safety_backup.tables["public.orders"] == 25
@@ -88,6 +101,25 @@ async def test_backup_damage_restore_keeps_the_old_database(client, task_queue, 
     with pytest.raises(psycopg.OperationalError):
         held.execute("SELECT 1")  # its session was terminated for the swap
     assert databases(admin, f"{name}_restore_") == set()  # renamed into place, no strays
+
+
+async def test_unhealthy_app_after_the_swap_keeps_processing_stopped(client, task_queue, shop_db, platform):
+    name, dsn, admin, config = shop_db
+    manifest = await backup(client, task_queue, config)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM orders")
+    platform.broken_deploys = {0}  # the app's /health answers 503 from now on
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(
+            DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source=manifest.backup_id),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
+        await wait_for_phase(handle, "awaiting_approval", timeout=60)
+        await handle.execute_update(DatabaseRestoreWorkflow.approve, ApprovalInput(approver="dba", reason="restore"))
+        result = await handle.result()
+    assert result.outcome == "failed" and "the app is unhealthy" in result.message
+    assert count(dsn, "orders") == 50  # the swap happened
+    assert flag(dsn) == "on" and not result.kill_switches_restored  # maintenance mode stays on
+    assert result.kept_old_as in result.message
 
 
 async def test_corrupt_archives_are_refused_before_anything_changes(client, task_queue, shop_db):
@@ -137,7 +169,7 @@ async def test_cli_backup_list_and_dry_run_restore(client, task_queue, temporal_
         listed = await asyncio.to_thread(cli, "backups", "list", "shop", "--config", str(config._path), "--json",
                                          extra_env=env)
         (backup_row,) = json.loads(listed.stdout)
-        assert backup_row["verified"] and backup_row["tables"] == {"public.orders": 50, "public.users": 100}
+        assert backup_row["verified"] and backup_row["tables"]["public.orders"] == 50
         dry = await asyncio.to_thread(cli, "restore", "shop", "--from", backup_row["backup_id"], "--dry-run",
                                       "--wait", address=temporal_address, task_queue=task_queue, extra_env=env)
     assert dry.returncode == 0, dry.stderr
