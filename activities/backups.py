@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,11 +60,22 @@ async def with_heartbeats(awaitable, details):
             raise
 
 
-async def run_tool(args: list[str], env: dict[str, str], progress) -> tuple[int, str]:
-    """Run pg_dump/pg_restore, heartbeating while it works; killed if the activity is cancelled
-    or the worker dies."""
+async def run_tool(args: list[str], env: dict[str, str], progress, on_line=None) -> tuple[int, str]:
+    """Run pg_dump/pg_restore, heartbeating `progress()` while it works; killed if the activity is
+    cancelled or the worker dies. stderr is read as it comes (a verbose tool would otherwise fill
+    the pipe and stall); `on_line` sees each line; the last lines come back for error messages."""
     process = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.DEVNULL,
                                                    stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent)
+    tail: deque[str] = deque(maxlen=20)
+
+    async def read_stderr() -> None:
+        async for raw in process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if on_line is not None:
+                on_line(line)
+            tail.append(line)
+
+    reader = asyncio.ensure_future(read_stderr())
     try:
         while True:
             try:
@@ -74,9 +86,10 @@ async def run_tool(args: list[str], env: dict[str, str], progress) -> tuple[int,
     except asyncio.CancelledError:
         process.kill()
         await process.wait()
+        reader.cancel()
         raise
-    stderr = (await process.stderr.read()).decode(errors="replace")
-    return process.returncode, stderr
+    await reader
+    return process.returncode, "\n".join(tail)
 
 
 async def full_read_ok(archive: Path) -> tuple[bool, str]:

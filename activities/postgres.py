@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 from pathlib import Path
@@ -108,6 +109,14 @@ class PostgresActivities:
         return SchemaVersion(version=row[0] if row else None, tool=database.migration_tool)
 
 
+async def toc_items(pg_restore: str, archive: str) -> int:
+    """How many entries the archive's table of contents has (the restore's progress total)."""
+    process = await asyncio.create_subprocess_exec(pg_restore, "--list", archive, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.DEVNULL)
+    listing = (await process.communicate())[0].decode(errors="replace")
+    return sum(1 for line in listing.splitlines() if line.strip() and not line.startswith(";"))
+
+
 class RestoreActivities:
     """Restore into a new database and swap it in by rename; the old database is kept."""
 
@@ -130,9 +139,16 @@ class RestoreActivities:
             await conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
             await conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(name, sql.Literal(request.label)))
         pg_restore = shutil.which("pg_restore") or "/usr/lib/postgresql/15/bin/pg_restore"
+        done, total = [0], await toc_items(pg_restore, request.archive)
+
+        def count(line: str) -> None:  # --verbose names each TOC item as it starts
+            if re.match(r"pg_restore: (creating|processing data for|executing|launching item) ", line):
+                done[0] = min(done[0] + 1, total)
+
         code, stderr = await run_tool(
-            [pg_restore, "-j", "2", "--exit-on-error", "--no-owner", "--no-password", "-d", request.database,
-             request.archive], libpq_env(dsn, request.database), lambda: {"restoring": request.database})
+            [pg_restore, "-j", "2", "--exit-on-error", "--no-owner", "--no-password", "--verbose",
+             "-d", request.database, request.archive], libpq_env(dsn, request.database),
+            lambda: {"restoring": request.database, "toc_items_done": done[0], "toc_items": total}, count)
         if code != 0:
             raise ApplicationError(f"pg_restore into {request.database} failed: {stderr.strip()[-300:]}")
         async with await connect_to(with_database(dsn, request.database)) as conn:

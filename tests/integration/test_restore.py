@@ -220,3 +220,27 @@ async def test_retention_never_deletes_the_newest_verified_backup(shop_db):
     kept = {m.backup_id for m in await environment.run(activities.list, ServiceRef(service="shop"))}
     assert deleted == ["b0"] and kept == {"b2", "b1"}  # b1: the newest *verified*, kept past the limits
     assert not Path(manifest.archive).with_name("b0.dump").exists()
+
+
+async def test_restore_heartbeats_toc_progress(client, task_queue, shop_db, monkeypatch):
+    from temporalio.testing import ActivityEnvironment
+
+    from activities import backups
+    from activities.postgres import RestoreActivities
+    from workflows.models import RestoreIntoRequest
+
+    name, dsn, admin, config = shop_db
+    manifest = await backup(client, task_queue, config)
+    monkeypatch.setattr(backups, "HEARTBEAT_SECONDS", 0.01)  # heartbeat as often as the test can see
+    beats = []
+    environment = ActivityEnvironment()
+    environment.on_heartbeat = lambda *details: beats.append(details[0])
+    counts = await environment.run(RestoreActivities(config).restore_into, RestoreIntoRequest(
+        service="shop", archive=manifest.archive, database=f"{name}_restore_progress", label="test"))
+    assert counts == manifest.tables
+    totals = {b["toc_items"] for b in beats}
+    assert len(totals) == 1 and totals.pop() >= 9  # 3 tables, their data, keys and constraints
+    done = [b["toc_items_done"] for b in beats]
+    assert done == sorted(done) and done[-1] > 0
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}_restore_progress"')
