@@ -6,6 +6,7 @@ import asyncio
 import re
 import shutil
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
@@ -17,9 +18,12 @@ from temporalio.exceptions import ApplicationError
 from activities.common import ConfigSource, fail, resolve_secret
 from workflows.models import (
     CountsRequest,
+    DropRequest,
+    KeptDatabase,
     RecentRowsRequest,
     RestoreIntoRequest,
     SchemaRequest,
+    ServiceRef,
     SchemaVersion,
     SwapRequest,
     SwapResult,
@@ -194,6 +198,43 @@ class RestoreActivities:
                             fh.write(block)
                 exported[f"{schema}.{table}"] = rows
         return exported
+
+    def _kept_pattern(self, service: str) -> tuple[str, re.Pattern]:
+        dsn, live = service_dsn(self._config, service)
+        return dsn, re.compile(rf"{re.escape(live)}_(?:before_restore|restore)_(\d{{14}})")
+
+    @activity.defn(name="postgres.kept_databases")
+    async def kept_databases(self, request: ServiceRef) -> list[KeptDatabase]:
+        """Databases our restores left: the replaced `<db>_before_restore_<ts>` and unswapped
+        `<db>_restore_<ts>`, recognised by exact name, oldest first."""
+        dsn, pattern = self._kept_pattern(request.service)
+        async with await connect_to(with_database(dsn, "postgres")) as conn:
+            rows = await (await conn.execute(
+                "SELECT d.datname, pg_database_size(d.oid), (SELECT count(*) FROM pg_stat_activity a "
+                "WHERE a.datname = d.datname) FROM pg_database d ORDER BY 1")).fetchall()
+        kept = []
+        for name, size, connections in rows:
+            if match := pattern.fullmatch(name):
+                since = datetime.strptime(match[1], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+                kept.append(KeptDatabase(name=name, kept_since=since, size_bytes=size, connections=connections))
+        return sorted(kept, key=lambda k: k.kept_since)
+
+    @activity.defn(name="postgres.drop_kept")
+    async def drop_kept(self, request: DropRequest) -> list[str]:
+        """Drop approved kept databases; only names a restore of this service made, never one in use."""
+        dsn, pattern = self._kept_pattern(request.service)
+        dropped = []
+        async with await connect_to(with_database(dsn, "postgres")) as conn:
+            for name in request.databases:
+                if not pattern.fullmatch(name):
+                    raise fail(f"{name} is not a database a restore of {request.service} kept; not dropped")
+                try:
+                    await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+                except psycopg.errors.ObjectInUse:
+                    raise fail(f"{name} is in use (someone is connected); dropped so far: {dropped or 'none'}; "
+                               "disconnect and run the cleanup again") from None
+                dropped.append(name)
+        return dropped
 
     @activity.defn(name="postgres.swap")
     async def swap(self, request: SwapRequest) -> SwapResult:

@@ -85,13 +85,15 @@ async def _status(client: Client, workflow_id: str) -> RollbackStatus:
         raise
 
 
-SUCCESS = ("rolled_back", "dry_run", "restored", "nothing_to_do", "repaired", "not_dirty")
+SUCCESS = ("rolled_back", "dry_run", "restored", "nothing_to_do", "repaired", "not_dirty", "cleaned")
 
 
 def _result_type(workflow_type: str):
-    from workflows.models import BackupManifest, MigrationRepairResult, MigrationRollbackResult, RestoreResult
+    from workflows.models import (BackupManifest, CleanupResult, MigrationRepairResult, MigrationRollbackResult,
+                                  RestoreResult)
 
     return {"BackupWorkflow": BackupManifest, "DatabaseRestoreWorkflow": RestoreResult,
+            "RestoreCleanupWorkflow": CleanupResult,
             "MigrationRollbackWorkflow": MigrationRollbackResult,
             "MigrationRepairWorkflow": MigrationRepairResult}.get(workflow_type, AppRollbackResult)
 
@@ -239,7 +241,47 @@ def backups_list(service: str, config: Optional[Path], as_json: bool) -> None:
     sys.exit(0)
 
 
-@app.command("restore")
+class _RestoreGroup(click.Group):
+    """`rollback restore SERVICE --from ID` restores; `rollback restore cleanup SERVICE` cleans up."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] in self.commands:
+            return super().resolve_command(ctx, args)
+        return "run", self.commands["run"], args
+
+
+@app.group("restore", cls=_RestoreGroup, help="Restore a database from a backup: `rollback restore SERVICE --from "
+           "BACKUP_ID`; drop what restores kept: `rollback restore cleanup SERVICE`.")
+def restore_group() -> None:
+    pass
+
+
+@restore_group.command("cleanup")
+@click.argument("service")
+@click.option("--older-than", default="7d", show_default=True, help="Retention: e.g. 12h, 7d, 30d.")
+@click.option("--dry-run", is_flag=True, help="List what would be dropped; drop nothing.")
+@click.option("--wait", is_flag=True, help="Show progress until the cleanup ends.")
+@json_option
+def restore_cleanup(service: str, older_than: str, dry_run: bool, wait: bool, as_json: bool) -> None:
+    """Drop the databases restores kept (<db>_before_restore_*, unswapped <db>_restore_*) once older
+    than the retention period, after an approval that lists them."""
+    import re
+    from datetime import timedelta
+
+    from workflows import RestoreCleanupWorkflow
+    from workflows.models import CleanupInput
+
+    match = re.fullmatch(r"(\d+)([hd])", older_than.strip())
+    if not match:
+        raise click.BadParameter("use a number of hours or days, e.g. 12h or 7d", param_hint="--older-than")
+    age = timedelta(hours=int(match[1])) if match[2] == "h" else timedelta(days=int(match[1]))
+    request = CleanupInput(service=service, older_than=age, dry_run=dry_run,
+                           requested_by=os.environ.get("USER", "cli"))
+    sys.exit(_run(_start_and_maybe_follow(RestoreCleanupWorkflow.run, request, f"restore-cleanup-{service}", wait,
+                                          as_json)))
+
+
+@restore_group.command("run")
 @click.argument("service")
 @click.option("--from", "source", required=True, help="Backup id (see `rollback backups list`).")
 @click.option("--dry-run", is_flag=True, help="Validate the source only; change nothing.")

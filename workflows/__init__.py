@@ -2,10 +2,10 @@
 
 from workflows.app_rollback import AppRollbackWorkflow
 from workflows.migration import MigrationRepairWorkflow, MigrationRollbackWorkflow, MigrationStatusWorkflow
-from workflows.restore import BackupWorkflow, DatabaseRestoreWorkflow
+from workflows.restore import BackupWorkflow, DatabaseRestoreWorkflow, RestoreCleanupWorkflow
 
 WORKFLOWS = [AppRollbackWorkflow, BackupWorkflow, DatabaseRestoreWorkflow, MigrationRollbackWorkflow,
-             MigrationRepairWorkflow, MigrationStatusWorkflow]
+             MigrationRepairWorkflow, MigrationStatusWorkflow, RestoreCleanupWorkflow]
 
 __all__ = ["AppRollbackWorkflow", "BackupWorkflow", "DatabaseRestoreWorkflow", "MigrationRepairWorkflow",
-           "MigrationRollbackWorkflow", "MigrationStatusWorkflow", "WORKFLOWS"]
+           "MigrationRollbackWorkflow", "MigrationStatusWorkflow", "RestoreCleanupWorkflow", "WORKFLOWS"]

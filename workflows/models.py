@@ -389,6 +389,39 @@ class RestoreResult(BaseModel):
     message: str = ""
 
 
+class KeptDatabase(BaseModel):
+    name: str
+    kept_since: datetime = Field(description="From the name's timestamp: when the restore made it.")
+    size_bytes: int
+    connections: int
+
+
+class CleanupInput(BaseModel):
+    """Input of `RestoreCleanupWorkflow`: drop databases restores kept, once older than `older_than`."""
+
+    service: str
+    older_than: timedelta = timedelta(days=7)
+    dry_run: bool = False
+    reason: str = "cleanup after restore"
+    requested_by: str = "unknown"
+    approval_timeout: timedelta = timedelta(minutes=30)
+
+
+class DropRequest(BaseModel):
+    service: str
+    databases: list[str]
+
+
+class CleanupResult(BaseModel):
+    service: str
+    outcome: str  # cleaned | nothing_to_do | dry_run | rejected | not_approved
+    candidates: list[KeptDatabase] = Field(default_factory=list)
+    dropped: list[str] = Field(default_factory=list)
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    message: str = ""
+
+
 class RecentRowsRequest(BaseModel):
     service: str
     since: datetime

@@ -16,7 +16,11 @@ with workflow.unsafe.imports_passed_through():
         BackupInput,
         BackupManifest,
         BackupRequest,
+        CleanupInput,
+        CleanupResult,
         CountsRequest,
+        DropRequest,
+        KeptDatabase,
         EventKind,
         Phase,
         RestoreInput,
@@ -196,3 +200,48 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             "postgres.table_counts", CountsRequest(service=service), result_type=dict[str, int],
             start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY,
         )
+
+
+@workflow.defn
+class RestoreCleanupWorkflow(RollbackWorkflowBase):
+    """`rollback restore cleanup`: drop the databases restores kept, after the retention period
+    and an approval that lists them; younger ones and anything not ours stay."""
+
+    rollback_type = "cleanup"
+
+    @workflow.run
+    async def run(self, request: CleanupInput) -> CleanupResult:
+        self.start_run(request.service, "P3")
+        self.record(EventKind.STARTED, f"cleanup of databases kept by restores of {request.service}, older than "
+                    f"{request.older_than}: {request.reason}", actor=request.requested_by)
+        result = CleanupResult(service=request.service, outcome="failed")
+        kept = await workflow.execute_activity(
+            "postgres.kept_databases", ServiceRef(service=request.service), result_type=list[KeptDatabase],
+            start_to_close_timeout=timedelta(minutes=2), retry_policy=READ_RETRY)
+        cutoff = workflow.now() - request.older_than
+        result.candidates = [k for k in kept if k.kept_since < cutoff]
+        young = len(kept) - len(result.candidates)
+        listing = ", ".join(f"{k.name} ({k.size_bytes // 1024} KiB, kept since {k.kept_since:%Y-%m-%d %H:%M})"
+                            for k in result.candidates)
+        self.record(EventKind.ASSESSED, f"{len(result.candidates)} kept database(s) older than {request.older_than}"
+                    f"{': ' + listing if listing else ''}; {young} younger kept")
+        if not result.candidates:
+            return await self._finish(result, "nothing_to_do", "no kept database is old enough to drop")
+        if request.dry_run:
+            return await self._finish(result, "dry_run", f"would drop {len(result.candidates)} database(s)")
+        decision = await self.wait_for_approval("drop kept databases", f"DROP DATABASE {listing}; this cannot be "
+                                                "undone", request.approval_timeout)
+        if decision is None or not decision.approved:
+            outcome = "not_approved" if decision is None else "rejected"
+            return await self._finish(result, outcome, f"cleanup {outcome}; nothing was dropped")
+        self.enter(Phase.EXECUTING)
+        result.dropped = await workflow.execute_activity(
+            "postgres.drop_kept", DropRequest(service=request.service, databases=[k.name for k in result.candidates]),
+            result_type=list[str], start_to_close_timeout=timedelta(minutes=10), retry_policy=CHANGE_RETRY)
+        self.record(EventKind.RESOLVED, f"dropped {', '.join(result.dropped)}")
+        return await self._finish(result, "cleaned", f"dropped {len(result.dropped)} kept database(s)")
+
+    async def _finish(self, result: CleanupResult, outcome: str, message: str) -> CleanupResult:
+        self.close(result, outcome, message, succeeded=outcome in ("cleaned", "nothing_to_do", "dry_run"))
+        await self.finish_handlers()
+        return result

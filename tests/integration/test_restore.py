@@ -3,6 +3,7 @@ approval, and a swap by rename that keeps the old database."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -244,3 +245,32 @@ async def test_restore_heartbeats_toc_progress(client, task_queue, shop_db, monk
     assert done == sorted(done) and done[-1] > 0
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{name}_restore_progress"')
+
+
+async def test_cleanup_drops_only_old_kept_databases_after_approval(client, task_queue, temporal_address, shop_db):
+    from datetime import datetime, timezone
+
+    from tests.test_cli import cli
+    from workflows import RestoreCleanupWorkflow
+    from workflows.models import CleanupInput, CleanupResult
+
+    name, dsn, admin, config = shop_db
+    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    old, young, leftover, unrelated = (f"{name}_before_restore_20200101000000", f"{name}_before_restore_{now}",
+                                       f"{name}_restore_20200102000000", f"{name}_before_restore_notastamp")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for database in (old, young, leftover, unrelated):
+            conn.execute(f'CREATE DATABASE "{database}"')
+    async with running_worker(client, config, task_queue):
+        dry = await asyncio.to_thread(cli, "restore", "cleanup", "shop", "--dry-run", "--wait",
+                                      address=temporal_address, task_queue=task_queue)
+        assert dry.returncode == 0 and old in dry.stdout and leftover in dry.stdout and young not in dry.stdout
+        handle = await client.start_workflow(RestoreCleanupWorkflow.run, CleanupInput(service="shop"),
+                                             id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=CleanupResult)
+        await wait_for_phase(handle, "awaiting_approval", timeout=30)
+        assert databases(admin, f"{name}_") == {old, young, leftover, unrelated}  # nothing before approval
+        await handle.execute_update("approve", ApprovalInput(approver="dba", reason="past retention"))
+        result = await handle.result()
+    assert result.outcome == "cleaned" and sorted(result.dropped) == sorted([old, leftover])
+    assert databases(admin, f"{name}_") == {young, unrelated}
+    assert count(dsn, "orders") == 50  # the live database is untouched
