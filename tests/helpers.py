@@ -59,3 +59,15 @@ def create_database(admin_dsn: str, prefix: str) -> tuple[str, str]:
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     return name, admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+def set_postgres_flag(dsn: str, name: str, value: str, table: str = "rollback_flags") -> None:
+    """Put a kill switch in the PostgreSQL flag store the way an operator would, before a run."""
+    import psycopg
+
+    from activities.flags import _postgres_ddl
+    from workflows.config import KillSwitch
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute(_postgres_ddl(KillSwitch(name=name, store="postgres", table=table)))
+        conn.execute(f"INSERT INTO {table} (name, value) VALUES (%s, %s)", (name, value))

@@ -53,6 +53,7 @@ class RollbackWorkflowBase:
     """Timeline, phase, approval checkpoint and alert handling for one rollback run."""
 
     rollback_type = "rollback"
+    successful_outcomes: tuple[str, ...] = ()  # the outcomes that end the run in phase DONE
 
     def __init__(self) -> None:
         self.events: list[TimelineEvent] = []
@@ -251,6 +252,13 @@ class RollbackWorkflowBase:
         result.outcome, result.message = outcome, message
         result.phase_seconds = dict(self.phase_seconds)
         result.timeline = list(self.events)
+        return result
+
+    async def finish(self, result, outcome: str, message: str):
+        """Close the run (DONE for a successful outcome, else FAILED), let running approve/reject
+        handlers finish, and return the result."""
+        self.close(result, outcome, message, succeeded=outcome in self.successful_outcomes)
+        await self.finish_handlers()
         return result
 
     async def finish_handlers(self) -> None:

@@ -68,6 +68,7 @@ class MigrationStatusWorkflow:
 @workflow.defn
 class MigrationRollbackWorkflow(RollbackWorkflowBase):
     rollback_type = "migration"
+    successful_outcomes = ("rolled_back", "dry_run", "nothing_to_do")
 
     @workflow.run
     async def run(self, request: MigrationRollbackInput) -> MigrationRollbackResult:
@@ -91,7 +92,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
         result.plan, result.version_before = plan, plan.current
         if not plan.steps:
             self.record(EventKind.RESOLVED, f"already at {_version(plan.target)}; nothing to do")
-            return await self._finish(result, "nothing_to_do", f"{request.service} is already at {_version(plan.target)}")
+            return await self.finish(result, "nothing_to_do", f"{request.service} is already at {_version(plan.target)}")
         self.record(EventKind.PLANNED, f"{plan.tool}: {_version(plan.current)} -> {_version(plan.target)} by "
                     + ", then ".join(f"{s.version} down ({s.down_file})" for s in plan.steps),
                     steps=[s.model_dump() for s in plan.steps])
@@ -103,7 +104,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
                         rows=sum(d.rows for d in losing))
         if request.dry_run:
             self.record(EventKind.RESOLVED, "dry run: nothing was changed")
-            return await self._finish(result, "dry_run", f"dry run: would roll back {len(plan.steps)} migration(s) "
+            return await self.finish(result, "dry_run", f"dry run: would roll back {len(plan.steps)} migration(s) "
                                       f"to {_version(plan.target)}")
         if losing:
             plan.data_loss = await workflow.execute_activity(
@@ -135,7 +136,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
             if decision is None or not decision.approved:
                 result.kill_switches_restored = await self.start_processing(result.service, result.kill_switches_before)
                 outcome = "not_approved" if decision is None else "rejected"
-                return await self._finish(result, outcome, f"down migrations {outcome}; nothing was rolled back")
+                return await self.finish(result, outcome, f"down migrations {outcome}; nothing was rolled back")
 
         # 6. Down migrations, one transaction each; 7. verify
         counts_before = await self._counts(request.service)
@@ -163,7 +164,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
         result.kill_switches_restored = await self.start_processing(result.service, result.kill_switches_before)
         self.record(EventKind.RESOLVED, f"{request.service} schema rolled back to {_version(plan.target)}")
         await self.notify(f"{request.service}: migrations rolled back to {_version(plan.target)}", key="resolved")
-        return await self._finish(result, "rolled_back", f"rolled back to {_version(plan.target)}")
+        return await self.finish(result, "rolled_back", f"rolled back to {_version(plan.target)}")
 
     async def _verify(self, service: str, plan: MigrationPlan, counts_before: dict[str, int],
                       context: ServiceContext) -> list[str]:
@@ -198,7 +199,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
             f"database and swap it in; the current database is kept", request.approval_timeout)
         manual = f"`rollback restore {request.service} --from {backup.backup_id}`"
         if decision is None or not decision.approved:
-            return await self._finish(result, "failed", f"{problem}; processing is still stopped; nothing was "
+            return await self.finish(result, "failed", f"{problem}; processing is still stopped; nothing was "
                                       f"restored: run {manual} and then restore the kill switches")
         restored = await workflow.execute_child_workflow(
             DatabaseRestoreWorkflow.run,
@@ -211,7 +212,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
         self.record(EventKind.COMPENSATED, f"emergency backup restored ({restored.outcome}); the database as it "
                     f"was before is kept as {restored.kept_old_as}; processing stays stopped until someone checks "
                     "the app and restores the kill switches")
-        return await self._finish(result, "compensated", f"{problem}; the emergency backup was restored; processing "
+        return await self.finish(result, "compensated", f"{problem}; the emergency backup was restored; processing "
                                   "is still stopped")
 
     async def _counts(self, service: str) -> dict[str, int]:
@@ -219,17 +220,13 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
             "postgres.table_counts", CountsRequest(service=service), result_type=dict[str, int],
             start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY)
 
-    async def _finish(self, result: MigrationRollbackResult, outcome: str, message: str) -> MigrationRollbackResult:
-        self.close(result, outcome, message, succeeded=outcome in ("rolled_back", "dry_run", "nothing_to_do"))
-        await self.finish_handlers()
-        return result
-
 
 @workflow.defn
 class MigrationRepairWorkflow(RollbackWorkflowBase):
     """golang-migrate's `force V`, behind an approval that shows the dirty state."""
 
     rollback_type = "repair"
+    successful_outcomes = ("repaired", "not_dirty")
 
     @workflow.run
     async def run(self, request: MigrationRepairInput) -> MigrationRepairResult:
@@ -241,25 +238,20 @@ class MigrationRepairWorkflow(RollbackWorkflowBase):
             "migrations.status", ServiceRef(service=request.service), result_type=MigrationStatus, **QUICK)
         if not result.before.dirty:
             self.record(EventKind.RESOLVED, f"not dirty (at {_version(result.before.current)}); nothing to repair")
-            return await self._done(result, "not_dirty", f"{request.service} is not dirty; nothing was changed")
+            return await self.finish(result, "not_dirty", f"{request.service} is not dirty; nothing was changed")
         decision = await self.wait_for_approval(
             "force version", f"{result.before.tool} says {result.before.current} (dirty); set it to "
             f"{request.version}, clean. Only do this after checking the schema really is at {request.version}",
             request.approval_timeout)
         if decision is None or not decision.approved:
             outcome = "not_approved" if decision is None else "rejected"
-            return await self._done(result, outcome, f"repair {outcome}; nothing was changed")
+            return await self.finish(result, outcome, f"repair {outcome}; nothing was changed")
         try:
             result.after = await workflow.execute_activity(
                 "migrations.force_version", ForceVersionRequest(service=request.service, version=request.version),
                 result_type=MigrationStatus, start_to_close_timeout=timedelta(minutes=2), retry_policy=CHANGE_RETRY)
         except ActivityError as exc:
             self.record(EventKind.FAILED, cause_message(exc))
-            return await self._done(result, "failed", cause_message(exc))
+            return await self.finish(result, "failed", cause_message(exc))
         self.record(EventKind.RESOLVED, f"version set to {request.version}, dirty flag cleared")
-        return await self._done(result, "repaired", f"{request.service} is at {request.version}, clean")
-
-    async def _done(self, result: MigrationRepairResult, outcome: str, message: str) -> MigrationRepairResult:
-        self.close(result, outcome, message, succeeded=outcome in ("repaired", "not_dirty"))
-        await self.finish_handlers()
-        return result
+        return await self.finish(result, "repaired", f"{request.service} is at {request.version}, clean")

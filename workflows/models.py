@@ -228,16 +228,22 @@ class AppRollbackInput(BaseModel):
                              description="After a verified rollback, wait this long for the alert to resolve.")
 
 
-class AppRollbackResult(BaseModel):
+class RunResult(BaseModel):
+    """What every workflow's result says: the outcome, the message, phase durations, the timeline."""
+
     service: str
-    outcome: str  # rolled_back | dry_run | rejected | not_approved | compensated | failed
+    outcome: str
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    message: str = ""
+
+
+class AppRollbackResult(RunResult):
+    # outcome: rolled_back | dry_run | rejected | not_approved | compensated | failed
     plan: RollbackPlan | None = None
     from_version: str | None = None
     to_version: str | None = None
     artifact_dir: str | None = None
-    phase_seconds: dict[str, float] = Field(default_factory=dict)
-    timeline: list[TimelineEvent] = Field(default_factory=list)
-    message: str = ""
 
 
 class RollbackStatus(BaseModel):
@@ -370,9 +376,8 @@ class SwapResult(BaseModel):
     terminated_sessions: int
 
 
-class RestoreResult(BaseModel):
-    service: str
-    outcome: str  # restored | dry_run | rejected | not_approved | failed
+class RestoreResult(RunResult):
+    # outcome: restored | dry_run | rejected | not_approved | failed
     source: BackupManifest | None = None
     safety_backup: BackupManifest | None = None
     restored_database: str | None = None
@@ -384,9 +389,6 @@ class RestoreResult(BaseModel):
     kill_switches_before: dict[str, str | None] = Field(default_factory=dict)
     kill_switches_restored: bool = False
     artifact_dir: str | None = None
-    phase_seconds: dict[str, float] = Field(default_factory=dict)
-    timeline: list[TimelineEvent] = Field(default_factory=list)
-    message: str = ""
 
 
 class KeptDatabase(BaseModel):
@@ -412,14 +414,10 @@ class DropRequest(BaseModel):
     databases: list[str]
 
 
-class CleanupResult(BaseModel):
-    service: str
-    outcome: str  # cleaned | nothing_to_do | dry_run | rejected | not_approved
+class CleanupResult(RunResult):
+    # outcome: cleaned | nothing_to_do | dry_run | rejected | not_approved
     candidates: list[KeptDatabase] = Field(default_factory=list)
     dropped: list[str] = Field(default_factory=list)
-    phase_seconds: dict[str, float] = Field(default_factory=dict)
-    timeline: list[TimelineEvent] = Field(default_factory=list)
-    message: str = ""
 
 
 class RecentRowsRequest(BaseModel):
@@ -533,9 +531,8 @@ class MigrationRollbackInput(BaseModel):
     approval_timeout: timedelta = timedelta(minutes=30)
 
 
-class MigrationRollbackResult(BaseModel):
-    service: str
-    outcome: str  # rolled_back | dry_run | nothing_to_do | rejected | not_approved | failed | restored
+class MigrationRollbackResult(RunResult):
+    # outcome: rolled_back | dry_run | nothing_to_do | rejected | not_approved | failed | compensated
     plan: MigrationPlan | None = None
     version_before: str | None = None
     version_after: str | None = None
@@ -543,9 +540,6 @@ class MigrationRollbackResult(BaseModel):
     kill_switches_before: dict[str, str | None] = Field(default_factory=dict)
     kill_switches_restored: bool = False
     artifact_dir: str | None = None
-    phase_seconds: dict[str, float] = Field(default_factory=dict)
-    timeline: list[TimelineEvent] = Field(default_factory=list)
-    message: str = ""
 
 
 class MigrationRepairInput(BaseModel):
@@ -558,11 +552,7 @@ class MigrationRepairInput(BaseModel):
     approval_timeout: timedelta = timedelta(minutes=30)
 
 
-class MigrationRepairResult(BaseModel):
-    service: str
-    outcome: str  # repaired | rejected | not_approved | not_dirty
+class MigrationRepairResult(RunResult):
+    # outcome: repaired | rejected | not_approved | not_dirty
     before: MigrationStatus | None = None
     after: MigrationStatus | None = None
-    phase_seconds: dict[str, float] = Field(default_factory=dict)
-    timeline: list[TimelineEvent] = Field(default_factory=list)
-    message: str = ""

@@ -73,6 +73,7 @@ class BackupWorkflow(RollbackWorkflowBase):
 @workflow.defn
 class DatabaseRestoreWorkflow(RollbackWorkflowBase):
     rollback_type = "restore"
+    successful_outcomes = ("restored", "dry_run")
 
     @workflow.run
     async def run(self, request: RestoreInput) -> RestoreResult:
@@ -92,7 +93,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         result.counts_before = await self._live_counts(request.service)
         if request.dry_run:
             self.record(EventKind.RESOLVED, "dry run: nothing was changed")
-            return await self._finish(result, "dry_run", "dry run: the source is valid; nothing was changed")
+            return await self.finish(result, "dry_run", "dry run: the source is valid; nothing was changed")
 
         # 2. Safety backup of what is live now, as a child workflow
         self.enter(Phase.EXECUTING)
@@ -151,7 +152,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             decision = await self.wait_for_approval("database swap", summary, request.approval_timeout)
         if not request.approved_by and (decision is None or not decision.approved):
             outcome = "not_approved" if decision is None else "rejected"
-            return await self._finish(result, outcome, f"swap {outcome}; {new_database} is kept for inspection")
+            return await self.finish(result, outcome, f"swap {outcome}; {new_database} is kept for inspection")
 
         # 7. Kill switches off (the app's maintenance mode), then the atomic swap by rename; the old
         # database is kept
@@ -182,18 +183,13 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         verdict = await self.verify_app(request.service, context.config.health)
         if not verdict.passed:
             self.record(EventKind.VERIFICATION_FAILED, f"app unhealthy on the restored database: {verdict.problem}")
-            return await self._finish(result, "failed", f"restored from {source.backup_id}, but the app is unhealthy "
+            return await self.finish(result, "failed", f"restored from {source.backup_id}, but the app is unhealthy "
                                       f"({verdict.problem}); processing stays stopped; the previous database is "
                                       f"kept as {swap.kept_old_as}")
         self.record(EventKind.VERIFIED, "app healthy on the restored database")
         result.kill_switches_restored = await self.start_processing(request.service, result.kill_switches_before)
         self.record(EventKind.RESOLVED, f"{request.service} database restored from {source.backup_id}")
-        return await self._finish(result, "restored", f"restored from {source.backup_id}")
-
-    async def _finish(self, result: RestoreResult, outcome: str, message: str) -> RestoreResult:
-        self.close(result, outcome, message, succeeded=outcome in ("restored", "dry_run"))
-        await self.finish_handlers()
-        return result
+        return await self.finish(result, "restored", f"restored from {source.backup_id}")
 
     async def _live_counts(self, service: str) -> dict[str, int]:
         return await workflow.execute_activity(
@@ -208,6 +204,7 @@ class RestoreCleanupWorkflow(RollbackWorkflowBase):
     and an approval that lists them; younger ones and anything not ours stay."""
 
     rollback_type = "cleanup"
+    successful_outcomes = ("cleaned", "nothing_to_do", "dry_run")
 
     @workflow.run
     async def run(self, request: CleanupInput) -> CleanupResult:
@@ -226,22 +223,17 @@ class RestoreCleanupWorkflow(RollbackWorkflowBase):
         self.record(EventKind.ASSESSED, f"{len(result.candidates)} kept database(s) older than {request.older_than}"
                     f"{': ' + listing if listing else ''}; {young} younger kept")
         if not result.candidates:
-            return await self._finish(result, "nothing_to_do", "no kept database is old enough to drop")
+            return await self.finish(result, "nothing_to_do", "no kept database is old enough to drop")
         if request.dry_run:
-            return await self._finish(result, "dry_run", f"would drop {len(result.candidates)} database(s)")
+            return await self.finish(result, "dry_run", f"would drop {len(result.candidates)} database(s)")
         decision = await self.wait_for_approval("drop kept databases", f"DROP DATABASE {listing}; this cannot be "
                                                 "undone", request.approval_timeout)
         if decision is None or not decision.approved:
             outcome = "not_approved" if decision is None else "rejected"
-            return await self._finish(result, outcome, f"cleanup {outcome}; nothing was dropped")
+            return await self.finish(result, outcome, f"cleanup {outcome}; nothing was dropped")
         self.enter(Phase.EXECUTING)
         result.dropped = await workflow.execute_activity(
             "postgres.drop_kept", DropRequest(service=request.service, databases=[k.name for k in result.candidates]),
             result_type=list[str], start_to_close_timeout=timedelta(minutes=10), retry_policy=CHANGE_RETRY)
         self.record(EventKind.RESOLVED, f"dropped {', '.join(result.dropped)}")
-        return await self._finish(result, "cleaned", f"dropped {len(result.dropped)} kept database(s)")
-
-    async def _finish(self, result: CleanupResult, outcome: str, message: str) -> CleanupResult:
-        self.close(result, outcome, message, succeeded=outcome in ("cleaned", "nothing_to_do", "dry_run"))
-        await self.finish_handlers()
-        return result
+        return await self.finish(result, "cleaned", f"dropped {len(result.dropped)} kept database(s)")

@@ -20,7 +20,7 @@ from activities.migrations import MigrationActivities, advisory_lock_id, apply_u
 from starter.flags import flag_routes
 from tests.conftest import running_worker
 from tests.contract.server import serve
-from tests.helpers import create_database, kinds, wait_for_phase
+from tests.helpers import create_database, kinds, set_postgres_flag, wait_for_phase
 from tests.migration_sets import (
     MIGRATIONS,
     SQL_TOOLS,
@@ -71,9 +71,7 @@ def migrated(postgres, write_config, monkeypatch, tmp_path, platform):
         with psycopg.connect(dsn) as conn:
             conn.execute("INSERT INTO accounts (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 10) g")
             conn.execute("UPDATE accounts SET plan = CASE WHEN id <= 4 THEN 'pro' ELSE 'free' END")
-            conn.execute("CREATE TABLE rollback_flags (name text PRIMARY KEY, value text, updated_at timestamptz "
-                         "NOT NULL DEFAULT now(), updated_by text)")
-            conn.execute("INSERT INTO rollback_flags (name, value) VALUES ('PROCESSING_ENABLED', 'true')")
+        set_postgres_flag(dsn, "PROCESSING_ENABLED", "true")
         monkeypatch.setenv("TEST_MIG_DSN", dsn)
         config = write_config({"billing": {
             "app": {"provider": "docker", "docker": {"container": "unused"}},

@@ -12,7 +12,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from tests.conftest import running_worker
-from tests.helpers import create_database, kinds, wait_for_phase
+from tests.helpers import create_database, kinds, set_postgres_flag, wait_for_phase
 from workflows import BackupWorkflow, DatabaseRestoreWorkflow
 from workflows.models import ApprovalInput, BackupInput, BackupManifest, RestoreInput, RestoreResult
 
@@ -28,9 +28,7 @@ def shop_db(postgres, write_config, monkeypatch, tmp_path, platform):
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users, total numeric, "
                      "created_at timestamptz NOT NULL DEFAULT now())")
         conn.execute("INSERT INTO orders SELECT g, 1 + g % 100, g * 1.5 FROM generate_series(1, 50) g")
-        conn.execute("CREATE TABLE rollback_flags (name text PRIMARY KEY, value text, updated_at timestamptz "
-                     "NOT NULL DEFAULT now(), updated_by text)")
-        conn.execute("INSERT INTO rollback_flags (name, value) VALUES ('MAINTENANCE_MODE', 'off')")
+    set_postgres_flag(dsn, "MAINTENANCE_MODE", "off")
     monkeypatch.setenv("TEST_SHOP_DSN", dsn)
     config = write_config({"shop": {
         "app": {"provider": "docker", "docker": {"container": "unused"}},
