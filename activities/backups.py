@@ -18,7 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import ConfigSource, fail, write_json_atomic
-from activities.postgres import connect_to, libpq_env, service_dsn, table_counts
+from activities.postgres import connect_to, libpq_env, on_loopback_port, service_dsn, table_counts
 from workflows.models import ArchiveRequest, BackupManifest, BackupRequest, ServiceRef
 
 HEARTBEAT_SECONDS = 2
@@ -124,6 +124,8 @@ class BackupActivities:
             if existing.verified:
                 return existing  # an earlier attempt finished
         dsn, database = service_dsn(self._config, request.service)
+        if request.from_port is not None:  # a recovered cluster on loopback, same roles as the live one
+            dsn = on_loopback_port(dsn, request.from_port)
         archive = self.backup_dir(request.service) / f"{request.backup_id}.dump"
         # each attempt writes its own partial file; an earlier attempt's (a crashed worker's) goes
         for stale in archive.parent.glob(f"{archive.name}.partial*"):
@@ -150,7 +152,7 @@ class BackupActivities:
             backup_id=request.backup_id, service=request.service, database=database, archive=str(archive),
             size_bytes=archive.stat().st_size, sha256=sha256_of(archive), server_version=server_version,
             pg_dump_version=(await version.communicate())[0].decode().strip(),
-            created_at=started_at, tables=counts, verified=True,
+            created_at=request.as_of or started_at, tables=counts, verified=True,
         )
         write_json_atomic(manifest_file, manifest.model_dump(mode="json"))
         return manifest
@@ -159,6 +161,8 @@ class BackupActivities:
     async def validate(self, request: ArchiveRequest) -> BackupManifest:
         """Refuse anything but an intact archive this system wrote: manifest, sha256, full read."""
         directory = self.backup_dir(request.service)
+        if request.archive.startswith("latest-before:"):
+            request = ArchiveRequest(service=request.service, archive=await self._latest_before(request))
         candidate = Path(request.archive)
         manifest_file = (directory / f"{request.archive}.manifest.json" if not candidate.suffix
                          else candidate.with_suffix(".manifest.json"))
@@ -186,6 +190,21 @@ class BackupActivities:
             raise fail(f"archive {manifest.backup_id} comes from PostgreSQL {manifest.server_version}; the live "
                        f"server is {live_version}, which cannot load it; nothing was changed", kind="BackupInvalid")
         return manifest
+
+    async def _latest_before(self, request: ArchiveRequest) -> str:
+        text = request.archive.split(":", 1)[1].strip()
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise fail(f"latest-before needs an ISO time (e.g. 2026-11-25T14:00:00Z), not {text!r}",
+                       kind="BackupInvalid") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        for manifest in await self.list(ServiceRef(service=request.service)):  # newest first
+            if manifest.verified and manifest.created_at <= moment:
+                return manifest.backup_id
+        raise fail(f"no verified backup of {request.service} was taken before {moment.isoformat()}",
+                   kind="BackupInvalid")
 
     @activity.defn(name="backups.prune")
     async def prune(self, request: ServiceRef) -> list[str]:

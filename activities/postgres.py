@@ -54,6 +54,13 @@ def libpq_env(dsn: str, dbname: str | None = None) -> dict[str, str]:
     return env
 
 
+def on_loopback_port(dsn: str, port: int) -> str:
+    """The same database and credentials on another server: 127.0.0.1:<port>."""
+    parts = conninfo_to_dict(dsn)
+    parts.update(host="127.0.0.1", port=str(port))
+    return make_conninfo(**parts)
+
+
 def with_database(dsn: str, dbname: str) -> str:
     parts = conninfo_to_dict(dsn)
     parts["dbname"] = dbname

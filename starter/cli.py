@@ -198,16 +198,18 @@ async def _start_and_maybe_follow(workflow_run, request, workflow_id: str, wait:
 
 @app.command("backup")
 @click.argument("service")
+@click.option("--base", is_flag=True, help="A base backup for point-in-time recovery (pg_basebackup) instead.")
 @click.option("--wait", is_flag=True, help="Show progress until the backup is verified.")
 @click.option("--reason", default="manual backup", show_default=True)
 @json_option
-def backup(service: str, wait: bool, reason: str, as_json: bool) -> None:
+def backup(service: str, base: bool, wait: bool, reason: str, as_json: bool) -> None:
     """Take a verified backup (pg_dump, sha256, full read) of a service's database."""
-    from workflows import BackupWorkflow
+    from workflows import BackupWorkflow, BaseBackupWorkflow
     from workflows.models import BackupInput
 
-    sys.exit(_run(_start_and_maybe_follow(BackupWorkflow.run, BackupInput(service=service, reason=reason),
-                                          f"backup-{service}", wait, as_json)))
+    run, name = (BaseBackupWorkflow.run, "base-backup") if base else (BackupWorkflow.run, "backup")
+    sys.exit(_run(_start_and_maybe_follow(run, BackupInput(service=service, reason=reason), f"{name}-{service}",
+                                          wait, as_json)))
 
 
 @app.group("backups", help="Backups of a service's database.")
@@ -283,18 +285,30 @@ def restore_cleanup(service: str, older_than: str, dry_run: bool, wait: bool, as
 
 @restore_group.command("run")
 @click.argument("service")
-@click.option("--from", "source", required=True, help="Backup id (see `rollback backups list`).")
+@click.option("--from", "source", default=None,
+              help="Backup id (see `rollback backups list`) or latest-before:<ISO time>.")
+@click.option("--pitr", "target_time", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
+                                                               "%Y-%m-%d %H:%M:%S"]), default=None,
+              help="Point-in-time recovery to this time (UTC unless it says otherwise).")
+@click.option("--handoff", is_flag=True, help="With --pitr: hand over the recovered copy's DSN; swap nothing.")
 @click.option("--dry-run", is_flag=True, help="Validate the source only; change nothing.")
 @click.option("--wait", is_flag=True, help="Show progress until the restore ends.")
 @click.option("--reason", default="manual restore", show_default=True)
 @json_option
-def restore(service: str, source: str, dry_run: bool, wait: bool, reason: str, as_json: bool) -> None:
+def restore(service: str, source: Optional[str], target_time, handoff: bool, dry_run: bool, wait: bool, reason: str,
+            as_json: bool) -> None:
     """Restore a database into a new one and swap it in after approval (the old one is kept)."""
     from workflows import DatabaseRestoreWorkflow
     from workflows.models import RestoreInput
 
-    request = RestoreInput(service=service, source=source, dry_run=dry_run, reason=reason,
-                           requested_by=os.environ.get("USER", "cli"))
+    if (source is None) == (target_time is None):
+        raise click.UsageError("give exactly one of --from BACKUP and --pitr TIME")
+    if handoff and target_time is None:
+        raise click.UsageError("--handoff goes with --pitr")
+    if target_time is not None and target_time.tzinfo is None:
+        target_time = target_time.replace(tzinfo=timezone.utc)
+    request = RestoreInput(service=service, source=source or "pitr", target_time=target_time, pitr_handoff=handoff,
+                           dry_run=dry_run, reason=reason, requested_by=os.environ.get("USER", "cli"))
     sys.exit(_run(_start_and_maybe_follow(DatabaseRestoreWorkflow.run, request, f"restore-{service}", wait,
                                           as_json)))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -274,8 +275,9 @@ def start_monitoring(root: Path, *, app_port: int, service: str, webhook_url: st
     return started
 
 
-def start_postgres(root: Path) -> Service:
-    """A throwaway PostgreSQL 15 cluster (initdb + pg_ctl) on a free loopback port.
+def start_postgres(root: Path, settings: dict[str, str] | None = None) -> Service:
+    """A throwaway PostgreSQL 15 cluster (initdb + pg_ctl) on a free loopback port, with extra
+    server `settings` (e.g. WAL archiving).
 
     initdb refuses to run as root, so as root the cluster belongs to the `postgres` user.
     Service.address is a DSN to its `postgres` database.
@@ -292,7 +294,8 @@ def start_postgres(root: Path) -> Service:
     subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(root / "db"), "-A", "trust", "-U", "postgres"],
                    check=True, capture_output=True)
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(root / "db"), "-l", str(root / "log"), "-w",
-                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
+                    "-o", " ".join([f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+                                    *(f"-c {k}={shlex.quote(v)}" for k, v in (settings or {}).items())]), "start"],
                    check=True, capture_output=True)
 
     def stop() -> None:

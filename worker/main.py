@@ -20,6 +20,7 @@ from activities.git import GitActivities
 from activities.health import HealthActivities
 from activities.migrations import MigrationActivities
 from activities.notify import NotifyActivities
+from activities.pitr import PitrActivities
 from activities.backups import BackupActivities
 from activities.postgres import PostgresActivities, RestoreActivities
 from activities.statuspage import StatuspageActivities
@@ -43,6 +44,7 @@ def activities_for(config: ConfigSource) -> list:
         BackupActivities(config),
         MigrationActivities(config),
         FlagActivities(config),
+        PitrActivities(config),
         NotifyActivities(config),
         StatuspageActivities(config),
         CaptureActivities(),

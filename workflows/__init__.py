@@ -2,10 +2,10 @@
 
 from workflows.app_rollback import AppRollbackWorkflow
 from workflows.migration import MigrationRepairWorkflow, MigrationRollbackWorkflow, MigrationStatusWorkflow
-from workflows.restore import BackupWorkflow, DatabaseRestoreWorkflow, RestoreCleanupWorkflow
+from workflows.restore import BackupWorkflow, BaseBackupWorkflow, DatabaseRestoreWorkflow, RestoreCleanupWorkflow
 
-WORKFLOWS = [AppRollbackWorkflow, BackupWorkflow, DatabaseRestoreWorkflow, MigrationRollbackWorkflow,
+WORKFLOWS = [AppRollbackWorkflow, BackupWorkflow, BaseBackupWorkflow, DatabaseRestoreWorkflow, MigrationRollbackWorkflow,
              MigrationRepairWorkflow, MigrationStatusWorkflow, RestoreCleanupWorkflow]
 
-__all__ = ["AppRollbackWorkflow", "BackupWorkflow", "DatabaseRestoreWorkflow", "MigrationRepairWorkflow",
+__all__ = ["AppRollbackWorkflow", "BackupWorkflow", "BaseBackupWorkflow", "DatabaseRestoreWorkflow", "MigrationRepairWorkflow",
            "MigrationRollbackWorkflow", "MigrationStatusWorkflow", "RestoreCleanupWorkflow", "WORKFLOWS"]

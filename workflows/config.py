@@ -90,6 +90,18 @@ class HealthCheck(_Strict):
     smoke_urls: list[str] = Field(default_factory=list)
 
 
+class PitrConfig(_Strict):
+    """Point-in-time recovery of a self-hosted cluster: base backups (pg_basebackup) plus the WAL
+    the cluster's `archive_command` copies into `wal_archive_dir`."""
+
+    base_backup_dir: str
+    wal_archive_dir: str
+    bin_dir: str = "/usr/lib/postgresql/15/bin"
+    run_as: str | None = Field(default=None, description="OS user for the recovered server; when the worker "
+                               "runs as root, default postgres (the server refuses to run as root).")
+    recovery_timeout: timedelta = timedelta(hours=2)
+
+
 class DatabaseConfig(_Strict):
     dsn_env: str
     migration_tool: Literal["golang-migrate", "dbmate", "alembic", "prisma", "plain"] | None = None
@@ -101,6 +113,7 @@ class DatabaseConfig(_Strict):
     lock_timeout: timedelta = Field(default=timedelta(seconds=5), description="Per down migration: give up rather "
                                     "than queue behind the app's locks.")
     statement_timeout: timedelta = timedelta(minutes=5)
+    pitr: PitrConfig | None = None
     backup_dir: str | None = None
     keep_backups: int = Field(default=10, ge=1, description="Retention: keep at least this many newest backups.")
     keep_backups_for: timedelta = Field(default=timedelta(days=7), description="…and every backup younger than this.")
@@ -269,6 +282,10 @@ def load_config(path: str | os.PathLike | None = None) -> RollbackConfig:
     for service in config.services.values():
         if service.database and service.database.migrations_dir:
             service.database.migrations_dir = str((base / service.database.migrations_dir).resolve())
+        if service.database and service.database.pitr:
+            pitr = service.database.pitr
+            pitr.base_backup_dir = str((base / pitr.base_backup_dir).resolve())
+            pitr.wal_archive_dir = str((base / pitr.wal_archive_dir).resolve())
     return config
 
 

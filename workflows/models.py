@@ -331,6 +331,39 @@ class BackupInput(BaseModel):
 class BackupRequest(BaseModel):
     service: str
     backup_id: str
+    from_port: int | None = Field(default=None, description="Dump a recovered cluster on 127.0.0.1:<port> "
+                                  "(same credentials) instead of the live database.")
+    as_of: datetime | None = Field(default=None, description="The data's point in time, when not now (PITR).")
+
+
+class BaseBackup(BaseModel):
+    """A pg_basebackup, verified with pg_verifybackup; with the archived WAL it is a PITR start."""
+
+    backup_id: str
+    service: str
+    path: str
+    started_at: datetime
+    finished_at: datetime
+    server_version: str
+    size_bytes: int
+    verified: bool = False
+
+
+class PitrRequest(BaseModel):
+    service: str
+    target_time: datetime
+    key: str = Field(description="Names the recovery's working directory; one per workflow run.")
+
+
+class PitrRecovery(BaseModel):
+    """A recovered cluster, running on loopback; the DSN carries no password (same roles as the source)."""
+
+    service: str
+    base_backup_id: str
+    data_dir: str
+    port: int
+    dsn: str
+    target_time: datetime
 
 
 class ArchiveRequest(BaseModel):
@@ -339,10 +372,15 @@ class ArchiveRequest(BaseModel):
 
 
 class RestoreInput(BaseModel):
-    """Input of `DatabaseRestoreWorkflow`: `service` and `source` (a backup id or archive path)."""
+    """Input of `DatabaseRestoreWorkflow`: `service` and `source`: a backup id, `latest-before:<time>`,
+    or `pitr` with `target_time`."""
 
     service: str
-    source: str = Field(description="Backup id (from `rollback backups list`) or an archive path we wrote.")
+    source: str = Field(description="Backup id (from `rollback backups list`), `latest-before:<ISO time>`, or "
+                        "`pitr` (point-in-time recovery to `target_time`).")
+    target_time: datetime | None = None
+    pitr_handoff: bool = Field(default=False, description="pitr: stop after recovery and hand over the recovered "
+                               "cluster's DSN instead of swapping it in.")
     dry_run: bool = False
     reason: str = "manual restore"
     requested_by: str = "unknown"
@@ -377,7 +415,7 @@ class SwapResult(BaseModel):
 
 
 class RestoreResult(RunResult):
-    # outcome: restored | dry_run | rejected | not_approved | failed
+    # outcome: restored | recovered (pitr handoff) | dry_run | rejected | not_approved | failed
     source: BackupManifest | None = None
     safety_backup: BackupManifest | None = None
     restored_database: str | None = None

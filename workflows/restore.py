@@ -16,11 +16,14 @@ with workflow.unsafe.imports_passed_through():
         BackupInput,
         BackupManifest,
         BackupRequest,
+        BaseBackup,
         CleanupInput,
         CleanupResult,
         CountsRequest,
         DropRequest,
         KeptDatabase,
+        PitrRecovery,
+        PitrRequest,
         EventKind,
         Phase,
         RestoreInput,
@@ -71,9 +74,29 @@ class BackupWorkflow(RollbackWorkflowBase):
 
 
 @workflow.defn
+class BaseBackupWorkflow(RollbackWorkflowBase):
+    """A base backup for point-in-time recovery (pg_basebackup, verified by pg_verifybackup)."""
+
+    rollback_type = "backup"
+
+    @workflow.run
+    async def run(self, request: BackupInput) -> BaseBackup:
+        self.start_run(request.service, "P3")
+        self.record(EventKind.STARTED, f"base backup of {request.service}: {request.reason}")
+        self.enter(Phase.EXECUTING)
+        backup = await workflow.execute_activity("pitr.base_backup", ServiceRef(service=request.service),
+                                                 result_type=BaseBackup, retry_policy=CHANGE_RETRY, **LONG_STEP)
+        self.record(EventKind.VERIFIED, f"base backup {backup.backup_id}: {backup.size_bytes} bytes, "
+                    "pg_verifybackup OK")
+        self.enter(Phase.DONE)
+        await self.finish_handlers()
+        return backup
+
+
+@workflow.defn
 class DatabaseRestoreWorkflow(RollbackWorkflowBase):
     rollback_type = "restore"
-    successful_outcomes = ("restored", "dry_run")
+    successful_outcomes = ("restored", "dry_run", "recovered")
 
     @workflow.run
     async def run(self, request: RestoreInput) -> RestoreResult:
@@ -82,9 +105,17 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
                     actor=request.requested_by, dry_run=request.dry_run)
         result = RestoreResult(service=request.service, outcome="failed")
 
+        # 0. Point in time: recover a copy of the cluster to the target time, then dump it into an
+        # archive like any other, so the rest is the ordinary restore (or hand the copy over)
+        archive = request.source
+        if request.source == "pitr":
+            archive = await self._recover_to_point_in_time(request, result)
+            if archive is None:
+                return await self.finish(result, "recovered", result.message)
+
         # 1. Validate the source before anything changes
         source = await workflow.execute_activity(
-            "backups.validate", ArchiveRequest(service=request.service, archive=request.source),
+            "backups.validate", ArchiveRequest(service=request.service, archive=archive),
             result_type=BackupManifest, retry_policy=READ_RETRY, **LONG_STEP,
         )
         result.source = source
@@ -190,6 +221,34 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         result.kill_switches_restored = await self.start_processing(request.service, result.kill_switches_before)
         self.record(EventKind.RESOLVED, f"{request.service} database restored from {source.backup_id}")
         return await self.finish(result, "restored", f"restored from {source.backup_id}")
+
+    async def _recover_to_point_in_time(self, request: RestoreInput, result: RestoreResult) -> str | None:
+        if request.target_time is None:
+            raise ApplicationError("source pitr needs target_time (an ISO time)", non_retryable=True)
+        self.enter(Phase.EXECUTING)
+        recovery = await workflow.execute_activity(
+            "pitr.recover", PitrRequest(service=request.service, target_time=request.target_time,
+                                        key=workflow.info().run_id),
+            result_type=PitrRecovery, retry_policy=CHANGE_RETRY, **LONG_STEP)
+        self.record(EventKind.EXECUTING, f"recovered base backup {recovery.base_backup_id} to "
+                    f"{request.target_time.isoformat()} on 127.0.0.1:{recovery.port}")
+        if request.pitr_handoff:
+            result.message = (f"recovered to {request.target_time.isoformat()}: {recovery.dsn} (data directory "
+                              f"{recovery.data_dir}; stop it with `pg_ctl -D {recovery.data_dir} stop`); the live "
+                              "database was not touched")
+            self.record(EventKind.RESOLVED, result.message)
+            return None
+        try:
+            dumped = await workflow.execute_activity(
+                "backups.dump", BackupRequest(service=request.service, from_port=recovery.port,
+                                              as_of=request.target_time,
+                                              backup_id=f"{request.service}-pitr-{_stamp()}-{workflow.info().run_id[-12:]}"),
+                result_type=BackupManifest, retry_policy=CHANGE_RETRY, **LONG_STEP)
+        finally:
+            await workflow.execute_activity("pitr.discard", recovery, start_to_close_timeout=timedelta(minutes=5),
+                                            retry_policy=READ_RETRY)
+        self.record(EventKind.CAPTURED, f"the recovered data dumped to {dumped.backup_id}; recovered copy discarded")
+        return dumped.backup_id
 
     async def _live_counts(self, service: str) -> dict[str, int]:
         return await workflow.execute_activity(

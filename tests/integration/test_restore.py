@@ -272,3 +272,26 @@ async def test_cleanup_drops_only_old_kept_databases_after_approval(client, task
     assert result.outcome == "cleaned" and sorted(result.dropped) == sorted([old, leftover])
     assert databases(admin, f"{name}_") == {young, unrelated}
     assert count(dsn, "orders") == 50  # the live database is untouched
+
+
+async def test_latest_before_picks_the_newest_backup_before_the_time(client, task_queue, shop_db):
+    from datetime import timedelta
+
+    from temporalio.exceptions import ApplicationError
+
+    from activities.backups import BackupActivities
+    from workflows.models import ArchiveRequest
+
+    name, dsn, admin, config = shop_db
+    first = await backup(client, task_queue, config)
+    second = await backup(client, task_queue, config)
+    activities = BackupActivities(config)
+    at = (second.created_at - timedelta(microseconds=1)).isoformat()
+    chosen = await activities.validate(ArchiveRequest(service="shop", archive=f"latest-before:{at}"))
+    assert chosen.backup_id == first.backup_id
+    chosen = await activities.validate(ArchiveRequest(service="shop", archive="latest-before:2999-01-01T00:00:00Z"))
+    assert chosen.backup_id == second.backup_id
+    with pytest.raises(ApplicationError, match="no verified backup of shop was taken before 2000"):
+        await activities.validate(ArchiveRequest(service="shop", archive="latest-before:2000-01-01T00:00:00Z"))
+    with pytest.raises(ApplicationError, match="latest-before needs an ISO time"):
+        await activities.validate(ArchiveRequest(service="shop", archive="latest-before:yesterday"))
