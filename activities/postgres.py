@@ -16,6 +16,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import ConfigSource, fail, resolve_secret
+from workflows.policy import qualified
 from workflows.models import (
     CountsRequest,
     DropRequest,
@@ -175,7 +176,10 @@ class RestoreActivities:
     async def recent_rows(self, request: RecentRowsRequest) -> dict[str, int]:
         """Runbook 003's "minimizing data loss": export the live rows newer than the backup (by the
         configured timestamp columns) to CSV in the incident directory, before the swap drops them."""
-        columns = self._config.service(request.service).database.recent_data_columns
+        service = self._config.service(request.service)
+        columns = service.database.recent_data_columns
+        # the kill switch table is ours: its rows change during every run and are no user data
+        bookkeeping = {qualified(s.table) for s in service.kill_switches if s.store == "postgres"}
         dsn, _ = service_dsn(self._config, request.service)
         out = Path(request.artifact_dir) / "recent-rows"
         exported: dict[str, int] = {}
@@ -188,6 +192,8 @@ class RestoreActivities:
             for schema, table, column in candidates:
                 by_table.setdefault((schema, table), []).append(column)
             for (schema, table), found in by_table.items():
+                if f"{schema}.{table}" in bookkeeping:
+                    continue
                 condition = sql.SQL(" OR ").join(
                     sql.SQL("{} > {}").format(sql.Identifier(c), sql.Literal(request.since)) for c in found)
                 query = sql.SQL("SELECT * FROM {}.{} WHERE ").format(sql.Identifier(schema), sql.Identifier(table))

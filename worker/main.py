@@ -24,6 +24,7 @@ from activities.pitr import PitrActivities
 from activities.backups import BackupActivities
 from activities.postgres import PostgresActivities, RestoreActivities
 from activities.statuspage import StatuspageActivities
+from activities.supabase import SupabaseActivities
 from activities.vercel import VercelActivities
 from workflows import WORKFLOWS
 
@@ -45,6 +46,7 @@ def activities_for(config: ConfigSource) -> list:
         MigrationActivities(config),
         FlagActivities(config),
         PitrActivities(config),
+        SupabaseActivities(config),
         NotifyActivities(config),
         StatuspageActivities(config),
         CaptureActivities(),

@@ -90,16 +90,32 @@ class HealthCheck(_Strict):
     smoke_urls: list[str] = Field(default_factory=list)
 
 
-class PitrConfig(_Strict):
-    """Point-in-time recovery of a self-hosted cluster: base backups (pg_basebackup) plus the WAL
-    the cluster's `archive_command` copies into `wal_archive_dir`."""
+class SupabasePitr(_Strict):
+    """Supabase's own point-in-time restore, through its Management API (restores in place)."""
 
-    base_backup_dir: str
-    wal_archive_dir: str
+    project_ref: str
+    token_env: str = "SUPABASE_ACCESS_TOKEN"
+    api_url: str = "https://api.supabase.com"
+    poll_interval_seconds: float = Field(default=5.0, gt=0, le=10)
+
+
+class PitrConfig(_Strict):
+    """Point-in-time recovery. Self-hosted: base backups (pg_basebackup) plus the WAL the cluster's
+    `archive_command` copies into `wal_archive_dir`. Supabase: the `supabase` section."""
+
+    base_backup_dir: str | None = None
+    wal_archive_dir: str | None = None
+    supabase: SupabasePitr | None = None
     bin_dir: str = "/usr/lib/postgresql/15/bin"
     run_as: str | None = Field(default=None, description="OS user for the recovered server; when the worker "
                                "runs as root, default postgres (the server refuses to run as root).")
     recovery_timeout: timedelta = timedelta(hours=2)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "PitrConfig":
+        if (self.supabase is None) == (self.base_backup_dir is None or self.wal_archive_dir is None):
+            raise ValueError("give either base_backup_dir and wal_archive_dir (self-hosted) or supabase")
+        return self
 
 
 class DatabaseConfig(_Strict):
@@ -189,6 +205,8 @@ class ServiceConfig(_Strict):
             names.append(self.app.git.deploy_hook_url_env)
         if self.database:
             names.append(self.database.dsn_env)
+            if self.database.pitr and self.database.pitr.supabase:
+                names.append(self.database.pitr.supabase.token_env)
         names += [s.dsn_env for s in self.kill_switches] + [s.token_env for s in self.kill_switches]
         names += [self.notify.slack_webhook_env, self.notify.escalation_slack_webhook_env]
         if self.notify.statuspage:
@@ -282,7 +300,7 @@ def load_config(path: str | os.PathLike | None = None) -> RollbackConfig:
     for service in config.services.values():
         if service.database and service.database.migrations_dir:
             service.database.migrations_dir = str((base / service.database.migrations_dir).resolve())
-        if service.database and service.database.pitr:
+        if service.database and service.database.pitr and not service.database.pitr.supabase:
             pitr = service.database.pitr
             pitr.base_backup_dir = str((base / pitr.base_backup_dir).resolve())
             pitr.wal_archive_dir = str((base / pitr.wal_archive_dir).resolve())

@@ -355,6 +355,17 @@ class PitrRequest(BaseModel):
     key: str = Field(description="Names the recovery's working directory; one per workflow run.")
 
 
+class PitrWindow(BaseModel):
+    enabled: bool
+    earliest: datetime | None = None
+    latest: datetime | None = None
+
+
+class SupabaseRestoreRequest(BaseModel):
+    service: str
+    target_unix: int
+
+
 class PitrRecovery(BaseModel):
     """A recovered cluster, running on loopback; the DSN carries no password (same roles as the source)."""
 

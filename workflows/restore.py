@@ -10,7 +10,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase
+    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, cause_message
     from workflows.models import (
         ArchiveRequest,
         BackupInput,
@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         KeptDatabase,
         PitrRecovery,
         PitrRequest,
+        PitrWindow,
         EventKind,
         Phase,
         RestoreInput,
@@ -33,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         ServiceContext,
         ServiceRef,
         SwapRequest,
+        SupabaseRestoreRequest,
         SwapResult,
     )
 
@@ -104,6 +106,14 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         self.record(EventKind.STARTED, f"restore of {request.service} from {request.source}: {request.reason}",
                     actor=request.requested_by, dry_run=request.dry_run)
         result = RestoreResult(service=request.service, outcome="failed")
+        context = await workflow.execute_activity(
+            "config.service", ServiceRef(service=request.service), result_type=ServiceContext,
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY,
+        )
+        result.artifact_dir = context.artifact_dir
+        pitr = context.config.database.pitr if context.config.database else None
+        if request.source == "pitr" and pitr and pitr.supabase:
+            return await self._supabase_pitr(request, result, context)
 
         # 0. Point in time: recover a copy of the cluster to the target time, then dump it into an
         # archive like any other, so the rest is the ordinary restore (or hand the copy over)
@@ -129,11 +139,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         # 2. Safety backup of what is live now, as a child workflow
         self.enter(Phase.EXECUTING)
         stamp = _stamp()
-        result.safety_backup = await workflow.execute_child_workflow(
-            BackupWorkflow.run, BackupInput(service=request.service, reason=f"safety backup before restore {stamp}"),
-            id=f"{workflow.info().workflow_id}-safety-backup", result_type=BackupManifest,
-        )
-        self.record(EventKind.CAPTURED, f"safety backup {result.safety_backup.backup_id} taken and verified")
+        await self._safety_backup(request, result, stamp)
 
         # 3. Restore into a new database; the live one keeps serving
         new_database = f"{source.database}_restore_{stamp}"
@@ -156,33 +162,15 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         self.record(EventKind.VERIFIED, f"all {len(source.tables)} tables match the backup's row counts")
 
         # 6. Recent data report: what the live database has that the backup does not
-        context = await workflow.execute_activity(
-            "config.service", ServiceRef(service=request.service), result_type=ServiceContext,
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY,
-        )
-        recent = await workflow.execute_activity(
-            "postgres.recent_rows",
-            RecentRowsRequest(service=request.service, since=source.created_at, artifact_dir=context.artifact_dir),
-            result_type=dict[str, int], start_to_close_timeout=timedelta(minutes=30), retry_policy=READ_RETRY,
-        )
-        result.recent_rows, result.artifact_dir = recent, context.artifact_dir
-        if recent:
-            self.record(EventKind.CAPTURED, f"rows newer than the backup exported to {context.artifact_dir}/recent-rows: "
-                        f"{recent}")
+        recent = await self._export_recent_rows(request, result, source.created_at, context)
 
         # 5. Approval, showing what the swap would change and drop
         changes = {t: f"{result.counts_before.get(t)} -> {n}" for t, n in restored.items()
                    if result.counts_before.get(t) != n}
-        summary = (f"swap {new_database} in for {source.database}; row count changes: {changes or 'none'}; "
-                   f"rows newer than the backup (exported): {recent or 'none'}")
-        if request.approved_by:
-            self.record(EventKind.APPROVED, f"database swap: approved by the parent workflow's checkpoint; {summary}",
-                        actor=request.approved_by)
-            decision = None
-        else:
-            decision = await self.wait_for_approval("database swap", summary, request.approval_timeout)
-        if not request.approved_by and (decision is None or not decision.approved):
-            outcome = "not_approved" if decision is None else "rejected"
+        outcome = await self._approval(request, "database swap", f"swap {new_database} in for {source.database}; "
+                                       f"row count changes: {changes or 'none'}; rows newer than the backup "
+                                       f"(exported): {recent or 'none'}")
+        if outcome:
             return await self.finish(result, outcome, f"swap {outcome}; {new_database} is kept for inspection")
 
         # 7. Kill switches off (the app's maintenance mode), then the atomic swap by rename; the old
@@ -205,22 +193,103 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
                     f"{swap.kept_old_as}; {swap.terminated_sessions} sessions terminated; swap took "
                     f"{swap.downtime_seconds * 1000:.0f} ms")
         result.counts_after = await self._live_counts(request.service)
+        return await self._resume(request, result, context, f"restored from {source.backup_id}",
+                                  f"the previous database is kept as {swap.kept_old_as}")
 
-        # 8. The app on the restored database; switches stay off until it is healthy. A flags table
-        # inside the database came back with the backup's values, so they are set off again first.
+    async def _safety_backup(self, request: RestoreInput, result: RestoreResult, stamp: str) -> None:
+        result.safety_backup = await workflow.execute_child_workflow(
+            BackupWorkflow.run, BackupInput(service=request.service, reason=f"safety backup before restore {stamp}"),
+            id=f"{workflow.info().workflow_id}-safety-backup", result_type=BackupManifest,
+        )
+        self.record(EventKind.CAPTURED, f"safety backup {result.safety_backup.backup_id} taken and verified")
+
+    async def _export_recent_rows(self, request: RestoreInput, result: RestoreResult, since,
+                                  context: ServiceContext) -> dict[str, int]:
+        """Runbook 003's "minimizing data loss": the live rows the restore would drop, as CSV."""
+        recent = await workflow.execute_activity(
+            "postgres.recent_rows",
+            RecentRowsRequest(service=request.service, since=since, artifact_dir=context.artifact_dir),
+            result_type=dict[str, int], start_to_close_timeout=timedelta(minutes=30), retry_policy=READ_RETRY,
+        )
+        result.recent_rows = recent
+        if recent:
+            self.record(EventKind.CAPTURED, f"rows newer than the restore point exported to "
+                        f"{context.artifact_dir}/recent-rows: {recent}")
+        return recent
+
+    async def _approval(self, request: RestoreInput, step: str, summary: str) -> str | None:
+        """None when approved (here, or by a parent workflow's checkpoint); else the outcome."""
+        if request.approved_by:
+            self.record(EventKind.APPROVED, f"{step}: approved by the parent workflow's checkpoint; {summary}",
+                        actor=request.approved_by)
+            return None
+        decision = await self.wait_for_approval(step, summary, request.approval_timeout)
+        if decision is None:
+            return "not_approved"
+        return None if decision.approved else "rejected"
+
+    async def _resume(self, request: RestoreInput, result: RestoreResult, context: ServiceContext, done: str,
+                      kept: str) -> RestoreResult:
+        """8. The app on the restored database; switches stay off until it is healthy. A flags table
+        inside the database came back with the backup's values, so they are set off again first."""
+        switches = context.config.kill_switches
         if switches:
             await self.set_switches(request.service, {s.name: s.off_value for s in switches})
         self.enter(Phase.VERIFYING)
         verdict = await self.verify_app(request.service, context.config.health)
         if not verdict.passed:
             self.record(EventKind.VERIFICATION_FAILED, f"app unhealthy on the restored database: {verdict.problem}")
-            return await self.finish(result, "failed", f"restored from {source.backup_id}, but the app is unhealthy "
-                                      f"({verdict.problem}); processing stays stopped; the previous database is "
-                                      f"kept as {swap.kept_old_as}")
+            return await self.finish(result, "failed", f"{done}, but the app is unhealthy ({verdict.problem}); "
+                                     f"processing stays stopped; {kept}")
         self.record(EventKind.VERIFIED, "app healthy on the restored database")
         result.kill_switches_restored = await self.start_processing(request.service, result.kill_switches_before)
-        self.record(EventKind.RESOLVED, f"{request.service} database restored from {source.backup_id}")
-        return await self.finish(result, "restored", f"restored from {source.backup_id}")
+        self.record(EventKind.RESOLVED, f"{request.service} database {done}")
+        return await self.finish(result, "restored", done)
+
+    async def _supabase_pitr(self, request: RestoreInput, result: RestoreResult,
+                             context: ServiceContext) -> RestoreResult:
+        """Supabase restores the project in place: so first a safety backup, the rows after the
+        target exported, an approval, the switches off; then its restore, then the app verified."""
+        target, project = request.target_time, context.config.database.pitr.supabase.project_ref
+        if target is None:
+            raise ApplicationError("source pitr needs target_time (an ISO time)", non_retryable=True)
+        window = await workflow.execute_activity("supabase.pitr_window", ServiceRef(service=request.service),
+                                                 result_type=PitrWindow, start_to_close_timeout=timedelta(minutes=2),
+                                                 retry_policy=READ_RETRY)
+        latest = window.latest or workflow.now()
+        if not window.enabled or window.earliest is None or not window.earliest <= target <= latest:
+            span = f"{window.earliest.isoformat()} .. {latest.isoformat()}" if window.earliest else "none"
+            raise ApplicationError(f"Supabase project {project} cannot be restored to {target.isoformat()}: PITR "
+                                   f"{'enabled' if window.enabled else 'not enabled'}, window {span}; nothing was "
+                                   "changed", non_retryable=True)
+        self.record(EventKind.ASSESSED, f"{target.isoformat()} is inside project {project}'s PITR window")
+        result.counts_before = await self._live_counts(request.service)
+        if request.dry_run:
+            self.record(EventKind.RESOLVED, "dry run: nothing was changed")
+            return await self.finish(result, "dry_run", "dry run: the target is restorable; nothing was changed")
+        self.enter(Phase.EXECUTING)
+        await self._safety_backup(request, result, _stamp())
+        recent = await self._export_recent_rows(request, result, target, context)
+        outcome = await self._approval(request, "supabase point-in-time restore", (
+            f"Supabase restores project {project} in place to {target.isoformat()}; rows newer than that "
+            f"(exported): {recent or 'none'}; safety backup {result.safety_backup.backup_id}"))
+        if outcome:
+            return await self.finish(result, outcome, f"point-in-time restore {outcome}; nothing was changed")
+        self.enter(Phase.EXECUTING)
+        result.kill_switches_before = await self.stop_processing(request.service, context.config.kill_switches)
+        try:
+            await workflow.execute_activity(
+                "supabase.restore_pitr", SupabaseRestoreRequest(service=request.service,
+                                                                target_unix=int(target.timestamp())),
+                result_type=str, retry_policy=CHANGE_RETRY, **LONG_STEP)
+        except ActivityError as exc:
+            self.record(EventKind.FAILED, cause_message(exc))
+            raise ApplicationError(f"Supabase point-in-time restore failed ({cause_message(exc)}); processing stays "
+                                   f"stopped; safety backup {result.safety_backup.backup_id}", non_retryable=True) from None
+        self.record(EventKind.ROLLED_BACK, f"Supabase restored project {project} to {target.isoformat()}")
+        result.counts_after = await self._live_counts(request.service)
+        return await self._resume(request, result, context, f"restored to {target.isoformat()} by Supabase PITR",
+                                  f"safety backup {result.safety_backup.backup_id}")
 
     async def _recover_to_point_in_time(self, request: RestoreInput, result: RestoreResult) -> str | None:
         if request.target_time is None:
