@@ -22,10 +22,12 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.backups import sha256_of
 from activities.common import ConfigSource, fail, read_json, redact_env_list, write_json_atomic
 from workflows.config import ComposeTarget, DockerTarget
 from workflows.models import (
     AppVersion,
+    ArchiveRequest,
     CaptureRequest,
     CaptureResult,
     ExecuteRequest,
@@ -33,6 +35,10 @@ from workflows.models import (
     ServiceRef,
     TargetRequest,
     UndoRequest,
+    VolumeBackupRequest,
+    VolumeManifest,
+    VolumePutBackRequest,
+    VolumeRestoreRequest,
 )
 
 KEY_LABEL = "io.rollback.key"
@@ -148,6 +154,7 @@ def recreate(
     labels: dict[str, str],
     stop_timeout: int = 10,
     settle_seconds: float = 1.5,
+    volumes: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Swap container `name` onto `image_id`, keeping the old container aside (stopped).
 
@@ -182,7 +189,7 @@ def recreate(
             raise fail(f"container {name!r} not found on the Docker engine; nothing to roll back")
         old_attrs = aside.attrs
         kwargs = _new_config(client, old_attrs, image_id, labels)
-        host_config = dict(old_attrs["HostConfig"])
+        host_config = swap_volumes(dict(old_attrs["HostConfig"]), volumes or {})
         networks = old_attrs.get("NetworkSettings", {}).get("Networks") or {}
         network_mode = host_config.get("NetworkMode", "default")
         networking_config = None
@@ -211,6 +218,30 @@ def recreate(
             f"the original container was put back. Last log lines: {logs.strip()[-500:]}"
         )
     return {"container": name, "new_container_id": new.id, "aside_name": aside_name, "old_container_id": aside.id}
+
+
+def tar_files(archive: Path) -> int:
+    """Read a whole tar (a truncated or corrupt one raises); the number of members."""
+    import tarfile
+
+    try:
+        with tarfile.open(archive) as tar:
+            return sum(1 for _ in tar)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise fail(f"volume backup {archive} does not read back: {exc}", kind="BackupInvalid") from None
+
+
+def swap_volumes(host_config: dict[str, Any], volumes: dict[str, str]) -> dict[str, Any]:
+    """The same mounts with named volumes replaced (old name -> new name), `-v` and `--mount` alike."""
+    if not volumes:
+        return host_config
+    binds = []
+    for bind in host_config.get("Binds") or []:
+        source, sep, rest = bind.partition(":")
+        binds.append(f"{volumes.get(source, source)}{sep}{rest}")
+    mounts = [dict(m, Source=volumes.get(m.get("Source"), m.get("Source"))) if m.get("Type") == "volume" else m
+              for m in host_config.get("Mounts") or []]
+    return {**host_config, "Binds": binds or None, "Mounts": mounts or None}
 
 
 def restore(client: docker.DockerClient, name: str, aside_name: str, new_container_id: str | None) -> str:
@@ -387,6 +418,112 @@ class DockerActivities(_EngineActivities):
     @activity.defn(name="docker.undo")
     async def undo(self, request: UndoRequest) -> ExecuteResult:
         return await asyncio.to_thread(self._undo, request)
+
+    # -- named volumes (runbook 004, option 3) ----------------------------------------------------
+    def volume_dir(self, service: str) -> Path:
+        target = self._target(service)
+        directory = Path(target.volume_backup_dir or Path(self._config.config.state_dir) / "volume-backups" / service)
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    def _volume_backup(self, request: VolumeBackupRequest) -> VolumeManifest:
+        """The volume's files as a tar (through the engine's archive API, from the service's own
+        container: no helper image), sha256, and a full read of the tar; one archive per id."""
+        manifest_file = self.volume_dir(request.service) / f"{request.backup_id}.json"
+        if manifest_file.exists():
+            existing = VolumeManifest.model_validate_json(manifest_file.read_text())
+            if existing.verified:
+                return existing
+        target = self._target(request.service)
+        container = self._container(connect(target), target, request.service)
+        mounts = [m for m in container.attrs.get("Mounts") or [] if m.get("Type") == "volume"]
+        mount = next((m for m in mounts if m.get("Name") == request.volume), None)
+        if mount is None:
+            raise fail(f"container {target.container} mounts no volume {request.volume!r} (its volumes: "
+                       f"{', '.join(m.get('Name', '?') for m in mounts) or 'none'})")
+        archive = manifest_file.with_suffix(".tar")
+        partial = archive.with_name(f"{archive.name}.partial")
+        digest = hashlib.sha256()
+        stream, _ = container.get_archive(mount["Destination"])
+        with partial.open("wb") as fh:
+            for chunk in stream:
+                digest.update(chunk)
+                fh.write(chunk)
+                activity.heartbeat({"bytes": fh.tell()})
+        partial.replace(archive)
+        files = tar_files(archive)
+        manifest = VolumeManifest(backup_id=request.backup_id, service=request.service, volume=request.volume,
+                                  container=target.container, mount_path=mount["Destination"], archive=str(archive),
+                                  size_bytes=archive.stat().st_size, sha256=digest.hexdigest(), files=files,
+                                  created_at=datetime.now(timezone.utc), verified=True)
+        write_json_atomic(manifest_file, manifest.model_dump(mode="json"))
+        return manifest
+
+    # the volume activities are synchronous (they heartbeat from the worker's thread pool)
+    @activity.defn(name="docker.volume_backup")
+    def volume_backup(self, request: VolumeBackupRequest) -> VolumeManifest:
+        return self._volume_backup(request)
+
+    def _volume_validate(self, service: str, backup_id: str) -> VolumeManifest:
+        manifest_file = self.volume_dir(service) / f"{Path(backup_id).name}.json"
+        if not manifest_file.exists():
+            raise fail(f"no volume backup {backup_id!r} in {manifest_file.parent} (see `rollback volume list`)",
+                       kind="BackupInvalid")
+        manifest = VolumeManifest.model_validate_json(manifest_file.read_text())
+        archive = Path(manifest.archive)
+        if not archive.exists() or sha256_of(archive) != manifest.sha256:
+            raise fail(f"volume backup {archive} is missing or does not match its sha256; nothing was changed",
+                       kind="BackupInvalid")
+        tar_files(archive)  # a full read
+        return manifest
+
+    @activity.defn(name="docker.volume_validate")
+    def volume_validate(self, request: ArchiveRequest) -> VolumeManifest:
+        return self._volume_validate(request.service, request.archive)
+
+    def _volume_restore(self, request: VolumeRestoreRequest) -> dict[str, str]:
+        """A new volume filled from the tar, then the container recreated on it (the old container
+        kept aside, stopped; the old volume kept). Safe to repeat."""
+        manifest = self._volume_validate(request.service, request.backup_id)
+        target = self._target(request.service)
+        client = connect(target)
+        try:
+            current = client.containers.get(target.container)
+            if current.labels.get(KEY_LABEL) == request.rollback_key:  # an earlier attempt finished
+                return {"container": target.container, "new_container_id": current.id,
+                        "aside_name": aside_name(target.container, request.rollback_key)}
+        except NotFound:
+            pass
+        try:
+            client.volumes.get(request.new_volume).remove()  # half-filled by an earlier attempt
+        except NotFound:
+            pass
+        client.volumes.create(request.new_volume, labels={"io.rollback.restored-from": manifest.backup_id})
+        image = self._container(client, target, request.service).attrs["Image"]
+        helper = client.containers.create(image, name=f"{request.new_volume}-fill",
+                                          volumes={request.new_volume: {"bind": manifest.mount_path, "mode": "rw"}},
+                                          labels={"io.rollback.helper": request.rollback_key})
+        try:
+            with open(manifest.archive, "rb") as fh:  # the tar's top entry is the mount's own directory
+                if not helper.put_archive(os.path.dirname(manifest.mount_path.rstrip("/")) or "/", fh):
+                    raise ApplicationError(f"could not fill volume {request.new_volume}")
+        finally:
+            helper.remove(force=True)
+        details = recreate(client, target.container, image, aside_name=aside_name(target.container, request.rollback_key),
+                           labels={KEY_LABEL: request.rollback_key}, stop_timeout=target.stop_timeout,
+                           volumes={manifest.volume: request.new_volume})
+        return {**details, "old_volume": manifest.volume, "new_volume": request.new_volume}
+
+    @activity.defn(name="docker.volume_restore")
+    def volume_restore(self, request: VolumeRestoreRequest) -> dict[str, str]:
+        return self._volume_restore(request)
+
+    @activity.defn(name="docker.put_back")
+    def put_back(self, request: VolumePutBackRequest) -> str:
+        """The container kept aside (on the old volume) back under its name."""
+        target = self._target(request.service)
+        return restore(connect(target), target.container, request.details["aside_name"],
+                       request.details.get("new_container_id"))
 
 
 class ComposeActivities(_EngineActivities):

@@ -89,11 +89,12 @@ SUCCESS = ("rolled_back", "dry_run", "restored", "nothing_to_do", "repaired", "n
 
 
 def _result_type(workflow_type: str):
-    from workflows.models import (BackupManifest, CleanupResult, MigrationRepairResult, MigrationRollbackResult,
-                                  RestoreResult)
+    from workflows.models import (BackupManifest, BaseBackup, CleanupResult, MigrationRepairResult,
+                                  MigrationRollbackResult, RestoreResult, VolumeManifest, VolumeRestoreResult)
 
     return {"BackupWorkflow": BackupManifest, "DatabaseRestoreWorkflow": RestoreResult,
-            "RestoreCleanupWorkflow": CleanupResult,
+            "BaseBackupWorkflow": BaseBackup, "VolumeBackupWorkflow": VolumeManifest,
+            "VolumeRestoreWorkflow": VolumeRestoreResult, "RestoreCleanupWorkflow": CleanupResult,
             "MigrationRollbackWorkflow": MigrationRollbackResult,
             "MigrationRepairWorkflow": MigrationRepairResult}.get(workflow_type, AppRollbackResult)
 
@@ -311,6 +312,66 @@ def restore(service: str, source: Optional[str], target_time, handoff: bool, dry
                            dry_run=dry_run, reason=reason, requested_by=os.environ.get("USER", "cli"))
     sys.exit(_run(_start_and_maybe_follow(DatabaseRestoreWorkflow.run, request, f"restore-{service}", wait,
                                           as_json)))
+
+
+@app.group("volume", help="Docker named volumes: verified tar backups, restore into a new volume.")
+def volume_group() -> None:
+    pass
+
+
+@volume_group.command("backup")
+@click.argument("service")
+@click.argument("volume")
+@click.option("--wait", is_flag=True, help="Show progress until the backup is verified.")
+@json_option
+def volume_backup(service: str, volume: str, wait: bool, as_json: bool) -> None:
+    """Tar the named VOLUME that SERVICE's container mounts, with a manifest and sha256."""
+    from workflows import VolumeBackupWorkflow
+    from workflows.models import VolumeInput
+
+    sys.exit(_run(_start_and_maybe_follow(VolumeBackupWorkflow.run, VolumeInput(service=service, volume=volume),
+                                          f"volume-backup-{service}-{volume}", wait, as_json)))
+
+
+@volume_group.command("restore")
+@click.argument("service")
+@click.option("--from", "source", required=True, help="Volume backup id (see `rollback volume list`).")
+@click.option("--wait", is_flag=True, help="Show progress until the restore ends.")
+@json_option
+def volume_restore(service: str, source: str, wait: bool, as_json: bool) -> None:
+    """Fill a new volume from a backup and recreate the container on it, after approval."""
+    from workflows import VolumeRestoreWorkflow
+    from workflows.models import VolumeRestoreInput
+
+    request = VolumeRestoreInput(service=service, source=source, requested_by=os.environ.get("USER", "cli"))
+    sys.exit(_run(_start_and_maybe_follow(VolumeRestoreWorkflow.run, request, f"volume-restore-{service}", wait,
+                                          as_json)))
+
+
+@volume_group.command("list")
+@click.argument("service")
+@config_option
+@json_option
+def volume_list(service: str, config: Optional[Path], as_json: bool) -> None:
+    """List a service's volume backups, newest first."""
+    from activities.common import ConfigSource
+    from activities.docker import DockerActivities
+    from workflows.models import VolumeManifest
+
+    loaded = load_config(config)
+    if loaded.service(service).app.provider != "docker":
+        raise CliError(f"service {service!r} is not a docker service; volume backups need one")
+    directory = DockerActivities(ConfigSource(config, loaded)).volume_dir(service)
+    manifests = sorted((VolumeManifest.model_validate_json(p.read_text()) for p in directory.glob("*.json")),
+                       key=lambda m: m.created_at, reverse=True)
+    if as_json:
+        print(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2))
+    elif not manifests:
+        print(f"no volume backups in {directory}")
+    for m in manifests if not as_json else []:
+        print(f"{m.created_at:%Y-%m-%d %H:%M:%S}  {m.backup_id:<44} {m.volume:<20} {m.size_bytes:>12} bytes  "
+              f"{m.files} entries")
+    sys.exit(0)
 
 
 @app.command("migration")

@@ -3,9 +3,12 @@
 from workflows.app_rollback import AppRollbackWorkflow
 from workflows.migration import MigrationRepairWorkflow, MigrationRollbackWorkflow, MigrationStatusWorkflow
 from workflows.restore import BackupWorkflow, BaseBackupWorkflow, DatabaseRestoreWorkflow, RestoreCleanupWorkflow
+from workflows.volume import VolumeBackupWorkflow, VolumeRestoreWorkflow
 
 WORKFLOWS = [AppRollbackWorkflow, BackupWorkflow, BaseBackupWorkflow, DatabaseRestoreWorkflow, MigrationRollbackWorkflow,
-             MigrationRepairWorkflow, MigrationStatusWorkflow, RestoreCleanupWorkflow]
+             MigrationRepairWorkflow, MigrationStatusWorkflow, RestoreCleanupWorkflow, VolumeBackupWorkflow,
+             VolumeRestoreWorkflow]
 
-__all__ = ["AppRollbackWorkflow", "BackupWorkflow", "BaseBackupWorkflow", "DatabaseRestoreWorkflow", "MigrationRepairWorkflow",
-           "MigrationRollbackWorkflow", "MigrationStatusWorkflow", "RestoreCleanupWorkflow", "WORKFLOWS"]
+__all__ = ["AppRollbackWorkflow", "BackupWorkflow", "BaseBackupWorkflow", "DatabaseRestoreWorkflow",
+           "MigrationRepairWorkflow", "MigrationRollbackWorkflow", "MigrationStatusWorkflow", "RestoreCleanupWorkflow", "VolumeBackupWorkflow",
+           "VolumeRestoreWorkflow", "WORKFLOWS"]

@@ -31,6 +31,8 @@ class DockerTarget(_Strict):
         default=None, description="Engine address; defaults to DOCKER_HOST or the local socket."
     )
     stop_timeout: int = 10
+    volume_backup_dir: str | None = Field(default=None, description="Where volume tars go; default "
+                                          "<state_dir>/volume-backups/<service>.")
 
 
 class ComposeTarget(_Strict):

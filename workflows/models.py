@@ -605,3 +605,67 @@ class MigrationRepairResult(RunResult):
     # outcome: repaired | rejected | not_approved | not_dirty
     before: MigrationStatus | None = None
     after: MigrationStatus | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Docker volumes (runbook 004, option 3)
+
+
+class VolumeManifest(BaseModel):
+    """Written beside every volume tar; a restore trusts only tars with a matching manifest."""
+
+    backup_id: str
+    service: str
+    volume: str
+    container: str
+    mount_path: str
+    archive: str
+    size_bytes: int
+    sha256: str
+    files: int
+    created_at: datetime
+    verified: bool = False
+
+
+class VolumeInput(BaseModel):
+    """Input of `VolumeBackupWorkflow`: the service and the named volume its container mounts."""
+
+    service: str
+    volume: str
+    reason: str = "manual volume backup"
+
+
+class VolumeBackupRequest(BaseModel):
+    service: str
+    volume: str
+    backup_id: str
+
+
+class VolumeRestoreInput(BaseModel):
+    """Input of `VolumeRestoreWorkflow`: restore a volume backup into a new volume and recreate the
+    container on it; the old volume and container are kept."""
+
+    service: str
+    source: str = Field(description="A volume backup id (see `rollback volume list`).")
+    reason: str = "manual volume restore"
+    requested_by: str = "unknown"
+    approval_timeout: timedelta = timedelta(minutes=30)
+
+
+class VolumeRestoreRequest(BaseModel):
+    service: str
+    backup_id: str
+    new_volume: str
+    rollback_key: str
+
+
+class VolumePutBackRequest(BaseModel):
+    service: str
+    details: dict[str, str] = Field(description="What docker.volume_restore returned.")
+
+
+class VolumeRestoreResult(RunResult):
+    # outcome: restored | rejected | not_approved | compensated | failed
+    source: VolumeManifest | None = None
+    new_volume: str | None = None
+    details: dict[str, str] = Field(default_factory=dict)
