@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import re
 import shutil
 import time
@@ -22,6 +23,7 @@ from workflows.models import (
     DropRequest,
     KeptDatabase,
     RecentRowsRequest,
+    ReimportRequest,
     RestoreIntoRequest,
     SchemaRequest,
     ServiceRef,
@@ -248,6 +250,54 @@ class RestoreActivities:
                                "disconnect and run the cleanup again") from None
                 dropped.append(name)
         return dropped
+
+    @activity.defn(name="postgres.reimport_rows")
+    async def reimport_rows(self, request: ReimportRequest) -> dict[str, dict[str, int | str]]:
+        """Put the exported newer rows back into the restored database, table by table, each in one
+        transaction: rows whose key already exists are skipped (rejected), and a table whose columns
+        no longer fit is left alone with the reason. Sequences are moved past the imported keys."""
+        dsn, _ = service_dsn(self._config, request.service)
+        folder = Path(request.artifact_dir) / "recent-rows"
+        report: dict[str, dict[str, int | str]] = {}
+        async with await connect_to(dsn) as conn:
+            for table, rows in request.tables.items():
+                schema, name = table.split(".", 1)
+                target = sql.Identifier(schema, name)
+                csv_file = folder / f"{table}.csv"
+                with csv_file.open(newline="") as fh:
+                    header = next(csv.reader(fh), [])
+                existing = {r[0] for r in await (await conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                    (schema, name))).fetchall()}
+                missing = [c for c in header if c not in existing]
+                if not existing or missing:
+                    why = "table is gone" if not existing else f"columns {', '.join(missing)} are gone"
+                    report[table] = {"imported": 0, "rejected": rows, "reason": why}
+                    continue
+                columns = sql.SQL(", ").join(map(sql.Identifier, header))
+                try:
+                    async with conn.transaction():
+                        await conn.execute(sql.SQL("CREATE TEMP TABLE reimport ON COMMIT DROP AS "
+                                                   "SELECT {} FROM {} WITH NO DATA").format(columns, target))
+                        async with conn.cursor().copy(sql.SQL("COPY reimport ({}) FROM STDIN WITH CSV HEADER")
+                                                      .format(columns)) as copy:
+                            await copy.write(csv_file.read_bytes())
+                        inserted = await conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM reimport "
+                                                              "ON CONFLICT DO NOTHING").format(target, columns, columns))
+                        imported = inserted.rowcount
+                        for column in header:
+                            sequence = (await (await conn.execute("SELECT pg_get_serial_sequence(%s, %s)", (
+                                sql.Identifier(schema, name).as_string(conn), column))).fetchone())[0]
+                            if sequence:
+                                await conn.execute(sql.SQL("SELECT setval(%s::regclass, GREATEST((SELECT max({}) "
+                                                           "FROM {})::bigint, 1))").format(sql.Identifier(column),
+                                                                                           target), (sequence,))
+                except psycopg.Error as exc:
+                    report[table] = {"imported": 0, "rejected": rows, "reason": str(exc).strip().splitlines()[0]}
+                    continue
+                report[table] = {"imported": imported, "rejected": rows - imported,
+                                 "reason": "key already present" if imported < rows else ""}
+        return report
 
     @activity.defn(name="postgres.swap")
     async def swap(self, request: SwapRequest) -> SwapResult:

@@ -292,12 +292,13 @@ def restore_cleanup(service: str, older_than: str, dry_run: bool, wait: bool, as
                                                                "%Y-%m-%d %H:%M:%S"]), default=None,
               help="Point-in-time recovery to this time (UTC unless it says otherwise).")
 @click.option("--handoff", is_flag=True, help="With --pitr: hand over the recovered copy's DSN; swap nothing.")
+@click.option("--reimport", is_flag=True, help="After the swap, insert the newer rows back where they still fit.")
 @click.option("--dry-run", is_flag=True, help="Validate the source only; change nothing.")
 @click.option("--wait", is_flag=True, help="Show progress until the restore ends.")
 @click.option("--reason", default="manual restore", show_default=True)
 @json_option
-def restore(service: str, source: Optional[str], target_time, handoff: bool, dry_run: bool, wait: bool, reason: str,
-            as_json: bool) -> None:
+def restore(service: str, source: Optional[str], target_time, handoff: bool, reimport: bool, dry_run: bool, wait: bool,
+            reason: str, as_json: bool) -> None:
     """Restore a database into a new one and swap it in after approval (the old one is kept)."""
     from workflows import DatabaseRestoreWorkflow
     from workflows.models import RestoreInput
@@ -309,7 +310,8 @@ def restore(service: str, source: Optional[str], target_time, handoff: bool, dry
     if target_time is not None and target_time.tzinfo is None:
         target_time = target_time.replace(tzinfo=timezone.utc)
     request = RestoreInput(service=service, source=source or "pitr", target_time=target_time, pitr_handoff=handoff,
-                           dry_run=dry_run, reason=reason, requested_by=os.environ.get("USER", "cli"))
+                           reimport_recent=reimport, dry_run=dry_run, reason=reason,
+                           requested_by=os.environ.get("USER", "cli"))
     sys.exit(_run(_start_and_maybe_follow(DatabaseRestoreWorkflow.run, request, f"restore-{service}", wait,
                                           as_json)))
 

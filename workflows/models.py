@@ -398,6 +398,8 @@ class RestoreInput(BaseModel):
     approval_timeout: timedelta = timedelta(minutes=30)
     approved_by: str | None = Field(default=None, description="Set by a parent workflow whose own approval "
                                     "covered this restore (a failed migration rollback's compensation).")
+    reimport_recent: bool = Field(default=False, description="After the swap, insert the exported newer rows "
+                                  "back where the table still fits them (conflicting rows are skipped).")
 
 
 class RestoreIntoRequest(BaseModel):
@@ -435,6 +437,8 @@ class RestoreResult(RunResult):
     counts_after: dict[str, int] = Field(default_factory=dict)
     swap_downtime_seconds: float | None = None
     recent_rows: dict[str, int] = Field(default_factory=dict, description="Rows newer than the backup, exported")
+    reimported: dict[str, dict[str, int | str]] = Field(default_factory=dict,
+                                                        description="Per table: imported, rejected, reason")
     kill_switches_before: dict[str, str | None] = Field(default_factory=dict)
     kill_switches_restored: bool = False
     artifact_dir: str | None = None
@@ -467,6 +471,12 @@ class CleanupResult(RunResult):
     # outcome: cleaned | nothing_to_do | dry_run | rejected | not_approved
     candidates: list[KeptDatabase] = Field(default_factory=list)
     dropped: list[str] = Field(default_factory=list)
+
+
+class ReimportRequest(BaseModel):
+    service: str
+    artifact_dir: str
+    tables: dict[str, int]
 
 
 class RecentRowsRequest(BaseModel):

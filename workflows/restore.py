@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         RestoreInput,
         RestoreIntoRequest,
         RecentRowsRequest,
+        ReimportRequest,
         RestoreResult,
         ServiceContext,
         ServiceRef,
@@ -192,6 +193,15 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         self.record(EventKind.ROLLED_BACK, f"{new_database} is now {swap.live}; the previous database is kept as "
                     f"{swap.kept_old_as}; {swap.terminated_sessions} sessions terminated; swap took "
                     f"{swap.downtime_seconds * 1000:.0f} ms")
+        if request.reimport_recent and recent:
+            result.reimported = await workflow.execute_activity(
+                "postgres.reimport_rows", ReimportRequest(service=request.service, artifact_dir=context.artifact_dir,
+                                                          tables=recent),
+                result_type=dict[str, dict[str, int | str]], start_to_close_timeout=timedelta(minutes=30),
+                retry_policy=RetryPolicy(maximum_attempts=1))  # not blindly twice: a rerun skips what is in
+            self.record(EventKind.EXECUTING, "newer rows re-imported: " + "; ".join(
+                f"{t}: {r['imported']} imported, {r['rejected']} rejected{' (' + str(r['reason']) + ')' if r['reason'] else ''}"
+                for t, r in result.reimported.items()))
         result.counts_after = await self._live_counts(request.service)
         return await self._resume(request, result, context, f"restored from {source.backup_id}",
                                   f"the previous database is kept as {swap.kept_old_as}")

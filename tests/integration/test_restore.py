@@ -295,3 +295,25 @@ async def test_latest_before_picks_the_newest_backup_before_the_time(client, tas
         await activities.validate(ArchiveRequest(service="shop", archive="latest-before:2000-01-01T00:00:00Z"))
     with pytest.raises(ApplicationError, match="latest-before needs an ISO time"):
         await activities.validate(ArchiveRequest(service="shop", archive="latest-before:yesterday"))
+
+
+async def test_reimport_puts_newer_rows_back_and_skips_conflicts(client, task_queue, shop_db):
+    name, dsn, admin, config = shop_db
+    manifest = await backup(client, task_queue, config)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (id, user_id, total) SELECT g, 1, 9.99 FROM generate_series(1001, 1005) g")
+        conn.execute("UPDATE orders SET created_at = now() WHERE id = 7")  # newer, but its key is in the backup
+        conn.execute("DELETE FROM users WHERE id NOT IN (SELECT user_id FROM orders)")  # the incident
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(
+            DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source=manifest.backup_id, reimport_recent=True),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
+        await wait_for_phase(handle, "awaiting_approval", timeout=60)
+        await handle.execute_update("approve", ApprovalInput(approver="dba", reason="restore"))
+        result = await handle.result()
+    assert result.outcome == "restored", result.message
+    assert result.recent_rows == {"public.orders": 6}
+    assert result.reimported == {"public.orders": {"imported": 5, "rejected": 1, "reason": "key already present"}}
+    assert (count(dsn, "users"), count(dsn, "orders")) == (100, 55)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM orders WHERE id BETWEEN 1001 AND 1005").fetchone()[0] == 5
