@@ -1,4 +1,5 @@
-"""Verified PostgreSQL backups: pg_dump to a custom-format archive with a manifest beside it.
+"""Verified PostgreSQL backups: pg_dump to a custom-format archive (or a directory-format one,
+dumped with -j N) with a manifest beside it.
 
 A backup is "good" only after its sha256 is recorded and a full read (`pg_restore -f /dev/null`)
 exits 0: `pg_restore --list` alone exits 0 on an archive truncated to half its size.
@@ -30,11 +31,26 @@ def major(version: str) -> int:
 
 
 def sha256_of(path: Path) -> str:
+    """A file's sha256; for a directory-format archive, the sha256 of its files' names and hashes."""
+    if path.is_dir():
+        lines = "".join(f"{f.relative_to(path)} {sha256_of(f)}\n" for f in sorted(path.rglob("*")) if f.is_file())
+        return hashlib.sha256(lines.encode()).hexdigest()
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def size_of(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _die_with_parent() -> None:
@@ -126,10 +142,12 @@ class BackupActivities:
         dsn, database = service_dsn(self._config, request.service)
         if request.from_port is not None:  # a recovered cluster on loopback, same roles as the live one
             dsn = on_loopback_port(dsn, request.from_port)
-        archive = self.backup_dir(request.service) / f"{request.backup_id}.dump"
-        # each attempt writes its own partial file; an earlier attempt's (a crashed worker's) goes
+        settings = self._config.service(request.service).database
+        directory_format = settings.dump_format == "directory"
+        archive = self.backup_dir(request.service) / f"{request.backup_id}.{'dir' if directory_format else 'dump'}"
+        # each attempt writes its own partial archive; an earlier attempt's (a crashed worker's) goes
         for stale in archive.parent.glob(f"{archive.name}.partial*"):
-            stale.unlink(missing_ok=True)
+            remove(stale)
         partial = archive.with_name(f"{archive.name}.partial{activity.info().attempt}")
         pg_dump = shutil.which("pg_dump") or "/usr/lib/postgresql/15/bin/pg_dump"
         # the dump's snapshot is taken at its start: rows written later are "newer than the backup"
@@ -137,11 +155,12 @@ class BackupActivities:
         async with await connect_to(dsn) as conn:
             counts = await with_heartbeats(table_counts(conn), {"counting": database})
             server_version = (await (await conn.execute("SHOW server_version")).fetchone())[0]
+        format_args = ["-Fd", "-j", str(settings.dump_jobs)] if directory_format else ["-Fc"]
         code, stderr = await run_tool(
-            [pg_dump, "-Fc", "--no-password", "-f", str(partial)], libpq_env(dsn),
-            lambda: {"bytes": partial.stat().st_size if partial.exists() else 0})
+            [pg_dump, *format_args, "--no-password", "-f", str(partial)], libpq_env(dsn),
+            lambda: {"bytes": size_of(partial) if partial.exists() else 0})
         if code != 0:
-            partial.unlink(missing_ok=True)
+            remove(partial)
             raise ApplicationError(f"pg_dump of {database} for {request.service} failed: {stderr.strip()[-300:]}")
         partial.replace(archive)
         ok, why = await full_read_ok(archive)
@@ -150,7 +169,8 @@ class BackupActivities:
         version = await asyncio.create_subprocess_exec(pg_dump, "--version", stdout=asyncio.subprocess.PIPE)
         manifest = BackupManifest(
             backup_id=request.backup_id, service=request.service, database=database, archive=str(archive),
-            size_bytes=archive.stat().st_size, sha256=sha256_of(archive), server_version=server_version,
+            format="directory" if directory_format else "custom",
+            size_bytes=size_of(archive), sha256=sha256_of(archive), server_version=server_version,
             pg_dump_version=(await version.communicate())[0].decode().strip(),
             created_at=request.as_of or started_at, tables=counts, verified=True,
         )
@@ -218,7 +238,7 @@ class BackupActivities:
         for index, manifest in enumerate(manifests):
             if index < database.keep_backups or manifest.created_at >= cutoff or manifest.backup_id == newest_verified:
                 continue
-            Path(manifest.archive).unlink(missing_ok=True)
+            remove(Path(manifest.archive))
             self.manifest_path(request.service, manifest.backup_id).unlink(missing_ok=True)
             deleted.append(manifest.backup_id)
         return deleted

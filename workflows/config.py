@@ -132,6 +132,9 @@ class DatabaseConfig(_Strict):
                                     "than queue behind the app's locks.")
     statement_timeout: timedelta = timedelta(minutes=5)
     pitr: PitrConfig | None = None
+    dump_format: Literal["custom", "directory"] = Field(default="custom", description="directory: pg_dump -Fd -j "
+                                                        "dump_jobs, faster on big databases with several cores.")
+    dump_jobs: int = Field(default=2, ge=1, le=64)
     backup_dir: str | None = None
     keep_backups: int = Field(default=10, ge=1, description="Retention: keep at least this many newest backups.")
     keep_backups_for: timedelta = Field(default=timedelta(days=7), description="…and every backup younger than this.")

@@ -317,3 +317,38 @@ async def test_reimport_puts_newer_rows_back_and_skips_conflicts(client, task_qu
     assert (count(dsn, "users"), count(dsn, "orders")) == (100, 55)
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM orders WHERE id BETWEEN 1001 AND 1005").fetchone()[0] == 5
+
+
+async def test_directory_format_backup_with_jobs(client, task_queue, shop_db, tmp_path):
+    import yaml
+    from temporalio.exceptions import ApplicationError
+
+    from activities.backups import BackupActivities
+    from activities.common import ConfigSource
+    from workflows.models import ArchiveRequest
+
+    name, dsn, admin, config = shop_db
+    settings = yaml.safe_load(Path(config._path).read_text())
+    settings["services"]["shop"]["database"].update(dump_format="directory", dump_jobs=2)
+    path = tmp_path / "directory.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    config = ConfigSource(path)
+    manifest = await backup(client, task_queue, config)
+    assert manifest.format == "directory" and Path(manifest.archive).is_dir()
+    assert manifest.size_bytes == sum(f.stat().st_size for f in Path(manifest.archive).iterdir())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM orders")
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(
+            DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source=manifest.backup_id),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
+        await wait_for_phase(handle, "awaiting_approval", timeout=60)
+        await handle.execute_update("approve", ApprovalInput(approver="dba", reason="restore"))
+        assert (await handle.result()).outcome == "restored"
+    assert count(dsn, "orders") == 50
+    data_file = max(Path(manifest.archive).glob("*.dat.gz"), key=lambda f: f.stat().st_size)
+    raw = bytearray(data_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data_file.write_bytes(bytes(raw))
+    with pytest.raises(ApplicationError, match="is corrupt: sha256"):
+        await BackupActivities(config).validate(ArchiveRequest(service="shop", archive=manifest.backup_id))
