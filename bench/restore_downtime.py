@@ -48,6 +48,26 @@ def database_prober(dsn: str) -> Prober:
     return Prober(probe)
 
 
+def healthy_endpoint() -> str:
+    """A stand-in app whose health check always passes, on a loopback port."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Healthy(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"status": "ok"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}/health"
+
+
 def timed(args: list[str], env: dict) -> float:
     started = time.monotonic()
     subprocess.run(args, env=env, check=True, capture_output=True)
@@ -67,9 +87,10 @@ async def main(scale: int) -> None:
     subprocess.run([str(BIN / "pgbench"), "-i", "-q", "-s", str(scale), "bench"], env=env, check=True, capture_output=True)
     os.environ["BENCH_DSN"] = dsn
     config_path = work / "rollback.yaml"
+    health = healthy_endpoint()  # the restore checks the app after the swap
     config_path.write_text(yaml.safe_dump({"state_dir": str(work / "state"), "artifact_dir": str(work / "inc"),
         "services": {"bench": {"app": {"provider": "docker", "docker": {"container": "unused"}},
-                               "health": {"url": "http://127.0.0.1:9/h"},
+                               "health": {"url": health, "consecutive_checks": 1, "interval_seconds": 0.1},
                                "database": {"dsn_env": "BENCH_DSN", "backup_dir": str(work / "backups")}}}}))
     temporal = await WorkflowEnvironment.start_local(dev_server_existing_path=engines.temporal_binary(),
                                                      search_attributes=SEARCH_ATTRIBUTES,

@@ -39,6 +39,8 @@ SEARCH_ATTRIBUTES = (SERVICE_KEY, TYPE_KEY, SEVERITY_KEY, PHASE_KEY, TRIGGER_KEY
 # of times (Temporal's default is forever) and never on errors marked non-retryable.
 READ_RETRY = RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=1))
 CHANGE_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=2))
+# Dumps, restores and tars heartbeat every 2 s; a dead worker is noticed within the heartbeat timeout.
+LONG_STEP = dict(start_to_close_timeout=timedelta(hours=6), heartbeat_timeout=timedelta(seconds=30))
 
 
 def cause_message(exc: BaseException) -> str:
@@ -253,6 +255,19 @@ class RollbackWorkflowBase:
         result.phase_seconds = dict(self.phase_seconds)
         result.timeline = list(self.events)
         return result
+
+    async def backup_step(self, service: str, story: str, activity: str, argument, result_type):
+        """The one long step of a backup run (database dump, base backup, volume tar)."""
+        self.start_run(service, "P3")
+        self.record(EventKind.STARTED, story)
+        self.enter(Phase.EXECUTING)
+        return await workflow.execute_activity(activity, argument, result_type=result_type, retry_policy=CHANGE_RETRY,
+                                               **LONG_STEP)
+
+    async def done(self, value):
+        self.enter(Phase.DONE)
+        await self.finish_handlers()
+        return value
 
     async def finish(self, result, outcome: str, message: str):
         """Close the run (DONE for a successful outcome, else FAILED), let running approve/reject

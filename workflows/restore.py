@@ -3,6 +3,7 @@ approval, and an atomic swap by rename that keeps the old database."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -10,7 +11,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, cause_message
+    from workflows.base import CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, cause_message
     from workflows.models import (
         ArchiveRequest,
         BackupInput,
@@ -39,8 +40,6 @@ with workflow.unsafe.imports_passed_through():
         SwapResult,
     )
 
-# pg_dump and pg_restore heartbeat every 2 s; a dead worker is noticed within this.
-LONG_STEP = dict(start_to_close_timeout=timedelta(hours=6), heartbeat_timeout=timedelta(seconds=30))
 
 
 def _stamp() -> str:
@@ -53,16 +52,11 @@ class BackupWorkflow(RollbackWorkflowBase):
 
     @workflow.run
     async def run(self, request: BackupInput) -> BackupManifest:
-        self.start_run(request.service, "P3")
-        self.record(EventKind.STARTED, f"backup of {request.service}: {request.reason}")
-        self.enter(Phase.EXECUTING)
-        manifest = await workflow.execute_activity(
-            # unique per run, so the dump's idempotency never hands back another run's archive
-            "backups.dump",
-            BackupRequest(service=request.service,
-                          backup_id=f"{request.service}-{_stamp()}-{workflow.info().run_id[-12:]}"),
-            result_type=BackupManifest, retry_policy=CHANGE_RETRY, **LONG_STEP,
-        )
+        # the id is unique per run, so the dump's idempotency never hands back another run's archive
+        manifest = await self.backup_step(
+            request.service, f"backup of {request.service}: {request.reason}", "backups.dump",
+            BackupRequest(service=request.service, backup_id=f"{request.service}-{_stamp()}-"
+                          f"{workflow.info().run_id[-12:]}"), BackupManifest)
         self.record(EventKind.VERIFIED, f"backup {manifest.backup_id}: {manifest.size_bytes} bytes, sha256 "
                     f"{manifest.sha256[:12]}…, full read OK", tables=manifest.tables)
         pruned = await workflow.execute_activity(
@@ -71,9 +65,7 @@ class BackupWorkflow(RollbackWorkflowBase):
         )
         if pruned:
             self.record(EventKind.DECIDED, f"retention removed {len(pruned)} old backup(s): {', '.join(pruned)}")
-        self.enter(Phase.DONE)
-        await self.finish_handlers()
-        return manifest
+        return await self.done(manifest)
 
 
 @workflow.defn
@@ -84,16 +76,11 @@ class BaseBackupWorkflow(RollbackWorkflowBase):
 
     @workflow.run
     async def run(self, request: BackupInput) -> BaseBackup:
-        self.start_run(request.service, "P3")
-        self.record(EventKind.STARTED, f"base backup of {request.service}: {request.reason}")
-        self.enter(Phase.EXECUTING)
-        backup = await workflow.execute_activity("pitr.base_backup", ServiceRef(service=request.service),
-                                                 result_type=BaseBackup, retry_policy=CHANGE_RETRY, **LONG_STEP)
+        backup = await self.backup_step(request.service, f"base backup of {request.service}: {request.reason}",
+                                        "pitr.base_backup", ServiceRef(service=request.service), BaseBackup)
         self.record(EventKind.VERIFIED, f"base backup {backup.backup_id}: {backup.size_bytes} bytes, "
                     "pg_verifybackup OK")
-        self.enter(Phase.DONE)
-        await self.finish_handlers()
-        return backup
+        return await self.done(backup)
 
 
 @workflow.defn
@@ -137,19 +124,21 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             self.record(EventKind.RESOLVED, "dry run: nothing was changed")
             return await self.finish(result, "dry_run", "dry run: the source is valid; nothing was changed")
 
-        # 2. Safety backup of what is live now, as a child workflow
+        # 2. Safety backup of what is live now (a child workflow), and at the same time
+        # 3. restore into a new database: neither touches the live one, which keeps serving
         self.enter(Phase.EXECUTING)
         stamp = _stamp()
-        await self._safety_backup(request, result, stamp)
-
-        # 3. Restore into a new database; the live one keeps serving
         new_database = f"{source.database}_restore_{stamp}"
-        restored = await workflow.execute_activity(
-            "postgres.restore_into",
-            RestoreIntoRequest(service=request.service, archive=source.archive, database=new_database,
-                               label=f"rollback: restore of {source.backup_id} by {workflow.info().workflow_id}"),
-            result_type=dict[str, int], retry_policy=CHANGE_RETRY, **LONG_STEP,
-        )
+        safety = asyncio.ensure_future(self._safety_backup(request, result, stamp))
+        try:
+            restored = await workflow.execute_activity(
+                "postgres.restore_into",
+                RestoreIntoRequest(service=request.service, archive=source.archive, database=new_database,
+                                   label=f"rollback: restore of {source.backup_id} by {workflow.info().workflow_id}"),
+                result_type=dict[str, int], retry_policy=CHANGE_RETRY, **LONG_STEP,
+            )
+        finally:
+            await safety  # the swap never happens without the safety backup
         result.restored_database = new_database
         self.record(EventKind.EXECUTING, f"restored into {new_database}; live database untouched")
 

@@ -9,7 +9,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, cause_message
+    from workflows.base import CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, cause_message
     from workflows.models import (
         ArchiveRequest,
         EventKind,
@@ -25,8 +25,6 @@ with workflow.unsafe.imports_passed_through():
         VolumeRestoreResult,
     )
 
-STEP = dict(start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=timedelta(seconds=60))
-
 
 @workflow.defn
 class VolumeBackupWorkflow(RollbackWorkflowBase):
@@ -34,19 +32,14 @@ class VolumeBackupWorkflow(RollbackWorkflowBase):
 
     @workflow.run
     async def run(self, request: VolumeInput) -> VolumeManifest:
-        self.start_run(request.service, "P3")
-        self.record(EventKind.STARTED, f"backup of volume {request.volume} of {request.service}: {request.reason}")
-        self.enter(Phase.EXECUTING)
         backup_id = f"{request.volume}-{workflow.now():%Y%m%d%H%M%S}-{workflow.info().run_id[-12:]}"
-        manifest = await workflow.execute_activity(
+        manifest = await self.backup_step(
+            request.service, f"backup of volume {request.volume} of {request.service}: {request.reason}",
             "docker.volume_backup", VolumeBackupRequest(service=request.service, volume=request.volume,
-                                                        backup_id=backup_id),
-            result_type=VolumeManifest, retry_policy=CHANGE_RETRY, **STEP)
+                                                        backup_id=backup_id), VolumeManifest)
         self.record(EventKind.VERIFIED, f"volume backup {manifest.backup_id}: {manifest.files} entries, "
                     f"{manifest.size_bytes} bytes, sha256 {manifest.sha256[:12]}…, full read OK")
-        self.enter(Phase.DONE)
-        await self.finish_handlers()
-        return manifest
+        return await self.done(manifest)
 
 
 @workflow.defn
@@ -65,7 +58,7 @@ class VolumeRestoreWorkflow(RollbackWorkflowBase):
             start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY)
         result.source = source = await workflow.execute_activity(
             "docker.volume_validate", ArchiveRequest(service=request.service, archive=request.source),
-            result_type=VolumeManifest, retry_policy=READ_RETRY, **STEP)
+            result_type=VolumeManifest, retry_policy=READ_RETRY, **LONG_STEP)
         self.record(EventKind.ASSESSED, f"{source.backup_id} valid: sha256 matches, {source.files} entries read")
         result.new_volume = f"{source.volume}_restore_{workflow.now():%Y%m%d%H%M%S}"
         decision = await self.wait_for_approval(
@@ -80,7 +73,7 @@ class VolumeRestoreWorkflow(RollbackWorkflowBase):
         result.details = await workflow.execute_activity(
             "docker.volume_restore", VolumeRestoreRequest(service=request.service, backup_id=source.backup_id,
                                                           new_volume=result.new_volume, rollback_key=key),
-            result_type=dict[str, str], retry_policy=CHANGE_RETRY, **STEP)
+            result_type=dict[str, str], retry_policy=CHANGE_RETRY, **LONG_STEP)
         self.record(EventKind.ROLLED_BACK, f"{source.container} recreated on volume {result.new_volume}; the "
                     f"previous container is kept as {result.details['aside_name']}, volume {source.volume} kept")
         self.enter(Phase.VERIFYING)
