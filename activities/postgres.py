@@ -160,13 +160,33 @@ class RestoreActivities:
                 done[0] = min(done[0] + 1, total)
 
         code, stderr = await run_tool(
-            [pg_restore, "-j", "2", "--exit-on-error", "--no-owner", "--no-password", "--verbose",
+            [pg_restore, "-j", str(self._config.service(request.service).database.dump_jobs), "--exit-on-error", "--no-owner", "--no-password", "--verbose",
              "-d", request.database, request.archive], libpq_env(dsn, request.database),
             lambda: {"restoring": request.database, "toc_items_done": done[0], "toc_items": total}, count)
         if code != 0:
             raise ApplicationError(f"pg_restore into {request.database} failed: {stderr.strip()[-300:]}")
         async with await connect_to(with_database(dsn, request.database)) as conn:
             return await table_counts(conn)
+
+    @activity.defn(name="postgres.check_database")
+    async def check_database(self, request: CountsRequest) -> list[str]:
+        """The configured critical tables exist and the `verify_sql` checks return true, in
+        `request.database` (a restored one, before it is swapped in); the problems found."""
+        settings = self._config.service(request.service).database
+        dsn, live = service_dsn(self._config, request.service)
+        problems = []
+        async with await connect_to(with_database(dsn, request.database or live)) as conn:
+            present = set(await table_counts(conn))
+            problems += [f"critical table {t} is missing" for t in settings.critical_tables if qualified(t) not in present]
+            for check in settings.verify_sql:
+                try:
+                    row = await (await conn.execute(check)).fetchone()
+                except psycopg.Error as exc:
+                    problems.append(f"check {check!r} failed: {str(exc).strip()}")
+                    continue
+                if not row or not row[0]:
+                    problems.append(f"check {check!r} returned {row[0] if row else 'no row'}")
+        return problems
 
     @activity.defn(name="postgres.table_counts")
     async def counts(self, request: CountsRequest) -> dict[str, int]:

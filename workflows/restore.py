@@ -149,7 +149,16 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             self.record(EventKind.VERIFICATION_FAILED, f"row counts differ from the backup: {mismatches}")
             raise ApplicationError(f"restored database {new_database} does not match backup {source.backup_id}: "
                                    f"{mismatches}; the live database was not touched", non_retryable=True)
-        self.record(EventKind.VERIFIED, f"all {len(source.tables)} tables match the backup's row counts")
+        problems = await workflow.execute_activity(
+            "postgres.check_database", CountsRequest(service=request.service, database=new_database),
+            result_type=list[str], start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY)
+        if problems:
+            self.record(EventKind.VERIFICATION_FAILED, "; ".join(problems))
+            raise ApplicationError(f"restored database {new_database} fails its checks: {'; '.join(problems)}; the "
+                                   "live database was not touched", non_retryable=True)
+        checks = context.config.database
+        self.record(EventKind.VERIFIED, f"all {len(source.tables)} tables match the backup's row counts; "
+                    f"{len(checks.critical_tables)} critical table(s) present, {len(checks.verify_sql)} SQL check(s) pass")
 
         # 6. Recent data report: what the live database has that the backup does not
         recent = await self._export_recent_rows(request, result, source.created_at, context)

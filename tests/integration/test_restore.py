@@ -352,3 +352,28 @@ async def test_directory_format_backup_with_jobs(client, task_queue, shop_db, tm
     data_file.write_bytes(bytes(raw))
     with pytest.raises(ApplicationError, match="is corrupt: sha256"):
         await BackupActivities(config).validate(ArchiveRequest(service="shop", archive=manifest.backup_id))
+
+
+async def test_a_restored_database_failing_its_checks_is_never_swapped_in(client, task_queue, shop_db, tmp_path):
+    import yaml
+    from temporalio.client import WorkflowFailureError
+
+    from activities.common import ConfigSource
+
+    name, dsn, admin, config = shop_db
+    manifest = await backup(client, task_queue, config)
+    settings = yaml.safe_load(Path(config._path).read_text())
+    settings["services"]["shop"]["database"].update(critical_tables=["users", "payments"],
+                                                    verify_sql=["SELECT count(*) > 1000 FROM orders"])
+    path = tmp_path / "checked.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM orders WHERE id > 40")
+    async with running_worker(client, ConfigSource(path), task_queue):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(
+                DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source=manifest.backup_id),
+                id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
+    message = str(failure.value.cause)
+    assert "critical table payments is missing" in message and "returned False" in message
+    assert "the live database was not touched" in message and count(dsn, "orders") == 40
