@@ -38,12 +38,14 @@ BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def database_prober(dsn: str) -> Prober:
-    """What the app sees: a fresh connection and a query every 10 ms."""
+    """What the app sees: a fresh connection and a lookup every 10 ms. An error, an answer that
+    is wrong (the account row missing, as while an in-place restore reloads the table) or a
+    lookup blocked for more than 250 ms (the app's request timeout) counts as down."""
 
     def probe() -> bool:
-        with psycopg.connect(dsn, connect_timeout=2) as conn:
-            conn.execute("SELECT count(*) FROM pgbench_branches").fetchone()
-        return True
+        with psycopg.connect(dsn, connect_timeout=2, options="-c statement_timeout=250") as conn:
+            row = conn.execute("SELECT count(*) FROM pgbench_accounts WHERE aid = 12345").fetchone()
+        return row[0] == 1
 
     return Prober(probe)
 
@@ -86,6 +88,8 @@ async def main(scale: int) -> None:
     print(f"pgbench -i -s {scale} ...", flush=True)
     subprocess.run([str(BIN / "pgbench"), "-i", "-q", "-s", str(scale), "bench"], env=env, check=True, capture_output=True)
     os.environ["BENCH_DSN"] = dsn
+    with psycopg.connect(dsn) as conn:
+        database_size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     config_path = work / "rollback.yaml"
     health = healthy_endpoint()  # the restore checks the app after the swap
     config_path.write_text(yaml.safe_dump({"state_dir": str(work / "state"), "artifact_dir": str(work / "inc"),
@@ -131,7 +135,8 @@ async def main(scale: int) -> None:
     finally:
         await temporal.shutdown()
         cluster.stop()
-    print(f"pgbench scale {scale}: archive {size_mb:.0f} MB, {database_mb} rows; phases {safety}")
+    print(f"pgbench scale {scale}: database {database_size / 1e6:.0f} MB, archive {size_mb:.0f} MB, {database_mb} rows; "
+          f"phases {safety}")
     print(f"(a) our restore, app-visible downtime (swap):     {ours.downtime() * 1000:8.0f} ms "
           f"(swap step reported {result.swap_downtime_seconds * 1000:.0f} ms)")
     print(f"(b) in-place pg_restore --clean, downtime:        {theirs.downtime() * 1000:8.0f} ms "
