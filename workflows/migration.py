@@ -145,8 +145,8 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
                 done = await workflow.execute_activity(
                     "migrations.down_step", DownStepRequest(service=request.service, step=step),
                     result_type=DownStepResult, retry_policy=CHANGE_RETRY,
-                    start_to_close_timeout=context.config.database.statement_timeout + timedelta(minutes=2),
-                    heartbeat_timeout=timedelta(seconds=60))
+                    # no heartbeat timeout: one statement may run up to statement_timeout without a beat
+                    start_to_close_timeout=context.config.database.statement_timeout + timedelta(minutes=2))
                 result.version_after = done.version
                 self.record(EventKind.ROLLED_BACK, f"{step.version} ({step.name}) rolled back; now at "
                             f"{_version(done.version)}" + (" (found already done)" if done.already_done else ""),
