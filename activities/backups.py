@@ -42,6 +42,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+async def hashed(path: Path) -> str:
+    """sha256_of in a thread, heartbeating: a multi-GB archive takes longer than a heartbeat."""
+    return await with_heartbeats(asyncio.to_thread(sha256_of, path), {"hashing": str(path)})
+
+
 def size_of(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
@@ -170,7 +175,7 @@ class BackupActivities:
         manifest = BackupManifest(
             backup_id=request.backup_id, service=request.service, database=database, archive=str(archive),
             format="directory" if directory_format else "custom",
-            size_bytes=size_of(archive), sha256=sha256_of(archive), server_version=server_version,
+            size_bytes=size_of(archive), sha256=await hashed(archive), server_version=server_version,
             pg_dump_version=(await version.communicate())[0].decode().strip(),
             created_at=request.as_of or started_at, tables=counts, verified=True,
         )
@@ -196,7 +201,7 @@ class BackupActivities:
         archive = Path(manifest.archive)
         if not archive.exists():
             raise fail(f"archive {archive} is missing", kind="BackupInvalid")
-        actual = sha256_of(archive)
+        actual = await hashed(archive)
         if actual != manifest.sha256:
             raise fail(f"archive {archive} is corrupt: sha256 {actual[:12]}… does not match the manifest's "
                        f"{manifest.sha256[:12]}…; nothing was changed", kind="BackupInvalid")

@@ -503,10 +503,15 @@ class DockerActivities(_EngineActivities):
         helper = client.containers.create(image, name=f"{request.new_volume}-fill",
                                           volumes={request.new_volume: {"bind": manifest.mount_path, "mode": "rw"}},
                                           labels={"io.rollback.helper": request.rollback_key})
-        try:
-            with open(manifest.archive, "rb") as fh:  # the tar's top entry is the mount's own directory
-                if not helper.put_archive(os.path.dirname(manifest.mount_path.rstrip("/")) or "/", fh):
-                    raise ApplicationError(f"could not fill volume {request.new_volume}")
+        def chunks():  # streamed, with a heartbeat per MiB: a big volume takes a while
+            with open(manifest.archive, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    activity.heartbeat({"filling": request.new_volume})
+                    yield block
+
+        try:  # the tar's top entry is the mount's own directory
+            if not helper.put_archive(os.path.dirname(manifest.mount_path.rstrip("/")) or "/", chunks()):
+                raise ApplicationError(f"could not fill volume {request.new_volume}")
         finally:
             helper.remove(force=True)
         details = recreate(client, target.container, image, aside_name=aside_name(target.container, request.rollback_key),

@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.backups import HEARTBEAT_SECONDS, run_tool
+from activities.backups import HEARTBEAT_SECONDS, run_tool, with_heartbeats
 from activities.common import ConfigSource, fail, write_json_atomic
 from activities.postgres import connect_to, libpq_env, on_loopback_port, service_dsn, with_database
 from workflows.config import PitrConfig
@@ -99,7 +99,7 @@ class PitrActivities:
         await self._stop(pitr, data)  # an earlier attempt's server
         shutil.rmtree(data, ignore_errors=True)
         data.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(shutil.copytree, base.path, data)
+        await with_heartbeats(asyncio.to_thread(shutil.copytree, base.path, data), {"copying": base.backup_id})
         port = _free_port()
         (data / "recovery.signal").write_text("")
         with (data / "postgresql.auto.conf").open("a") as conf:
@@ -112,8 +112,11 @@ class PitrActivities:
         os.chmod(data, 0o700)
         run_as = self._run_as(pitr)
         if run_as:
-            for path in [data.parent, data, *data.rglob("*")]:  # the server writes its log beside the data
-                shutil.chown(path, run_as[2], run_as[2])
+            def hand_over() -> None:  # the server writes its log beside the data
+                for path in [data.parent, data, *data.rglob("*")]:
+                    shutil.chown(path, run_as[2], run_as[2])
+
+            await with_heartbeats(asyncio.to_thread(hand_over), {"chown": str(data)})
         log = data.parent / "recovery.log"
         timeout = int(pitr.recovery_timeout.total_seconds())
         # -w: returns once the server accepts connections, or fails if recovery cannot reach a
