@@ -25,7 +25,6 @@ with workflow.unsafe.imports_passed_through():
         PostmortemRequest,
         SchemaRequest,
         SchemaVersion,
-        ServiceContext,
         ServiceRef,
         TargetRequest,
         UndoRequest,
@@ -60,10 +59,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             automatic=request.automatic,
             rule=request.trigger_rule,
         )
-        context = await workflow.execute_activity(
-            "config.service", ServiceRef(service=request.service), result_type=ServiceContext,
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY,
-        )
+        context = await self.service_context(request.service)
         config = context.config
         provider = config.app.provider
         result = AppRollbackResult(service=request.service, outcome="failed", artifact_dir=context.artifact_dir)

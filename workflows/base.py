@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         StatusPageRequest,
         RollbackStatus,
+        ServiceContext,
         ServiceRef,
         TimelineEvent,
         VerifyRequest,
@@ -247,6 +248,19 @@ class RollbackWorkflowBase:
         self.record(EventKind.EXECUTING, "processing started again: kill switches back to " + ", ".join(
             f"{k}={v if v is not None else '(not set)'}" for k, v in previous.items()))
         return True
+
+    async def ask(self, step: str, summary: str, timeout: timedelta) -> str | None:
+        """Wait for a decision on `step`: None when approved, else the outcome to end with."""
+        decision = await self.wait_for_approval(step, summary, timeout)
+        if decision is None:
+            return "not_approved"
+        return None if decision.approved else "rejected"
+
+    async def service_context(self, service: str) -> ServiceContext:
+        """The service's config (secret names only) and this run's artifact directory."""
+        return await workflow.execute_activity(
+            "config.service", ServiceRef(service=service), result_type=ServiceContext,
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY)
 
     def close(self, result, outcome: str, message: str, succeeded: bool):
         """Mark the final phase and fill the fields every result model has."""

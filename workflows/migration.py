@@ -76,8 +76,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
         self.record(EventKind.STARTED, f"migration rollback of {request.service} to {request.target}: "
                     f"{request.reason}", actor=request.requested_by, dry_run=request.dry_run)
         result = MigrationRollbackResult(service=request.service, outcome="failed")
-        context = await workflow.execute_activity("config.service", ServiceRef(service=request.service),
-                                                  result_type=ServiceContext, **QUICK)
+        context = await self.service_context(request.service)
         result.artifact_dir = context.artifact_dir
 
         # 1. Status and plan: every check that can refuse happens here, before anything changes
@@ -130,12 +129,10 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
         policy = context.config.policy
         if losing or approval_needed(policy.database_approval, automatic=False):
             why = f"data loss: {_loss_summary(losing)} (exported)" if losing else "policy requires approval"
-            decision = await self.wait_for_approval(
-                "run down migrations", f"{_version(plan.current)} -> {_version(plan.target)}; {why}",
-                request.approval_timeout)
-            if decision is None or not decision.approved:
+            outcome = await self.ask("run down migrations", f"{_version(plan.current)} -> {_version(plan.target)}; "
+                                     f"{why}", request.approval_timeout)
+            if outcome:
                 result.kill_switches_restored = await self.start_processing(result.service, result.kill_switches_before)
-                outcome = "not_approved" if decision is None else "rejected"
                 return await self.finish(result, outcome, f"down migrations {outcome}; nothing was rolled back")
 
         # 6. Down migrations, one transaction each; 7. verify
@@ -239,12 +236,11 @@ class MigrationRepairWorkflow(RollbackWorkflowBase):
         if not result.before.dirty:
             self.record(EventKind.RESOLVED, f"not dirty (at {_version(result.before.current)}); nothing to repair")
             return await self.finish(result, "not_dirty", f"{request.service} is not dirty; nothing was changed")
-        decision = await self.wait_for_approval(
+        outcome = await self.ask(
             "force version", f"{result.before.tool} says {result.before.current} (dirty); set it to "
             f"{request.version}, clean. Only do this after checking the schema really is at {request.version}",
             request.approval_timeout)
-        if decision is None or not decision.approved:
-            outcome = "not_approved" if decision is None else "rejected"
+        if outcome:
             return await self.finish(result, outcome, f"repair {outcome}; nothing was changed")
         try:
             result.after = await workflow.execute_activity(

@@ -94,10 +94,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         self.record(EventKind.STARTED, f"restore of {request.service} from {request.source}: {request.reason}",
                     actor=request.requested_by, dry_run=request.dry_run)
         result = RestoreResult(service=request.service, outcome="failed")
-        context = await workflow.execute_activity(
-            "config.service", ServiceRef(service=request.service), result_type=ServiceContext,
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY,
-        )
+        context = await self.service_context(request.service)
         result.artifact_dir = context.artifact_dir
         pitr = context.config.database.pitr if context.config.database else None
         if request.source == "pitr" and pitr and pitr.supabase:
@@ -231,10 +228,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             self.record(EventKind.APPROVED, f"{step}: approved by the parent workflow's checkpoint; {summary}",
                         actor=request.approved_by)
             return None
-        decision = await self.wait_for_approval(step, summary, request.approval_timeout)
-        if decision is None:
-            return "not_approved"
-        return None if decision.approved else "rejected"
+        return await self.ask(step, summary, request.approval_timeout)
 
     async def _resume(self, request: RestoreInput, result: RestoreResult, context: ServiceContext, done: str,
                       kept: str) -> RestoreResult:
@@ -362,10 +356,9 @@ class RestoreCleanupWorkflow(RollbackWorkflowBase):
             return await self.finish(result, "nothing_to_do", "no kept database is old enough to drop")
         if request.dry_run:
             return await self.finish(result, "dry_run", f"would drop {len(result.candidates)} database(s)")
-        decision = await self.wait_for_approval("drop kept databases", f"DROP DATABASE {listing}; this cannot be "
-                                                "undone", request.approval_timeout)
-        if decision is None or not decision.approved:
-            outcome = "not_approved" if decision is None else "rejected"
+        outcome = await self.ask("drop kept databases", f"DROP DATABASE {listing}; this cannot be undone",
+                                 request.approval_timeout)
+        if outcome:
             return await self.finish(result, outcome, f"cleanup {outcome}; nothing was dropped")
         self.enter(Phase.EXECUTING)
         result.dropped = await workflow.execute_activity(

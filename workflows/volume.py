@@ -14,8 +14,6 @@ with workflow.unsafe.imports_passed_through():
         ArchiveRequest,
         EventKind,
         Phase,
-        ServiceContext,
-        ServiceRef,
         VolumeBackupRequest,
         VolumeInput,
         VolumeManifest,
@@ -53,20 +51,17 @@ class VolumeRestoreWorkflow(RollbackWorkflowBase):
         self.record(EventKind.STARTED, f"volume restore of {request.service} from {request.source}: "
                     f"{request.reason}", actor=request.requested_by)
         result = VolumeRestoreResult(service=request.service, outcome="failed")
-        context = await workflow.execute_activity(
-            "config.service", ServiceRef(service=request.service), result_type=ServiceContext,
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY)
+        context = await self.service_context(request.service)
         result.source = source = await workflow.execute_activity(
             "docker.volume_validate", ArchiveRequest(service=request.service, archive=request.source),
             result_type=VolumeManifest, retry_policy=READ_RETRY, **LONG_STEP)
         self.record(EventKind.ASSESSED, f"{source.backup_id} valid: sha256 matches, {source.files} entries read")
         result.new_volume = f"{source.volume}_restore_{workflow.now():%Y%m%d%H%M%S}"
-        decision = await self.wait_for_approval(
+        outcome = await self.ask(
             "volume restore", f"fill new volume {result.new_volume} from {source.backup_id} (taken "
             f"{source.created_at:%Y-%m-%d %H:%M}) and recreate {source.container} on it; the current volume "
             f"{source.volume} and container are kept", request.approval_timeout)
-        if decision is None or not decision.approved:
-            outcome = "not_approved" if decision is None else "rejected"
+        if outcome:
             return await self.finish(result, outcome, f"volume restore {outcome}; nothing was changed")
         self.enter(Phase.EXECUTING)
         key = f"{workflow.info().workflow_id}/{workflow.info().run_id}"
