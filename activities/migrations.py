@@ -450,8 +450,7 @@ class MigrationActivities:
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
-    def _status(self, service: str, conn: psycopg.Connection) -> tuple[MigrationStatus, list[Migration]]:
-        tool = self._tool(service)
+    def _status(self, service: str, conn: psycopg.Connection, tool) -> tuple[MigrationStatus, list[Migration]]:
         migrations = tool.migrations()
         applied, dirty = tool.applied(conn)
         if isinstance(tool, GolangMigrate) and tool.tracking_exists(conn):
@@ -473,7 +472,7 @@ class MigrationActivities:
     @activity.defn(name="migrations.status")
     def status(self, request: ServiceRef) -> MigrationStatus:
         with self._connect(request.service) as conn:
-            return self._status(request.service, conn)[0]
+            return self._status(request.service, conn, self._tool(request.service))[0]
 
     @activity.defn(name="migrations.plan")
     def plan(self, request: MigrationPlanRequest) -> MigrationPlan:
@@ -482,12 +481,13 @@ class MigrationActivities:
         service = request.service
         tool = self._tool(service)
         with self._connect(service) as conn:
-            status, migrations = self._status(service, conn)
+            status, migrations = self._status(service, conn, tool)
             if status.dirty:
                 raise fail(f"{tool.table} says version {status.current} is dirty (a migration failed half-way); "
                            f"inspect the schema, then `rollback migrations repair {service} --version V` with the "
                            "version it really is at", kind="MigrationDirty")
-            applied = [m for m in migrations if m.version in {i.version for i in status.migrations if i.applied}]
+            applied_versions = {i.version for i in status.migrations if i.applied}
+            applied = [m for m in migrations if m.version in applied_versions]
             versions = [m.version for m in applied]
             target = self._resolve_target(request.target, status, versions, [m.version for m in migrations])
             if target == status.current:
@@ -585,7 +585,7 @@ class MigrationActivities:
         tool = self._tool(service)
         started = time.monotonic()
         with self._migration_lock(service, tool) as lock_conn:
-            status, migrations = self._status(service, lock_conn)
+            status, migrations = self._status(service, lock_conn, tool)
             if status.current == step.previous:
                 return DownStepResult(version=step.previous, already_done=True)
             if status.current != step.version or status.dirty:
@@ -615,7 +615,7 @@ class MigrationActivities:
         found (an empty list means verified). Row counts are compared by the workflow."""
         problems = []
         with self._connect(request.service) as conn:
-            status, _ = self._status(request.service, conn)
+            status, _ = self._status(request.service, conn, self._tool(request.service))
             if status.current != request.target or status.dirty:
                 problems.append(f"tracking table says {status.current}{' (dirty)' if status.dirty else ''}, "
                                 f"expected {request.target}")
@@ -648,7 +648,7 @@ class MigrationActivities:
                 tool.set_version(conn, request.version)
                 conn.commit()
             with self._connect(request.service) as conn:
-                return self._status(request.service, conn)[0]
+                return self._status(request.service, conn, tool)[0]
 
 
 def apply_up(dsn: str, tool_name: str, directory: Path, to: str | None = None) -> list[str]:

@@ -78,13 +78,17 @@ async def connect_to(dsn: str, autocommit: bool = True) -> psycopg.AsyncConnecti
         raise ApplicationError(f"database on {host} unreachable: {type(exc).__name__}") from None
 
 
-async def table_counts(conn: psycopg.AsyncConnection) -> dict[str, int]:
-    """Exact row counts of every user table, by schema-qualified name."""
-    rows = await (await conn.execute(
+async def user_tables(conn: psycopg.AsyncConnection) -> list[tuple[str, str]]:
+    """(schema, table) of every user table, sorted."""
+    return await (await conn.execute(
         "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
         "ORDER BY 1, 2")).fetchall()
+
+
+async def table_counts(conn: psycopg.AsyncConnection) -> dict[str, int]:
+    """Exact row counts of every user table, by schema-qualified name."""
     counts = {}
-    for schema, table in rows:
+    for schema, table in await user_tables(conn):
         query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
         counts[f"{schema}.{table}"] = (await (await conn.execute(query)).fetchone())[0]
     return counts
@@ -176,7 +180,7 @@ class RestoreActivities:
         dsn, live = service_dsn(self._config, request.service)
         problems = []
         async with await connect_to(with_database(dsn, request.database or live)) as conn:
-            present = set(await table_counts(conn))
+            present = {f"{schema}.{table}" for schema, table in await user_tables(conn)}  # names; no counting
             problems += [f"critical table {t} is missing" for t in settings.critical_tables if qualified(t) not in present]
             for check in settings.verify_sql:
                 try:
