@@ -250,6 +250,10 @@ class BackupActivities:
 
     @activity.defn(name="backups.list")
     async def list(self, request: ServiceRef) -> list[BackupManifest]:
-        manifests = [BackupManifest.model_validate_json(p.read_text())
-                     for p in self.backup_dir(request.service).glob("*.manifest.json")]
-        return sorted(manifests, key=lambda m: m.created_at, reverse=True)
+        return self.manifests(request.service)
+
+    def manifests(self, service: str) -> list[BackupManifest]:
+        """The service's backups, newest first (also what `rollback backups list` prints)."""
+        found = [BackupManifest.model_validate_json(p.read_text())
+                 for p in self.backup_dir(service).glob("*.manifest.json")]
+        return sorted(found, key=lambda m: m.created_at, reverse=True)

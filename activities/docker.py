@@ -426,6 +426,11 @@ class DockerActivities(_EngineActivities):
         directory.mkdir(parents=True, exist_ok=True)
         return directory
 
+    def volume_manifests(self, service: str) -> list[VolumeManifest]:
+        """The service's volume backups, newest first (what `rollback volume list` prints)."""
+        found = [VolumeManifest.model_validate_json(p.read_text()) for p in self.volume_dir(service).glob("*.json")]
+        return sorted(found, key=lambda m: m.created_at, reverse=True)
+
     def _volume_backup(self, request: VolumeBackupRequest) -> VolumeManifest:
         """The volume's files as a tar (through the engine's archive API, from the service's own
         container: no helper image), sha256, and a full read of the tar; one archive per id."""

@@ -229,19 +229,21 @@ def backups_list(service: str, config: Optional[Path], as_json: bool) -> None:
 
     loaded = load_config(config)
     loaded.service(service)
-    directory = BackupActivities(ConfigSource(config, loaded)).backup_dir(service)
-    from workflows.models import BackupManifest
+    backups = BackupActivities(ConfigSource(config, loaded))
+    _print_manifests(backups.manifests(service), f"no backups in {backups.backup_dir(service)}", as_json,
+                     lambda m: f"{m.created_at:%Y-%m-%d %H:%M:%S}  {m.backup_id:<40} {m.size_bytes:>12} bytes  "
+                               f"{'verified' if m.verified else 'UNVERIFIED'}  {sum(m.tables.values())} rows")
+    sys.exit(0)
 
-    manifests = sorted((BackupManifest.model_validate_json(p.read_text()) for p in directory.glob("*.manifest.json")),
-                       key=lambda m: m.created_at, reverse=True)
+
+def _print_manifests(manifests: list, empty: str, as_json: bool, line) -> None:
+    """A backup listing: JSON for scripts, else one line each (or why there are none)."""
     if as_json:
         print(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2))
     elif not manifests:
-        print(f"no backups in {directory}")
+        print(empty)
     for m in manifests if not as_json else []:
-        print(f"{m.created_at:%Y-%m-%d %H:%M:%S}  {m.backup_id:<40} {m.size_bytes:>12} bytes  "
-              f"{'verified' if m.verified else 'UNVERIFIED'}  {sum(m.tables.values())} rows")
-    sys.exit(0)
+        print(line(m))
 
 
 class _RestoreGroup(click.Group):
@@ -358,21 +360,14 @@ def volume_list(service: str, config: Optional[Path], as_json: bool) -> None:
     """List a service's volume backups, newest first."""
     from activities.common import ConfigSource
     from activities.docker import DockerActivities
-    from workflows.models import VolumeManifest
 
     loaded = load_config(config)
     if loaded.service(service).app.provider != "docker":
         raise CliError(f"service {service!r} is not a docker service; volume backups need one")
-    directory = DockerActivities(ConfigSource(config, loaded)).volume_dir(service)
-    manifests = sorted((VolumeManifest.model_validate_json(p.read_text()) for p in directory.glob("*.json")),
-                       key=lambda m: m.created_at, reverse=True)
-    if as_json:
-        print(json.dumps([m.model_dump(mode="json") for m in manifests], indent=2))
-    elif not manifests:
-        print(f"no volume backups in {directory}")
-    for m in manifests if not as_json else []:
-        print(f"{m.created_at:%Y-%m-%d %H:%M:%S}  {m.backup_id:<44} {m.volume:<20} {m.size_bytes:>12} bytes  "
-              f"{m.files} entries")
+    volumes = DockerActivities(ConfigSource(config, loaded))
+    _print_manifests(volumes.volume_manifests(service), f"no volume backups in {volumes.volume_dir(service)}", as_json,
+                     lambda m: f"{m.created_at:%Y-%m-%d %H:%M:%S}  {m.backup_id:<44} {m.volume:<20} "
+                               f"{m.size_bytes:>12} bytes  {m.files} entries")
     sys.exit(0)
 
 

@@ -41,6 +41,11 @@ def read(client, container: str, path: str) -> str:
     return result.output.decode().strip() if result.exit_code == 0 else f"<exit {result.exit_code}>"
 
 
+async def backup_volume(client, task_queue: str, volume: str) -> VolumeManifest:
+    return await client.execute_workflow(VolumeBackupWorkflow.run, VolumeInput(service="web", volume=volume),
+                                         id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=VolumeManifest)
+
+
 def volume_of(client, container: str) -> str:
     (mount,) = [m for m in client.containers.get(container).attrs["Mounts"] if m["Type"] == "volume"]
     return mount["Name"]
@@ -49,9 +54,7 @@ def volume_of(client, container: str) -> str:
 async def test_volume_backup_damage_restore_keeps_the_old_volume(client, task_queue, app_with_volume):
     docker, name, volume, config = app_with_volume
     async with running_worker(client, config, task_queue):
-        manifest = await client.execute_workflow(
-            VolumeBackupWorkflow.run, VolumeInput(service="web", volume=volume), id=f"wf-{uuid.uuid4()}",
-            task_queue=task_queue, result_type=VolumeManifest)
+        manifest = await backup_volume(client, task_queue, volume)
         assert manifest.verified and manifest.files >= 4 and Path(manifest.archive).stat().st_size == manifest.size_bytes
         docker.containers.get(name).exec_run(["sh", "-c", "echo corrupted > /data/uploads/a.txt; rm /data/settings"])
         handle = await client.start_workflow(
@@ -73,9 +76,7 @@ async def test_volume_backup_damage_restore_keeps_the_old_volume(client, task_qu
 async def test_corrupt_volume_backup_is_refused_before_anything_changes(client, task_queue, app_with_volume):
     docker, name, volume, config = app_with_volume
     async with running_worker(client, config, task_queue):
-        manifest = await client.execute_workflow(
-            VolumeBackupWorkflow.run, VolumeInput(service="web", volume=volume), id=f"wf-{uuid.uuid4()}",
-            task_queue=task_queue, result_type=VolumeManifest)
+        manifest = await backup_volume(client, task_queue, volume)
         listed = await asyncio.to_thread(cli, "volume", "list", "web", "--config", str(config._path), "--json")
         assert [m["backup_id"] for m in json.loads(listed.stdout)] == [manifest.backup_id]
         archive = Path(manifest.archive)
@@ -110,9 +111,7 @@ async def test_unhealthy_app_on_the_restored_volume_is_put_back(client, task_que
     service["health"].update(consecutive_checks=1, interval_seconds=0.1, timeout_seconds=0.5)
     config = write_config({"web": service}, name="unhealthy.yaml")
     async with running_worker(client, config, task_queue):
-        manifest = await client.execute_workflow(
-            VolumeBackupWorkflow.run, VolumeInput(service="web", volume=volume), id=f"wf-{uuid.uuid4()}",
-            task_queue=task_queue, result_type=VolumeManifest)
+        manifest = await backup_volume(client, task_queue, volume)
         handle = await client.start_workflow(
             VolumeRestoreWorkflow.run, VolumeRestoreInput(service="web", source=manifest.backup_id),
             id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=VolumeRestoreResult)
