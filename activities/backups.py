@@ -8,6 +8,7 @@ exits 0: `pg_restore --list` alone exits 0 on an archive truncated to half its s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections import deque
 import shutil
@@ -155,15 +156,28 @@ class BackupActivities:
             remove(stale)
         partial = archive.with_name(f"{archive.name}.partial{activity.info().attempt}")
         pg_dump = shutil.which("pg_dump") or "/usr/lib/postgresql/15/bin/pg_dump"
-        # the dump's snapshot is taken at its start: rows written later are "newer than the backup"
-        started_at = datetime.now(timezone.utc)
-        async with await connect_to(dsn) as conn:
-            counts = await with_heartbeats(table_counts(conn), {"counting": database})
-            server_version = (await (await conn.execute("SHOW server_version")).fetchone())[0]
         format_args = ["-Fd", "-j", str(settings.dump_jobs)] if directory_format else ["-Fc"]
-        code, stderr = await run_tool(
-            [pg_dump, *format_args, "--no-password", "-f", str(partial)], libpq_env(dsn),
-            lambda: {"bytes": size_of(partial) if partial.exists() else 0})
+        # The manifest's row counts must describe the archive: under write load, counts read before
+        # or after pg_dump's own snapshot differ from what it dumps, and every restore from such a
+        # backup fails its count check. So one transaction exports a snapshot, pg_dump dumps
+        # exactly that snapshot (--snapshot), and the counts are read inside it meanwhile; the
+        # transaction stays open until pg_dump ends, as an exported snapshot must.
+        async with await connect_to(dsn) as conn:
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            snapshot, taken_at, server_version = await (await conn.execute(
+                "SELECT pg_export_snapshot(), clock_timestamp(), current_setting('server_version')")).fetchone()
+            dumped = asyncio.ensure_future(run_tool(
+                [pg_dump, *format_args, f"--snapshot={snapshot}", "--no-password", "-f", str(partial)],
+                libpq_env(dsn), lambda: {"bytes": size_of(partial) if partial.exists() else 0}))
+            try:
+                counts = await with_heartbeats(table_counts(conn), {"counting": database})
+                code, stderr = await dumped
+            finally:
+                if not dumped.done():
+                    dumped.cancel()
+                    with contextlib.suppress(BaseException):
+                        await dumped
+            await conn.execute("ROLLBACK")
         if code != 0:
             remove(partial)
             raise ApplicationError(f"pg_dump of {database} for {request.service} failed: {stderr.strip()[-300:]}")
@@ -177,7 +191,7 @@ class BackupActivities:
             format="directory" if directory_format else "custom",
             size_bytes=size_of(archive), sha256=await hashed(archive), server_version=server_version,
             pg_dump_version=(await version.communicate())[0].decode().strip(),
-            created_at=request.as_of or started_at, tables=counts, verified=True,
+            created_at=request.as_of or taken_at, tables=counts, verified=True,
         )
         write_json_atomic(manifest_file, manifest.model_dump(mode="json"))
         return manifest

@@ -7,6 +7,8 @@ import subprocess
 import time
 from typing import Awaitable, Callable
 
+from temporalio.client import WorkflowExecutionStatus
+
 from workflows.models import RollbackStatus
 
 
@@ -26,7 +28,13 @@ async def wait_for_phase(handle, phase: str, timeout: float = 20) -> RollbackSta
 
     async def reached() -> bool:
         state["s"] = await handle.query("status", result_type=RollbackStatus)
-        return state["s"].phase.value == phase
+        if state["s"].phase.value == phase:
+            return True
+        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:  # it will never get there
+            last = state["s"].timeline[-3:]
+            raise AssertionError(f"the run ended in phase {state['s'].phase.value} before reaching {phase}: "
+                                 + "; ".join(f"{e.kind.value}: {e.message}" for e in last))
+        return False
 
     await assert_eventually(reached, timeout, message=f"phase {phase}")
     return state["s"]
