@@ -19,12 +19,9 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, write_json_atomic
+from activities.common import HEARTBEAT_SECONDS, ConfigSource, fail, with_heartbeats, write_json_atomic
 from activities.postgres import connect_to, libpq_env, on_loopback_port, service_dsn, table_counts
 from workflows.models import ArchiveRequest, BackupManifest, BackupRequest, ServiceRef
-
-HEARTBEAT_SECONDS = 2
-
 
 def major(version: str) -> int:
     """15 from '15.18 (Debian 15.18-0+deb12u1)'."""
@@ -67,19 +64,6 @@ def _die_with_parent() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-async def with_heartbeats(awaitable, details):
-    """Await something slow (row counts of a big database) while telling Temporal we are alive."""
-    task = asyncio.ensure_future(awaitable)
-    while True:
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), HEARTBEAT_SECONDS)
-        except asyncio.TimeoutError:
-            activity.heartbeat(details)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
 
 
 async def run_tool(args: list[str], env: dict[str, str], progress, on_line=None) -> tuple[int, str]:

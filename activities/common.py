@@ -2,16 +2,65 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import json
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from workflows.config import ConfigError, RollbackConfig, ServiceConfig, config_path, load_config
+
+T = TypeVar("T")
+# Every long or production-changing step beats this often; the workflows give them heartbeat
+# timeouts of a few such periods, so a dead worker is noticed in seconds and the retry runs.
+HEARTBEAT_SECONDS = 2
+
+
+async def with_heartbeats(awaitable: Awaitable[T], details: Any) -> T:
+    """Await something slow (a Docker call, row counts of a big table) while telling Temporal we
+    are alive; cancelling the activity cancels the wait."""
+    task = asyncio.ensure_future(awaitable)
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), HEARTBEAT_SECONDS)
+        except asyncio.TimeoutError:
+            activity.heartbeat(details)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+
+
+async def in_thread(func: Callable[..., T], *args: Any, details: Any) -> T:
+    """A blocking call (the docker SDK, docker-compose) off the event loop, heartbeating meanwhile."""
+    return await with_heartbeats(asyncio.to_thread(func, *args), details)
+
+
+@contextlib.contextmanager
+def beating(details: Any) -> Iterator[None]:
+    """In a synchronous activity: heartbeat from a side thread while blocking calls run."""
+    stop = threading.Event()
+    context = contextvars.copy_context()  # carries the activity's context into the side thread
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            context.run(activity.heartbeat, details)
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
 
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|KEY|SECRET|TOKEN|CREDENTIAL|DSN|DATABASE_URL", re.I)
 REDACTED = "***redacted***"

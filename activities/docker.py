@@ -23,7 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backups import sha256_of
-from activities.common import ConfigSource, fail, read_json, redact_env_list, write_json_atomic
+from activities.common import ConfigSource, beating, fail, in_thread, read_json, redact_env_list, write_json_atomic
 from workflows.config import ComposeTarget, DockerTarget
 from workflows.models import (
     AppVersion,
@@ -270,12 +270,15 @@ def restore(client: docker.DockerClient, name: str, aside_name: str, new_contain
 
 def select_from_ledger(client: docker.DockerClient, ledger: DeployLedger, request: TargetRequest,
                        what: str) -> AppVersion:
-    """The explicit image, else the newest recorded image that is not current and not rolled away from."""
+    """The explicit image (marked when we rolled away from it before: re-deploying it needs an
+    approval), else the newest recorded image that is not current and not rolled away from."""
     if request.explicit:
         try:
             chosen = version_of(client, request.explicit)
         except ImageNotFound:
             raise fail(f"image {request.explicit!r} is not present on the Docker engine") from None
+        rolled_away = {entry["image_id"] for entry in ledger.entries() if entry["bad"]}
+        chosen = chosen.model_copy(update={"rolled_back_from": chosen.id in rolled_away})
     else:
         chosen = None
         for entry in reversed(ledger.entries()):
@@ -405,7 +408,7 @@ class DockerActivities(_EngineActivities):
 
     @activity.defn(name="docker.execute")
     async def execute(self, request: ExecuteRequest) -> ExecuteResult:
-        return await asyncio.to_thread(self._execute, request)
+        return await in_thread(self._execute, request, details={"recreating": request.service})
 
     def _undo(self, request: UndoRequest) -> ExecuteResult:
         target = self._target(request.service)
@@ -417,7 +420,7 @@ class DockerActivities(_EngineActivities):
 
     @activity.defn(name="docker.undo")
     async def undo(self, request: UndoRequest) -> ExecuteResult:
-        return await asyncio.to_thread(self._undo, request)
+        return await in_thread(self._undo, request, details={"putting back": request.service})
 
     # -- named volumes (runbook 004, option 3) ----------------------------------------------------
     def volume_dir(self, service: str) -> Path:
@@ -464,10 +467,12 @@ class DockerActivities(_EngineActivities):
         write_json_atomic(manifest_file, manifest.model_dump(mode="json"))
         return manifest
 
-    # the volume activities are synchronous (they heartbeat from the worker's thread pool)
+    # the volume activities are synchronous (they run in the worker's thread pool and heartbeat
+    # from a side thread through every blocking call)
     @activity.defn(name="docker.volume_backup")
     def volume_backup(self, request: VolumeBackupRequest) -> VolumeManifest:
-        return self._volume_backup(request)
+        with beating({"volume backup": request.volume}):
+            return self._volume_backup(request)
 
     def _volume_validate(self, service: str, backup_id: str) -> VolumeManifest:
         manifest_file = self.volume_dir(service) / f"{Path(backup_id).name}.json"
@@ -484,7 +489,8 @@ class DockerActivities(_EngineActivities):
 
     @activity.defn(name="docker.volume_validate")
     def volume_validate(self, request: ArchiveRequest) -> VolumeManifest:
-        return self._volume_validate(request.service, request.archive)
+        with beating({"reading": request.archive}):
+            return self._volume_validate(request.service, request.archive)
 
     def _volume_restore(self, request: VolumeRestoreRequest) -> dict[str, str]:
         """A new volume filled from the tar, then the container recreated on it (the old container
@@ -526,14 +532,16 @@ class DockerActivities(_EngineActivities):
 
     @activity.defn(name="docker.volume_restore")
     def volume_restore(self, request: VolumeRestoreRequest) -> dict[str, str]:
-        return self._volume_restore(request)
+        with beating({"restoring into": request.new_volume}):
+            return self._volume_restore(request)
 
     @activity.defn(name="docker.put_back")
     def put_back(self, request: VolumePutBackRequest) -> str:
         """The container kept aside (on the old volume) back under its name."""
         target = self._target(request.service)
-        return restore(connect(target), target.container, request.details["aside_name"],
-                       request.details.get("new_container_id"))
+        with beating({"putting back": target.container}):
+            return restore(connect(target), target.container, request.details["aside_name"],
+                           request.details.get("new_container_id"))
 
 
 class ComposeActivities(_EngineActivities):
@@ -600,9 +608,10 @@ class ComposeActivities(_EngineActivities):
 
     @activity.defn(name="compose.execute")
     async def execute(self, request: ExecuteRequest) -> ExecuteResult:
-        return await asyncio.to_thread(self._execute, request)
+        return await in_thread(self._execute, request, details={"recreating": request.service})
 
     @activity.defn(name="compose.undo")
     async def undo(self, request: UndoRequest) -> ExecuteResult:
-        details = await asyncio.to_thread(self._up, request.service, request.current.id)
+        details = await in_thread(self._up, request.service, request.current.id,
+                                  details={"putting back": request.service})
         return ExecuteResult(provider="compose", details=details)

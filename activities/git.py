@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, read_json, resolve_secret, write_json_atomic
+from activities.common import ConfigSource, fail, read_json, resolve_secret, with_heartbeats, write_json_atomic
 from workflows.config import GitTarget
 from workflows.models import (
     AppVersion,
@@ -29,6 +30,8 @@ from workflows.models import (
 )
 
 KEY_TRAILER = "Rollback-Key"
+RANGE_TRAILER = "Rolled-Back-From"  # <good>..<head>: the commits a rollback commit reverted
+HISTORY_DEPTH = 500  # first-parent commits looked at for a target
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_AUTHOR_NAME": "rollback", "GIT_AUTHOR_EMAIL": "rollback@localhost",
            "GIT_COMMITTER_NAME": "rollback", "GIT_COMMITTER_EMAIL": "rollback@localhost"}
 
@@ -46,6 +49,46 @@ async def git(*args: str, cwd: Path | None = None, check: bool = True) -> str:
     if check and process.returncode != 0:
         raise GitError(f"git {' '.join(args[:2])} failed: {err.decode(errors='replace').strip()[-300:]}")
     return out.decode().strip()
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    tree: str
+    parent: str
+    body: str
+
+    @property
+    def ours(self) -> bool:
+        """A commit this tool made (a rollback or an undo): never itself a rollback target."""
+        return f"\n{KEY_TRAILER}: " in f"\n{self.body}"
+
+
+async def first_parent_history(path: Path, head: str) -> list[Commit]:
+    """`head` and its first-parent ancestors, newest first."""
+    out = await git("log", "--first-parent", f"-{HISTORY_DEPTH}", "--format=%H%x00%T%x00%P%x00%B%x1e", head, cwd=path)
+    commits = []
+    for record in out.split("\x1e"):
+        if record.strip():
+            sha, tree, parents, body = record.strip("\n").split("\x00", 3)
+            commits.append(Commit(sha, tree, parents.split(" ")[0] if parents else "", body))
+    return commits
+
+
+async def rolled_away_trees(path: Path, history: list[Commit]) -> set[str]:
+    """The trees of every commit an earlier rollback reverted. A rollback commit names its range
+    in a trailer; one written before the trailer existed is known to have rolled away from at
+    least its parent (the head it replaced)."""
+    trees: set[str] = set()
+    for commit in history:
+        if not commit.ours or commit.body.startswith("Undo failed rollback"):
+            continue
+        ranges = [line.split(":", 1)[1].strip() for line in commit.body.splitlines()
+                  if line.startswith(f"{RANGE_TRAILER}:")]
+        for spec in ranges or [f"{commit.parent}~1..{commit.parent}"]:
+            listed = await git("log", "--format=%T", spec, cwd=path, check=False)
+            trees.update(listed.split())
+    return trees
 
 
 class GitActivities:
@@ -89,20 +132,35 @@ class GitActivities:
 
     @activity.defn(name="git.select_target")
     async def select_target(self, request: TargetRequest) -> AppVersion:
-        """The last good commit: explicit, or the parent of the current head (revert one commit)."""
+        """The last good commit: explicit, or the newest first-parent ancestor of the head that is
+        neither one of our own rollback commits nor a tree we rolled back from before, nor the
+        tree already serving. An explicit commit we rolled back from is marked, so the plan asks
+        for an approval that says it re-deploys a version once rolled back."""
         target, path = await self._worktree(request.service)
-        rev = request.explicit or f"{request.current.id}~1"
-        try:
-            chosen = await self._version(path, rev, target)
-        except GitError:
-            raise fail(f"commit {rev!r} not found on {target.branch} of {target.repo}") from None
+        history = await first_parent_history(path, request.current.id)
+        rolled_away = await rolled_away_trees(path, history)
+        current_tree = history[0].tree if history else ""
+        if request.explicit:
+            try:
+                chosen = await self._version(path, request.explicit, target)
+            except GitError:
+                raise fail(f"commit {request.explicit!r} not found on {target.branch} of {target.repo}") from None
+        else:
+            good = next((c for c in history[1:] if not c.ours and c.tree not in rolled_away and c.tree != current_tree),
+                        None)
+            if good is None:
+                raise fail(f"no earlier good commit on {target.branch}: every older commit is one we rolled back "
+                           f"from, one of our rollback commits, or the code now serving ({request.current.label}); "
+                           "pass --to COMMIT to choose one (re-deploying a version once rolled back needs approval)")
+            chosen = await self._version(path, good.sha, target)
         if chosen.id == request.current.id:
             raise fail(f"{chosen.label} is already the head of {target.branch}; nothing to revert")
         try:
             await git("merge-base", "--is-ancestor", chosen.id, request.current.id, cwd=path)
         except GitError:
             raise fail(f"{chosen.label} is not an ancestor of {target.branch}; a revert can only go back in history")
-        return chosen
+        tree = await git("rev-parse", f"{chosen.id}^{{tree}}", cwd=path)
+        return chosen.model_copy(update={"rolled_back_from": tree in rolled_away})
 
     @activity.defn(name="git.capture_state")
     async def capture_state(self, request: CaptureRequest) -> CaptureResult:
@@ -113,15 +171,19 @@ class GitActivities:
         log_file.write_text(await git("log", "--oneline", "-30", cwd=path) + "\n")
         return CaptureResult(files=[str(log_file)])
 
-    async def _revert_and_push(self, service: str, good: str, key: str, message: str) -> str:
-        """Revert everything after `good` in one commit tagged with `key`; returns the pushed sha."""
+    async def _revert_and_push(self, service: str, good: str, key: str, message: str, *,
+                               rolls_back: bool = True) -> str:
+        """Revert everything after `good` in one commit tagged with `key`; returns the pushed sha.
+        A rollback also names the range it rolled back from, so later runs never pick it again."""
         target, path = await self._worktree(service)
         head_message = await git("log", "-1", "--format=%B", cwd=path)
         if f"{KEY_TRAILER}: {key}" in head_message:
             return await git("rev-parse", "HEAD", cwd=path)  # an earlier attempt pushed it
+        head = await git("rev-parse", "HEAD", cwd=path)
+        trailers = f"{KEY_TRAILER}: {key}" + (f"\n{RANGE_TRAILER}: {good}..{head}" if rolls_back else "")
         try:
             await git("revert", "--no-commit", f"{good}..HEAD", cwd=path)
-            await git("commit", "--quiet", "-m", f"{message}\n\n{KEY_TRAILER}: {key}", cwd=path)
+            await git("commit", "--quiet", "-m", f"{message}\n\n{trailers}", cwd=path)
             await git("push", "--quiet", "origin", f"HEAD:{target.branch}", cwd=path)
         except GitError as exc:
             await git("revert", "--abort", cwd=path, check=False)
@@ -164,16 +226,21 @@ class GitActivities:
 
     @activity.defn(name="git.execute")
     async def execute(self, request: ExecuteRequest) -> ExecuteResult:
+        return await with_heartbeats(self._execute(request), {"reverting": request.service})
+
+    async def _execute(self, request: ExecuteRequest) -> ExecuteResult:
         sha = await self._revert_and_push(
             request.service, request.target.id, request.rollback_key,
             f"Roll back to {request.target.label}\n\n{request.reason}",
         )
-        activity.heartbeat({"pushed": sha})
         how = await self._trigger_deploy(request.service, sha, request.rollback_key)
         return ExecuteResult(provider="git", details={"revert_commit": sha, "deploy": how, "expected_version": sha})
 
     @activity.defn(name="git.undo")
     async def undo(self, request: UndoRequest) -> ExecuteResult:
+        return await with_heartbeats(self._undo(request), {"putting back": request.service})
+
+    async def _undo(self, request: UndoRequest) -> ExecuteResult:
         """Put the pre-rollback tree back with a new commit (history is never rewritten)."""
         key = f"undo:{request.rollback_key}"
         target, path = await self._worktree(request.service)
@@ -181,6 +248,6 @@ class GitActivities:
         if head == request.current.id:
             return ExecuteResult(provider="git", details={"unchanged": head})
         sha = await self._revert_and_push(request.service, request.current.id, key,
-                                          f"Undo failed rollback: restore {request.current.label}")
+                                          f"Undo failed rollback: restore {request.current.label}", rolls_back=False)
         how = await self._trigger_deploy(request.service, sha, key)
         return ExecuteResult(provider="git", details={"restore_commit": sha, "deploy": how})

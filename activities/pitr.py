@@ -17,8 +17,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.backups import HEARTBEAT_SECONDS, run_tool, with_heartbeats
-from activities.common import ConfigSource, fail, write_json_atomic
+from activities.backups import run_tool
+from activities.common import HEARTBEAT_SECONDS, ConfigSource, fail, with_heartbeats, write_json_atomic
 from activities.postgres import connect_to, libpq_env, on_loopback_port, service_dsn, with_database
 from workflows.config import PitrConfig
 from workflows.models import BaseBackup, PitrRecovery, PitrRequest, ServiceRef

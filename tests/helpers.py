@@ -79,3 +79,28 @@ def set_postgres_flag(dsn: str, name: str, value: str, table: str = "rollback_fl
     with psycopg.connect(dsn) as conn:
         conn.execute(_postgres_ddl(KillSwitch(name=name, store="postgres", table=table)))
         conn.execute(f"INSERT INTO {table} (name, value) VALUES (%s, %s)", (name, value))
+
+
+async def assert_redeploy_waits_for_approval(client, task_queue: str, config, service: str, target: str,
+                                             unchanged: Callable[[], None]) -> None:
+    """Ask for a rollback to a version an earlier rollback moved away from: the plan must say it
+    re-deploys a rolled-back version and wait for a person; nothing changes before the decision,
+    and a rejection ends the run without acting."""
+    import uuid
+
+    from tests.conftest import running_worker
+    from workflows import AppRollbackWorkflow
+    from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput
+
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(
+            AppRollbackWorkflow.run, AppRollbackInput(service=service, target=target, reason="put it back anyway"),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=AppRollbackResult)
+        status = await wait_for_phase(handle, "awaiting_approval", timeout=60)
+        asked = [e.message for e in status.timeline if e.kind.value == "approval_requested"]
+        assert asked and "re-deploys a version once rolled back" in asked[-1], asked
+        unchanged()
+        await handle.execute_update(AppRollbackWorkflow.reject, ApprovalInput(approver="lead", reason="no"))
+        result = await handle.result()
+    assert result.outcome == "rejected"
+    unchanged()

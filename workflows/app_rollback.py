@@ -33,9 +33,11 @@ with workflow.unsafe.imports_passed_through():
 
 # How long one provider's execute step may take; providers that poll heartbeat meanwhile.
 EXECUTE_TIMEOUT = {"docker": 300, "compose": 300, "vercel": 600, "git": 900}
-# Vercel's step polls and heartbeats every poll interval, so a dead worker is noticed in seconds;
-# the others run one blocking call and rely on the start-to-close timeout.
-EXECUTE_HEARTBEAT = {"vercel": 10}
+# Every provider's execute and undo steps heartbeat (Vercel each poll, the others every 2 s while
+# their blocking call runs), so a worker that dies mid-step is noticed within this many seconds and
+# the retry finishes the step from where it stands, instead of production waiting out the
+# start-to-close timeout with nothing serving.
+EXECUTE_HEARTBEAT = {"vercel": 10, "docker": 10, "compose": 10, "git": 10}
 
 
 def _cause(exc: BaseException) -> str:
@@ -218,8 +220,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                 UndoRequest(service=request.service, current=current, target=target, executed=executed,
                             rollback_key=key),
                 result_type=ExecuteResult, start_to_close_timeout=timedelta(seconds=EXECUTE_TIMEOUT[current.provider]),
-                heartbeat_timeout=(timedelta(seconds=EXECUTE_HEARTBEAT[current.provider])
-                                   if current.provider in EXECUTE_HEARTBEAT else None),
+                heartbeat_timeout=timedelta(seconds=EXECUTE_HEARTBEAT[current.provider]),
                 retry_policy=RetryPolicy(maximum_attempts=5),
             )
         except ActivityError as undo_error:

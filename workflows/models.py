@@ -114,6 +114,8 @@ class AppVersion(BaseModel):
     version: str | None = Field(default=None, description="What the app's version endpoint should say.")
     schema_version: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+    rolled_back_from: bool = Field(default=False, description="An earlier rollback moved away from this version: "
+                                   "deploying it again needs an approval that says so.")
 
 
 class ServiceRef(BaseModel):

@@ -78,6 +78,9 @@ def plan_app_rollback(
     if schema.migration_rollback_needed:
         steps.append(f"roll back the database schema to {schema.target_schema_version} (migration rollback)")
         reasons.append(schema.message)
+    if target.rolled_back_from:
+        reasons.append(f"{target.label or target.id} is a version an earlier rollback moved away from: this "
+                       "re-deploys a version once rolled back")
     if approval_needed(policy.app_approval, automatic):
         reasons.append(f"policy app_approval={policy.app_approval} for a {'automatic' if automatic else 'manual'} rollback")
     steps.append(EXECUTE_STEP[provider].format(target=target.label or target.id))

@@ -73,3 +73,61 @@ async def test_sigterm_stops_the_worker_cleanly(temporal_address, task_queue, wr
     code = await asyncio.to_thread(worker.wait, 45)
     assert code == 0
     assert "worker stopped" in log.read_text() and "Traceback" not in log.read_text()
+
+
+async def test_sigkill_during_docker_execute_serves_again_within_seconds(client, task_queue, temporal_address,
+                                                                         docker_engine, write_config, tmp_path):
+    """The worker dies inside the blocking container stop of docker.execute. The step heartbeats,
+    so Temporal notices within its heartbeat timeout and the retry finishes the recreate from
+    where it stands: the good version serves again in seconds, not after the 300 s
+    start-to-close timeout, and the bad container is kept aside exactly once."""
+    import time
+
+    from temporalio.api.enums.v1 import PendingActivityState
+
+    from activities.docker import DeployLedger, deploy
+    from starter import engines
+    from tests.integration.test_docker_rollback import docker_service
+
+    name, port = f"web-{uuid.uuid4().hex[:8]}", engines.free_port()
+    service = docker_service(docker_engine, name, port)
+    service["app"]["docker"]["stop_timeout"] = 8  # httpd as PID 1 ignores SIGTERM: each stop takes 8 s
+    config = write_config({"web": service})
+    ledger = DeployLedger(Path(config.config.state_dir) / "docker" / "web.json")
+    docker_engine.client.containers.run(docker_engine.images["v1"], name=name, detach=True, network_mode="host",
+                                        environment={"PORT": str(port)}, labels={"io.rollback.test": "1"})
+    ledger.record(docker_engine.images["v1"], "demo-web:v1")
+    deploy(docker_engine.client, name, "demo-web:v2", ledger)
+    log = tmp_path / "worker.log"
+    worker = start_worker(str(config._path), temporal_address, task_queue, log)
+    try:
+        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="web"),
+                                             id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
+                                             result_type=AppRollbackResult)
+
+        async def executing() -> bool:
+            pending = (await handle.describe()).raw_description.pending_activities
+            return any(a.activity_type.name == "docker.execute" and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+                       for a in pending)
+
+        await assert_eventually(executing, timeout=60, interval=0.05, message="docker.execute running")
+        await asyncio.sleep(0.5)  # inside the stop of the v2 container
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        killed_at = time.monotonic()
+        worker = start_worker(str(config._path), temporal_address, task_queue, log)
+        result = await asyncio.wait_for(handle.result(), timeout=90)
+        recovered_in = time.monotonic() - killed_at
+    finally:
+        worker.kill()
+        worker.wait(10)
+    assert result.outcome == "rolled_back", result.message
+    container = docker_engine.client.containers.get(name)
+    assert container.attrs["Image"] == docker_engine.images["v1"] and container.status == "running"
+    kept = [c for c in docker_engine.client.containers.list(all=True) if c.name.startswith(f"{name}-")]
+    assert [(c.image.id, c.status) for c in kept] == [(docker_engine.images["v2"], "exited")]  # aside, once
+    history = [e async for e in handle.fetch_history_events()]
+    attempts = [e.activity_task_started_event_attributes.attempt for e in history
+                if e.HasField("activity_task_started_event_attributes")]
+    assert max(attempts) >= 2  # the execute step really was retried on the new worker
+    assert recovered_in < 60, f"good version back {recovered_in:.0f}s after the crash"

@@ -79,3 +79,54 @@ async def test_unhealthy_revert_is_undone_with_a_new_commit(client, task_queue, 
     assert sh("git", "--git-dir", str(remote), "diff", commits["bad2"], head) == ""  # the pre-rollback tree
     assert sh("git", "--git-dir", str(remote), "rev-list", "--count", "main") == "5"  # history only grows
     assert len(platform.hooks) == 2 and platform.serving == head
+
+
+async def test_a_second_rollback_never_redeploys_the_bad_commit(client, task_queue, repo, platform, write_config):
+    """v1 good → v2 bad; the first rollback puts v1 back. The same command again must not revert
+    the revert (that would deploy v2): there is no earlier good commit, and an explicit `--to`
+    the bad commit waits for an approval that says what it is."""
+    from temporalio.client import WorkflowFailureError
+
+    from tests.helpers import assert_redeploy_waits_for_approval
+
+    remote, commits = repo
+    config = write_config({"web": git_service(remote, platform)})
+    async with running_worker(client, config, task_queue):
+        first = await client.execute_workflow(
+            AppRollbackWorkflow.run, AppRollbackInput(service="web", target=commits["good"]),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=AppRollbackResult)
+        assert first.outcome == "rolled_back"
+        head = sh("git", "--git-dir", str(remote), "rev-parse", "main")
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(
+                AppRollbackWorkflow.run, AppRollbackInput(service="web"),
+                id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=AppRollbackResult)
+    assert "no earlier good commit on main" in str(failure.value.cause.cause)
+    assert sh("git", "--git-dir", str(remote), "rev-parse", "main") == head  # nothing pushed
+    assert platform.hooks == [head] and platform.serving == head  # nothing deployed: v1 still serves
+
+    def unchanged() -> None:
+        assert sh("git", "--git-dir", str(remote), "rev-parse", "main") == head
+        assert platform.hooks == [head]
+
+    await assert_redeploy_waits_for_approval(client, task_queue, config, "web", commits["bad2"], unchanged)
+
+
+async def test_default_target_skips_commits_rolled_back_from(repo, platform, write_config):
+    """Rolled back one commit (v2.1 → v2), then again: the target is v1, not v2.1 or v2 itself."""
+    remote, commits = repo
+    activities = GitActivities(write_config({"web": git_service(remote, platform)}))
+    environment = ActivityEnvironment()
+    from workflows.models import ServiceRef, TargetRequest
+
+    current = await environment.run(activities.current, ServiceRef(service="web"))
+    first = await environment.run(activities.select_target, TargetRequest(service="web", current=current))
+    assert first.id == commits["bad1"]
+    await environment.run(activities.execute, ExecuteRequest(service="web", current=current, target=first,
+                                                             rollback_key="wf-a/run-1"))
+    current = await environment.run(activities.current, ServiceRef(service="web"))
+    second = await environment.run(activities.select_target, TargetRequest(service="web", current=current))
+    assert second.id == commits["good"] and not second.rolled_back_from
+    explicit = await environment.run(activities.select_target,
+                                     TargetRequest(service="web", current=current, explicit=commits["bad2"]))
+    assert explicit.rolled_back_from

@@ -112,3 +112,21 @@ async def test_explicit_preview_target_is_refused(client, task_queue, shop):
         await run(client, task_queue, config, target="dpl_preview_new")
     assert "only READY production deployments" in str(failure.value.cause.cause)
     assert fake.count("POST", "") == 0
+
+
+async def test_a_second_rollback_never_promotes_the_bad_deployment(client, task_queue, shop):
+    from tests.helpers import assert_redeploy_waits_for_approval
+
+    fake, config = shop
+    first = await run(client, task_queue, config)
+    assert first.outcome == "rolled_back" and fake.production["prj_shop"] == "dpl_goodprodzz"
+    second = await run(client, task_queue, config)  # someone runs the same command again
+    assert second.plan.target.id not in ("dpl_badprodzzz", "dpl_goodprodzz")
+    assert second.plan.target.details["created"] < first.plan.target.details["created"]  # further back, not forward
+    assert fake.production["prj_shop"] == second.plan.target.id
+    posts = fake.count("POST", "/")
+
+    def unchanged() -> None:
+        assert fake.production["prj_shop"] == second.plan.target.id and fake.count("POST", "/") == posts
+
+    await assert_redeploy_waits_for_approval(client, task_queue, config, "shop", "dpl_badprodzzz", unchanged)
