@@ -106,6 +106,7 @@ class RollbackWorkflowBase:
 
     # -- approvals --------------------------------------------------------------------------
     def _validate_decision(self, decision: ApprovalInput) -> None:
+        self._refuse_second_decision()
         if self.awaiting_step is None:
             raise ValueError("this rollback is not waiting for an approval")
         if not decision.approver.strip():
@@ -113,7 +114,17 @@ class RollbackWorkflowBase:
         if not decision.reason.strip():
             raise ValueError("a reason is required")
 
+    def _refuse_second_decision(self) -> None:
+        if self.decision is not None:
+            taken = "approved" if self.decision.approved else "rejected"
+            raise ApplicationError(f"{self.decision.step} was already {taken} by {self.decision.approver} "
+                                   f"({self.decision.reason}); your decision was not recorded", type="AlreadyDecided")
+
     def _decide(self, decision: ApprovalInput, approved: bool) -> ApprovalDecision:
+        # Two Updates delivered in one workflow task both pass the validator before either handler
+        # runs, so the handler checks again, first and synchronously: one decision per approval.
+        if workflow.patched("one-decision-per-approval"):
+            self._refuse_second_decision()
         self.decision = ApprovalDecision(
             step=self.awaiting_step or "",
             approved=approved,
