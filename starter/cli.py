@@ -22,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from starter.engines import EngineError
 from workflows.base import cause_message
 from workflows.config import ConfigError, load_config, missing_secrets
-from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput, RollbackStatus
+from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput, Outcome, RollbackStatus
 
 @click.group(help="Durable rollback and incident response on Temporal.")
 def app() -> None:
@@ -85,9 +85,6 @@ async def _status(client: Client, workflow_id: str) -> RollbackStatus:
         raise
 
 
-SUCCESS = ("rolled_back", "dry_run", "restored", "nothing_to_do", "repaired", "not_dirty", "cleaned")
-
-
 def _result_type(workflow_type: str):
     from workflows.models import (BackupManifest, BaseBackup, CleanupResult, MigrationRepairResult,
                                   MigrationRollbackResult, RestoreResult, VolumeManifest, VolumeRestoreResult)
@@ -136,7 +133,7 @@ async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
         print(f"{outcome.upper()}: {getattr(result, 'message', '') or result.model_dump_json()[:300]}")
         if getattr(result, "artifact_dir", None) and outcome != "dry_run":
             print(f"  artifacts: {result.artifact_dir}")
-    return 0 if outcome in (*SUCCESS, "done") else EXIT_FAILED
+    return 0 if outcome == "done" or Outcome.succeeded(outcome) else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,6 +509,9 @@ def status(workflow_id: str, follow: bool, as_json: bool) -> None:
     sys.exit(_run(main()))
 
 
+DECIDED = {"approve": "approved", "reject": "rejected"}
+
+
 def _decide(workflow_id: str, reason: str, approver: str | None, update: str) -> None:
     async def main() -> int:
         client = await _client()
@@ -522,7 +522,7 @@ def _decide(workflow_id: str, reason: str, approver: str | None, update: str) ->
             await handle.execute_update(update, decision)
         except WorkflowUpdateFailedError as exc:
             raise CliError(f"{update} refused: {exc.cause or exc}") from None
-        print(f"{update}d {workflow_id} as {decision.approver}")
+        print(f"{DECIDED[update]} {workflow_id} as {decision.approver}")
         return 0
 
     sys.exit(_run(main()))

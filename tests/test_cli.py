@@ -115,6 +115,7 @@ async def test_status_reject_list_against_a_waiting_rollback(client, task_queue,
         rejected = await asyncio.to_thread(cli, "reject", workflow_id, "--reason", "fix forward instead",
                                            "--as", "bob", address=temporal_address)
         assert rejected.returncode == 0, rejected.stderr
+        assert rejected.stdout.startswith(f"rejected {workflow_id} as bob")
         result = await handle.result()
         late = await asyncio.to_thread(cli, "approve", workflow_id, "--reason", "too late", address=temporal_address)
     assert result.outcome == "rejected" and "bob" in result.message
@@ -133,6 +134,7 @@ async def test_approve_over_cli_then_rollback_finishes(client, task_queue, tempo
         approved = await asyncio.to_thread(cli, "approve", workflow_id, "--reason", "checkout is down", "--as",
                                            "alice", address=temporal_address)
         assert approved.returncode == 0, approved.stderr
+        assert approved.stdout.startswith(f"approved {workflow_id} as alice")
         result = await handle.result()
     assert result.outcome == "rolled_back" and fake.production["prj_shop"] == "dpl_goodprodzz"
 
@@ -169,3 +171,24 @@ async def test_app_verb_waits_and_shows_progress(client, task_queue, temporal_ad
     for step in ("assessed", "planned", "rolled_back", "verified", "ROLLED_BACK"):
         assert step in proc.stdout
     assert again.returncode == 0 and json.loads(again.stdout)["outcome"] == "dry_run"
+
+
+async def test_a_failed_run_says_why_on_its_timeline(client, task_queue, temporal_address, shop_config):
+    """A run that fails before changing anything ends with a `failed` event naming the cause, and
+    `rollback status` shows it with phase failed."""
+    from temporalio.client import WorkflowFailureError
+
+    fake, config = shop_config
+    workflow_id = f"wf-{uuid.uuid4()}"
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop", target="dpl_nope"),
+                                             id=workflow_id, task_queue=task_queue)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        status = await asyncio.to_thread(cli, "status", workflow_id, "--json", address=temporal_address)
+        human = await asyncio.to_thread(cli, "status", workflow_id, address=temporal_address)
+    assert status.returncode == 0, status.stderr
+    state = json.loads(status.stdout)
+    assert state["phase"] == "failed"
+    assert state["timeline"][-1]["kind"] == "failed" and "dpl_nope" in state["timeline"][-1]["message"]
+    assert "failed" in human.stdout and "dpl_nope" in human.stdout

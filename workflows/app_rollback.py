@@ -10,7 +10,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase
+    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, records_failure
     from workflows.models import (
         AppRollbackInput,
         AppRollbackResult,
@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         ExecuteRequest,
         ExecuteResult,
         HealthSnapshot,
+        Outcome,
         Phase,
         PostmortemRequest,
         SchemaRequest,
@@ -51,6 +52,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
     rollback_type = "app"
 
     @workflow.run
+    @records_failure
     async def run(self, request: AppRollbackInput) -> AppRollbackResult:
         self.start_run(request.service, request.severity, request.automatic)
         self.record(
@@ -240,7 +242,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                           key="compensated")
 
     async def _finish(self, result: AppRollbackResult, outcome: str, message: str) -> AppRollbackResult:
-        self.close(result, outcome, message, succeeded=outcome in ("rolled_back", "dry_run"))
+        self.close(result, outcome, message, succeeded=Outcome.succeeded(outcome))
         if outcome != "dry_run":
             await self._postmortem(result, outcome, message)
         await self.finish_handlers()

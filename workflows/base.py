@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         EventKind,
         FlagsRequest,
         NotifyRequest,
+        Outcome,
         Phase,
         StatusPageRequest,
         RollbackStatus,
@@ -52,11 +54,32 @@ def cause_message(exc: BaseException) -> str:
     return getattr(exc, "message", None) or str(exc)
 
 
+def records_failure(run):
+    """Wrap a workflow's run: whatever makes it fail, its timeline ends with a `failed` event that
+    names the cause and its phase is FAILED, so `rollback status` says why (a cancellation
+    ends with a `cancelled` event)."""
+
+    @functools.wraps(run)
+    async def run_recording_failure(self: "RollbackWorkflowBase", request):
+        try:
+            return await run(self, request)
+        except asyncio.CancelledError:
+            self.record(EventKind.CANCELLED, "cancelled")
+            raise
+        except Exception as exc:
+            if not self.events or self.events[-1].kind != EventKind.FAILED:
+                self.record(EventKind.FAILED, cause_message(exc))
+            if self.phase != Phase.FAILED and workflow.patched("failed-phase-on-failure"):
+                self.enter(Phase.FAILED)
+            raise
+
+    return run_recording_failure
+
+
 class RollbackWorkflowBase:
     """Timeline, phase, approval checkpoint and alert handling for one rollback run."""
 
     rollback_type = "rollback"
-    successful_outcomes: tuple[str, ...] = ()  # the outcomes that end the run in phase DONE
 
     def __init__(self) -> None:
         self.events: list[TimelineEvent] = []
@@ -297,7 +320,7 @@ class RollbackWorkflowBase:
     async def finish(self, result, outcome: str, message: str):
         """Close the run (DONE for a successful outcome, else FAILED), let running approve/reject
         handlers finish, and return the result."""
-        self.close(result, outcome, message, succeeded=outcome in self.successful_outcomes)
+        self.close(result, outcome, message, succeeded=Outcome.succeeded(outcome))
         await self.finish_handlers()
         return result
 

@@ -10,7 +10,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, cause_message
+    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, cause_message, records_failure
     from workflows.models import (
         BackupInput,
         BackupManifest,
@@ -68,9 +68,9 @@ class MigrationStatusWorkflow:
 @workflow.defn
 class MigrationRollbackWorkflow(RollbackWorkflowBase):
     rollback_type = "migration"
-    successful_outcomes = ("rolled_back", "dry_run", "nothing_to_do")
 
     @workflow.run
+    @records_failure
     async def run(self, request: MigrationRollbackInput) -> MigrationRollbackResult:
         self.start_run(request.service, "P1")
         self.record(EventKind.STARTED, f"migration rollback of {request.service} to {request.target}: "
@@ -223,9 +223,9 @@ class MigrationRepairWorkflow(RollbackWorkflowBase):
     """golang-migrate's `force V`, behind an approval that shows the dirty state."""
 
     rollback_type = "repair"
-    successful_outcomes = ("repaired", "not_dirty")
 
     @workflow.run
+    @records_failure
     async def run(self, request: MigrationRepairInput) -> MigrationRepairResult:
         self.start_run(request.service, "P2")
         self.record(EventKind.STARTED, f"repair of {request.service}'s migration state at {request.version}: "

@@ -18,6 +18,32 @@ from workflows.config import ServiceConfig
 TASK_QUEUE = "rollback"
 
 
+class Outcome(str, Enum):
+    """How a run ended: one list for every workflow and for the CLI's exit codes."""
+
+    ROLLED_BACK = "rolled_back"
+    RESTORED = "restored"
+    RECOVERED = "recovered"  # a point-in-time copy handed over; the live database untouched
+    REPAIRED = "repaired"
+    CLEANED = "cleaned"
+    DRY_RUN = "dry_run"
+    NOTHING_TO_DO = "nothing_to_do"
+    NOT_DIRTY = "not_dirty"
+    REJECTED = "rejected"
+    NOT_APPROVED = "not_approved"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+
+    @classmethod
+    def succeeded(cls, outcome: str) -> bool:
+        """Whether a run that ended with `outcome` did what it was asked (exit code 0)."""
+        return outcome in SUCCESSFUL_OUTCOMES
+
+
+SUCCESSFUL_OUTCOMES = frozenset({Outcome.ROLLED_BACK, Outcome.RESTORED, Outcome.RECOVERED, Outcome.REPAIRED,
+                                 Outcome.CLEANED, Outcome.DRY_RUN, Outcome.NOTHING_TO_DO, Outcome.NOT_DIRTY})
+
+
 class EventKind(str, Enum):
     STARTED = "started"
     ASSESSED = "assessed"

@@ -11,7 +11,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, cause_message
+    from workflows.base import CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, cause_message, records_failure
     from workflows.models import (
         ArchiveRequest,
         BackupInput,
@@ -51,6 +51,7 @@ class BackupWorkflow(RollbackWorkflowBase):
     rollback_type = "backup"
 
     @workflow.run
+    @records_failure
     async def run(self, request: BackupInput) -> BackupManifest:
         # the id is unique per run, so the dump's idempotency never hands back another run's archive
         manifest = await self.backup_step(
@@ -75,6 +76,7 @@ class BaseBackupWorkflow(RollbackWorkflowBase):
     rollback_type = "backup"
 
     @workflow.run
+    @records_failure
     async def run(self, request: BackupInput) -> BaseBackup:
         backup = await self.backup_step(request.service, f"base backup of {request.service}: {request.reason}",
                                         "pitr.base_backup", ServiceRef(service=request.service), BaseBackup)
@@ -86,9 +88,9 @@ class BaseBackupWorkflow(RollbackWorkflowBase):
 @workflow.defn
 class DatabaseRestoreWorkflow(RollbackWorkflowBase):
     rollback_type = "restore"
-    successful_outcomes = ("restored", "dry_run", "recovered")
 
     @workflow.run
+    @records_failure
     async def run(self, request: RestoreInput) -> RestoreResult:
         self.start_run(request.service, "P1")
         self.record(EventKind.STARTED, f"restore of {request.service} from {request.source}: {request.reason}",
@@ -334,9 +336,9 @@ class RestoreCleanupWorkflow(RollbackWorkflowBase):
     and an approval that lists them; younger ones and anything not ours stay."""
 
     rollback_type = "cleanup"
-    successful_outcomes = ("cleaned", "nothing_to_do", "dry_run")
 
     @workflow.run
+    @records_failure
     async def run(self, request: CleanupInput) -> CleanupResult:
         self.start_run(request.service, "P3")
         self.record(EventKind.STARTED, f"cleanup of databases kept by restores of {request.service}, older than "
