@@ -6,6 +6,8 @@ from pathlib import Path
 
 from temporalio import activity
 
+from activities.common import ConfigSource, write_artifact
+
 from workflows.models import PostmortemRequest
 
 
@@ -22,10 +24,11 @@ def render_postmortem(request: PostmortemRequest) -> str:
 
 
 class CaptureActivities:
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
     @activity.defn(name="capture.postmortem")
     async def postmortem(self, request: PostmortemRequest) -> str:
-        directory = Path(request.artifact_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "postmortem.md"
-        path.write_text(render_postmortem(request))
+        path = write_artifact(Path(request.artifact_dir) / "postmortem.md", render_postmortem(request),
+                              self._config.secrets())
         return str(path)

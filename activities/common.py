@@ -105,6 +105,10 @@ class ConfigSource:
         except ConfigError as exc:
             raise fail(str(exc), kind="ConfigError") from None
 
+    def secrets(self) -> set[str]:
+        """The configured secrets' values, for redacting what the activities write."""
+        return known_secrets(self.config)
+
     def state_path(self, *parts: str) -> Path:
         path = Path(self.config.state_dir).joinpath(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,17 +127,67 @@ def resolve_secret(env_name: str, service: str) -> str:
     return value
 
 
-def redact(pairs: dict[str, str]) -> dict[str, str]:
-    return {k: (REDACTED if SECRET_NAME.search(k) else v) for k, v in pairs.items()}
+# Secrets hide in values under harmless names: credentials in URLs, webhook paths, tokens.
+URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)([^\s:/?#@]*):([^\s/?#@]+)@")
+WEBHOOK_PATHS = re.compile(r"(?i)\b(hooks\.slack\.com/(?:services|workflows|triggers)/|"
+                           r"discord(?:app)?\.com/api/webhooks/)[^\s\"'<>]+")
+AUTH_WORDS = re.compile(r"(?i)\b(bearer|token|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
+TOKEN_SHAPES = re.compile(
+    r"\b(?:xox[abposr]-[A-Za-z0-9-]{10,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|glpat-[\w-]{20,}"
+    r"|sk_(?:live|test)_\w{16,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,})")
+SHORTEST_KNOWN_SECRET = 6  # shorter values ("on", "true") would blank out ordinary words
 
 
-def redact_env_list(env: list[str]) -> list[str]:
-    """Redact a container's ``KEY=value`` list the way runbook 004's `grep -v` intends."""
+def known_secrets(config: RollbackConfig) -> set[str]:
+    """The values of every secret variable the config names, as set in the worker's environment."""
+    names = {n for service in config.services.values() for n in service.secret_env_names()}
+    for source in config.webhooks.sources.values():
+        names |= {n for n in (source.bearer_env, source.basic_env, source.secret_env) if n}
+    if config.flags.token_env:
+        names.add(config.flags.token_env)
+    values = {v.strip() for name in names for v in os.environ.get(name, "").split(",")}
+    return {v for v in values if len(v) >= SHORTEST_KNOWN_SECRET}
+
+
+def redact_text(text: str, known: set[str] | frozenset[str] = frozenset()) -> str:
+    """Text with the configured secrets' values, URL passwords, webhook paths and token-shaped
+    strings replaced."""
+    for value in sorted(known, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    text = URL_CREDENTIALS.sub(lambda m: f"{m[1]}{m[2]}:{REDACTED}@", text)
+    text = WEBHOOK_PATHS.sub(lambda m: m[1] + REDACTED, text)
+    text = AUTH_WORDS.sub(lambda m: m[1] + m[2] + REDACTED, text)
+    return TOKEN_SHAPES.sub(REDACTED, text)
+
+
+def redact(pairs: dict[str, str], known: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
+    return {k: (REDACTED if SECRET_NAME.search(k) else redact_text(v, known)) for k, v in pairs.items()}
+
+
+def redact_env_list(env: list[str], known: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Redact a container's ``KEY=value`` list: by name, as runbook 004's `grep -v` intends, and by value."""
     out = []
     for item in env:
         key, sep, value = item.partition("=")
-        out.append(f"{key}={REDACTED}" if sep and SECRET_NAME.search(key) else item)
+        out.append(f"{key}={REDACTED}" if sep and SECRET_NAME.search(key) else
+                   f"{key}{sep}{redact_text(value, known)}")
     return out
+
+
+def open_private(path: Path, mode: str = "w"):
+    """Open an incident file for writing, readable by the worker's user only: captured state and
+    exported rows describe production."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+    return os.fdopen(fd, mode)
+
+
+def write_artifact(path: Path, text: str, known: set[str] | frozenset[str] = frozenset()) -> Path:
+    """An incident file, redacted and private."""
+    with open_private(path) as fh:
+        fh.write(redact_text(text, known))
+    return path
 
 
 def read_json(path: Path, default: Any) -> Any:

@@ -23,7 +23,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backups import sha256_of
-from activities.common import ConfigSource, beating, fail, in_thread, read_json, redact_env_list, write_json_atomic
+from activities.common import (ConfigSource, beating, fail, in_thread, read_json, redact_env_list, write_artifact,
+                               write_json_atomic)
 from workflows.config import ComposeTarget, DockerTarget
 from workflows.models import (
     AppVersion,
@@ -297,12 +298,13 @@ def select_from_ledger(client: docker.DockerClient, ledger: DeployLedger, reques
     return chosen
 
 
-def capture_container(client: docker.DockerClient, container, artifact_dir: str) -> CaptureResult:
-    """Runbook 004's pre-rollback checklist: inspect, logs, ps, images, env with secrets redacted."""
+def capture_container(client: docker.DockerClient, container, artifact_dir: str, secrets: set[str]) -> CaptureResult:
+    """Runbook 004's pre-rollback checklist: inspect, logs, ps, images, env with secrets redacted
+    (by variable name, and by value everywhere: URL passwords, webhook paths, tokens, the
+    configured secrets)."""
     out = Path(artifact_dir)
-    out.mkdir(parents=True, exist_ok=True)
     inspect = json.loads(json.dumps(container.attrs))
-    inspect["Config"]["Env"] = redact_env_list(inspect["Config"].get("Env") or [])
+    inspect["Config"]["Env"] = redact_env_list(inspect["Config"].get("Env") or [], secrets)
     files = {
         "container-inspect.json": json.dumps(inspect, indent=2),
         "container-logs.txt": container.logs(tail=500, timestamps=True).decode(errors="replace"),
@@ -313,9 +315,7 @@ def capture_container(client: docker.DockerClient, container, artifact_dir: str)
         ) + "\n",
         "images.txt": "\n".join(f"{i.id}\t{','.join(i.tags)}" for i in client.images.list()) + "\n",
     }
-    for name, text in files.items():
-        (out / name).write_text(text)
-    return CaptureResult(files=[str(out / name) for name in files])
+    return CaptureResult(files=[str(write_artifact(out / name, text, secrets)) for name, text in files.items()])
 
 
 class _EngineActivities:
@@ -361,7 +361,8 @@ class _EngineActivities:
     def _capture(self, request: CaptureRequest) -> CaptureResult:
         target = self._target(request.service)
         client = connect(target)
-        return capture_container(client, self._container(client, target, request.service), request.artifact_dir)
+        return capture_container(client, self._container(client, target, request.service), request.artifact_dir,
+                                 self._config.secrets())
 
 
 class DockerActivities(_EngineActivities):

@@ -16,7 +16,8 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, read_json, resolve_secret, with_heartbeats, write_json_atomic
+from activities.common import (ConfigSource, fail, read_json, resolve_secret, with_heartbeats, write_artifact,
+                               write_json_atomic)
 from workflows.config import GitTarget
 from workflows.models import (
     AppVersion,
@@ -165,10 +166,8 @@ class GitActivities:
     @activity.defn(name="git.capture_state")
     async def capture_state(self, request: CaptureRequest) -> CaptureResult:
         _, path = await self._worktree(request.service)
-        out = Path(request.artifact_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        log_file = out / "git-log.txt"
-        log_file.write_text(await git("log", "--oneline", "-30", cwd=path) + "\n")
+        log_file = write_artifact(Path(request.artifact_dir) / "git-log.txt",
+                                  await git("log", "--oneline", "-30", cwd=path) + "\n", self._config.secrets())
         return CaptureResult(files=[str(log_file)])
 
     async def _revert_and_push(self, service: str, good: str, key: str, message: str, *,

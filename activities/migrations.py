@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from temporalio import activity
 
-from activities.common import ConfigSource, fail, read_json, resolve_secret, write_json_atomic
+from activities.common import ConfigSource, fail, open_private, read_json, resolve_secret, write_json_atomic
 from workflows.config import DatabaseConfig
 from workflows.models import (
     DataLoss,
@@ -569,7 +569,7 @@ class MigrationActivities:
                     continue
                 what = loss.table.replace('"', "") + (f".{loss.column}" if loss.column else "")
                 target = out / f"{loss.version}-{loss.statement}-{what}.csv"
-                with target.open("wb") as fh, conn.cursor().copy(
+                with open_private(target, "wb") as fh, conn.cursor().copy(
                         sql.SQL("COPY ({}) TO STDOUT WITH CSV HEADER").format(_doomed_rows_query(item))) as copy:
                     for block in copy:
                         fh.write(block)

@@ -16,7 +16,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, resolve_secret
+from activities.common import ConfigSource, fail, open_private, resolve_secret
 from workflows.policy import qualified
 from workflows.models import (
     CountsRequest,
@@ -230,7 +230,7 @@ class RestoreActivities:
                     continue
                 out.mkdir(parents=True, exist_ok=True)
                 target = out / f"{schema}.{table}.csv"
-                with target.open("wb") as fh:
+                with open_private(target, "wb") as fh:
                     async with conn.cursor().copy(
                             sql.SQL("COPY ({}) TO STDOUT WITH CSV HEADER").format(query)) as copy:
                         async for block in copy:

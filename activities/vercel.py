@@ -17,7 +17,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, read_json, resolve_secret, write_json_atomic
+from activities.common import ConfigSource, fail, read_json, resolve_secret, write_artifact, write_json_atomic
 from workflows.config import VercelTarget
 from workflows.models import (
     AppVersion,
@@ -175,12 +175,11 @@ class VercelActivities:
         async with self._api(request.service) as api:
             project = await api.project()
             deployments, _ = await api.production_deployments()
-        out = Path(request.artifact_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "vercel-state.json"
-        path.write_text(json.dumps({"lastAliasRequest": project.get("lastAliasRequest"),
-                                    "current": request.current.model_dump(mode="json"),
-                                    "recent_production_deployments": deployments}, indent=2))
+        path = write_artifact(Path(request.artifact_dir) / "vercel-state.json",
+                              json.dumps({"lastAliasRequest": project.get("lastAliasRequest"),
+                                          "current": request.current.model_dump(mode="json"),
+                                          "recent_production_deployments": deployments}, indent=2),
+                              self._config.secrets())
         return CaptureResult(files=[str(path)])
 
     async def _switch(self, api: VercelApi, kind: str, deployment_id: str, description: str) -> dict:

@@ -42,6 +42,25 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+class ServiceName(click.ParamType):
+    """A service the config defines: an unknown one is refused before anything starts. When the
+    CLI cannot read a config (the worker may run elsewhere with its own), the worker decides."""
+
+    name = "SERVICE"
+
+    def convert(self, value, param, ctx):
+        try:
+            known = load_config().services
+        except ConfigError:
+            return value
+        if value not in known:
+            self.fail(f"unknown service {value!r}; the config defines: {', '.join(sorted(known))}", param, ctx)
+        return value
+
+
+SERVICE = ServiceName()
+
+
 class CliError(Exception):
     """An error to print as one line, with its exit code."""
 
@@ -141,7 +160,7 @@ async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
 
 
 @app.command("app")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @click.option("--to", default=None, help="Explicit target: deployment id/URL, image, commit.")
 @click.option("--dry-run", is_flag=True, help="Plan only; change nothing.")
 @click.option("--wait", is_flag=True, help="Show progress until the rollback ends.")
@@ -195,7 +214,7 @@ async def _start_and_maybe_follow(workflow_run, request, workflow_id: str, wait:
 
 
 @app.command("backup")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @click.option("--base", is_flag=True, help="A base backup for point-in-time recovery (pg_basebackup) instead.")
 @click.option("--wait", is_flag=True, help="Show progress until the backup is verified.")
 @click.option("--reason", default="manual backup", show_default=True)
@@ -216,7 +235,7 @@ def backups_group() -> None:
 
 
 @backups_group.command("list")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @config_option
 @json_option
 def backups_list(service: str, config: Optional[Path], as_json: bool) -> None:
@@ -259,7 +278,7 @@ def restore_group() -> None:
 
 
 @restore_group.command("cleanup")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @click.option("--older-than", default="7d", show_default=True, help="Retention: e.g. 12h, 7d, 30d.")
 @click.option("--dry-run", is_flag=True, help="List what would be dropped; drop nothing.")
 @click.option("--wait", is_flag=True, help="Show progress until the cleanup ends.")
@@ -284,7 +303,7 @@ def restore_cleanup(service: str, older_than: str, dry_run: bool, wait: bool, as
 
 
 @restore_group.command("run")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @click.option("--from", "source", default=None,
               help="Backup id (see `rollback backups list`) or latest-before:<ISO time>.")
 @click.option("--pitr", "target_time", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
@@ -321,7 +340,7 @@ def volume_group() -> None:
 
 
 @volume_group.command("backup")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @click.argument("volume")
 @click.option("--wait", is_flag=True, help="Show progress until the backup is verified.")
 @json_option
@@ -335,7 +354,7 @@ def volume_backup(service: str, volume: str, wait: bool, as_json: bool) -> None:
 
 
 @volume_group.command("restore")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @click.option("--from", "source", required=True, help="Volume backup id (see `rollback volume list`).")
 @click.option("--wait", is_flag=True, help="Show progress until the restore ends.")
 @json_option
@@ -350,7 +369,7 @@ def volume_restore(service: str, source: str, wait: bool, as_json: bool) -> None
 
 
 @volume_group.command("list")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @config_option
 @json_option
 def volume_list(service: str, config: Optional[Path], as_json: bool) -> None:
@@ -369,7 +388,7 @@ def volume_list(service: str, config: Optional[Path], as_json: bool) -> None:
 
 
 @app.command("migration")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @click.option("--to", "target", required=True,
               help="A version, -N to go back N migrations, 0 for none, or last-stable.")
 @click.option("--dry-run", is_flag=True, help="Plan and count the data at risk; change nothing.")
@@ -394,7 +413,7 @@ def migrations_group() -> None:
 
 
 @migrations_group.command("status")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @json_option
 def migrations_status(service: str, as_json: bool) -> None:
     """Applied, pending and dirty migrations, read by the worker (which holds the DSN)."""
@@ -427,7 +446,7 @@ def migrations_status(service: str, as_json: bool) -> None:
 
 
 @migrations_group.command("repair")
-@click.argument("service")
+@click.argument("service", type=SERVICE)
 @click.option("--version", "version", required=True, help="The version the schema really is at.")
 @click.option("--wait", is_flag=True, help="Show progress until the repair ends.")
 @click.option("--reason", default="repair dirty migration state", show_default=True)

@@ -64,6 +64,39 @@ def test_typo_in_config_is_one_line(tmp_path):
                           "config file not found")
 
 
+@pytest.mark.parametrize("kind, fragment", [
+    ("directory", "is a directory, not a config file"),
+    ("latin-1", "not UTF-8 text"),
+    ("empty", "defines no services"),
+    ("no services", "defines no services"),
+])
+def test_unusable_config_files_are_one_line(tmp_path, kind, fragment):
+    path = tmp_path / "rollback.yaml"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "latin-1":
+        path.write_bytes("services:\n  caf\xe9: {}\n".encode("latin-1"))
+    elif kind == "empty":
+        path.write_text("")
+    else:
+        path.write_text("state_dir: var/state\n")
+    for args in (("config", "check", "--config", str(path)), ("worker", "--config", str(path))):
+        assert_one_line_error(cli(*args, timeout=30), 1, fragment)
+
+
+async def test_unknown_service_is_refused_before_anything_starts(tmp_path, client, temporal_address, task_queue):
+    path = tmp_path / "rollback.yaml"
+    path.write_text("services:\n  web:\n    app: {provider: docker, docker: {container: web}}\n"
+                    "    health: {url: 'http://127.0.0.1:1/h'}\n")
+    env = {"ROLLBACK_CONFIG": str(path)}
+    for args in (("app", "nosuch"), ("backup", "nosuch"), ("migration", "nosuch", "--to", "-1"),
+                 ("restore", "nosuch", "--from", "x")):
+        proc = await asyncio.to_thread(cli, *args, address=temporal_address, task_queue=task_queue, extra_env=env)
+        assert_one_line_error(proc, 2, "unknown service 'nosuch'; the config defines: web")
+    started = await client.count_workflows(f"TaskQueue = '{task_queue}'")
+    assert started.count == 0
+
+
 def test_missing_secret_stops_the_worker_with_one_line(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("services:\n  shop:\n    app: {provider: vercel, vercel: {project: p, token_env: SHOP_TOKEN_X}}\n"

@@ -49,7 +49,7 @@ def activities_for(config: ConfigSource) -> list:
         SupabaseActivities(config),
         NotifyActivities(config),
         StatuspageActivities(config),
-        CaptureActivities(),
+        CaptureActivities(config),
     ]
     found = []
     for obj in objects:

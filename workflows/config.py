@@ -286,13 +286,22 @@ def load_config(path: str | os.PathLike | None = None) -> RollbackConfig:
 
     file = config_path(path)
     try:
-        raw = yaml.load(file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except FileNotFoundError:
         raise ConfigError(f"{file}: config file not found (pass --config or set {CONFIG_ENV_VAR})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{file}: is a directory, not a config file (pass the YAML file itself)") from None
+    except PermissionError:
+        raise ConfigError(f"{file}: cannot be read (permission denied)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: expected a mapping at the top level")
+    if not raw.get("services"):
+        raise ConfigError(f"{file}: defines no services; add a `services:` mapping with at least one service "
+                          "(see the README's Configuration section)")
     try:
         config = RollbackConfig.model_validate(raw)
     except ValidationError as exc:

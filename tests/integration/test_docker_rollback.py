@@ -202,3 +202,73 @@ async def test_a_second_rollback_never_puts_the_bad_image_back(client, task_queu
     unchanged()
     await assert_redeploy_waits_for_approval(client, task_queue, site.config, "web", docker_engine.images["v2"],
                                              unchanged)
+
+
+def decoded_history(history) -> str:
+    """Every payload of a workflow history, decoded: what anyone with UI access can read."""
+    import base64
+
+    texts: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if "data" in node and "metadata" in node and isinstance(node["data"], str):
+                texts.append(base64.b64decode(node["data"]).decode(errors="replace"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(history.to_json()))
+    return "\n".join(texts)
+
+
+async def test_secret_canaries_stay_out_of_history_and_incident_files(client, task_queue, docker_engine,
+                                                                      write_config, slack, monkeypatch, tmp_path):
+    """Secrets under harmless names in the app's env, and the values of secrets the config names in
+    the worker's env: no trace in any history payload or any file under the state and artifact
+    dirs, and captured files are private to the worker's user."""
+    name, port = f"web-{uuid.uuid4().hex[:8]}", engines.free_port()
+    app_canaries = {
+        "SLACK_HOOK": "https://hooks.slack.com/services/T0CANARY/B0CANARY/canaryslackpath1",
+        "REDIS_URL": "redis://:canary-redis-pass@127.0.0.1:6379/0",
+        "UPSTREAM": "https://deploy:canary-basic-pw@127.0.0.1:9/x",
+        "AUTH_HEADER": "Bearer canarybearer0123456789",
+        "GH": "ghp_canaryCANARYcanaryCANARY0123456789",
+    }
+    worker_canary = "canary-db-password-in-worker-env"
+    monkeypatch.setenv("TEST_WEB_DSN", f"postgresql://app:{worker_canary}@127.0.0.1:1/web")
+    service = docker_service(docker_engine, name, port, notify={"slack_webhook_env": "TEST_SLACK_WEBHOOK"},
+                             kill_switches=[{"name": "X", "store": "postgres", "dsn_env": "TEST_WEB_DSN"}])
+    config = write_config({"web": service})
+    client_ = docker_engine.client
+    client_.containers.run(docker_engine.images["v1"], name=name, detach=True, network_mode="host", init=True,
+                           environment={"PORT": str(port), **app_canaries}, labels={"io.rollback.test": "1"})
+    ledger = DeployLedger(Path(config.config.state_dir) / "docker" / "web.json")
+    ledger.record(docker_engine.images["v1"], "demo-web:v1")
+    deploy(client_, name, "demo-web:v2", ledger)
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="web"),
+                                             id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
+                                             result_type=AppRollbackResult)
+        result = await handle.result()
+        history = await handle.fetch_history()
+    assert result.outcome == "rolled_back"
+    canaries = ["canaryslackpath1", "canary-redis-pass", "canary-basic-pw", "canarybearer0123456789",
+                "ghp_canaryCANARY", worker_canary, "XXXXSECRETXXXX"]
+    haystacks = {"history": decoded_history(history)}
+    captured = 0
+    for root in (config.config.state_dir, config.config.artifact_dir):
+        for path in Path(root).rglob("*"):
+            if path.is_file():
+                haystacks[str(path)] = path.read_text(errors="replace")
+                if str(path).startswith(config.config.artifact_dir):
+                    captured += 1
+                    assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+    assert captured >= 5 and "container-env.txt" in " ".join(haystacks)
+    leaks = [(where, canary) for where, text in haystacks.items() for canary in canaries if canary in text]
+    assert leaks == []
+    env_file = next(text for where, text in haystacks.items() if where.endswith("container-env.txt"))
+    assert "REDIS_URL=redis://:***redacted***@127.0.0.1:6379/0" in env_file  # still useful to read
+    assert f"PORT={port}" in env_file

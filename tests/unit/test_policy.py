@@ -61,3 +61,17 @@ def test_plan_within_cooldown_needs_approval():
     target = AppVersion(provider="vercel", id="dpl_a")
     plan = plan_app_rollback("web", current, target, compare_schema(None, None), Policy(), True, within_cooldown=True)
     assert plan.needs_approval and "cooldown" in plan.approval_reasons[0]
+
+
+def test_redaction_by_value():
+    from activities.common import redact_text
+
+    text = ("url=postgres://app:hunter22@db:5432/x hook=https://hooks.slack.com/services/T1/B2/abc "
+            "discord=https://discord.com/api/webhooks/123/tok-en auth=Bearer abcdefgh12345 "
+            "key=AKIAABCDEFGHIJKLMNOP plain=https://example.com/path configured=s3kr3t-value")
+    out = redact_text(text, {"s3kr3t-value"})
+    for secret in ("hunter22", "T1/B2/abc", "tok-en", "abcdefgh12345", "AKIAABCDEFGHIJKLMNOP", "s3kr3t-value"):
+        assert secret not in out, secret
+    assert "postgres://app:***redacted***@db:5432/x" in out and "plain=https://example.com/path" in out
+    assert redact_env_list(["REDIS_URL=redis://:pw123@h:1", "HOME=/root"]) == [
+        "REDIS_URL=redis://:***redacted***@h:1", "HOME=/root"]
