@@ -105,7 +105,8 @@ async def test_unhealthy_target_is_compensated_and_original_runs_again(client, t
     assert site.container().attrs["Image"] == docker_engine.images["v2"]
     assert site.container().status == "running"
     assert site.version() == "v2"
-    assert kinds(status.timeline)[-3:] == ["verification_failed", "compensating", "compensated"]
+    assert kinds(status.timeline)[-4:] == ["verification_failed", "compensating", "compensated", "failed"]
+    assert "failed and was undone" in status.timeline[-1].message and status.phase.value == "failed"
     (postmortem,) = Path(site.config.config.artifact_dir).rglob("postmortem.md")
     assert "App rollback of web: compensated" in postmortem.read_text()
 

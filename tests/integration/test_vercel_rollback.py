@@ -92,7 +92,7 @@ async def test_failed_rollback_job_is_compensated(client, task_queue, shop):
             await handle.result()
         status = await handle.query(AppRollbackWorkflow.status)
     assert "ended failed" in str(failure.value.cause)
-    assert kinds(status.timeline)[-2:] == ["compensating", "compensated"]
+    assert kinds(status.timeline)[-3:] == ["compensating", "compensated", "failed"]
     assert fake.production["prj_shop"] == "dpl_badprodzzz"
 
 
