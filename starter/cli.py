@@ -246,8 +246,33 @@ def _print_manifests(manifests: list, empty: str, as_json: bool, line) -> None:
         print(line(m))
 
 
+def _iso_time(text: str, param: click.Parameter | None = None, hint: str | None = None):
+    """Any ISO 8601 time people paste, normalised to UTC (the parser activities use too)."""
+    from workflows.iso_time import TimeFormatError, parse_iso_time
+
+    try:
+        return parse_iso_time(text)
+    except TimeFormatError as exc:
+        raise click.BadParameter(str(exc), param=param, param_hint=hint) from None
+
+
+class _IsoTime(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        return _iso_time(value, param)
+
+
+LATEST_BEFORE = "latest-before:"
+
+
 class _RestoreGroup(click.Group):
-    """`rollback restore SERVICE --from ID` restores; `rollback restore cleanup SERVICE` cleans up."""
+    """`rollback restore SERVICE --from ID` restores; `rollback restore cleanup SERVICE` cleans up.
+
+    The restore itself is a hidden subcommand that runs whenever the first word is not another
+    subcommand, so usage, help and errors name `rollback restore`, the command people type
+    (`--help` included: the group has none of its own and passes it on).
+    """
 
     def resolve_command(self, ctx, args):
         if args and args[0] in self.commands:
@@ -255,8 +280,21 @@ class _RestoreGroup(click.Group):
         return "run", self.commands["run"], args
 
 
-@app.group("restore", cls=_RestoreGroup, help="Restore a database from a backup: `rollback restore SERVICE --from "
-           "BACKUP_ID`; drop what restores kept: `rollback restore cleanup SERVICE`.")
+class _UnnamedContext(click.Context):
+    """A context whose command is typed without its own name (`rollback restore SERVICE`)."""
+
+    @property
+    def command_path(self) -> str:
+        return self.parent.command_path if self.parent else super().command_path
+
+
+class _UnnamedCommand(click.Command):
+    context_class = _UnnamedContext
+
+
+@app.group("restore", cls=_RestoreGroup, add_help_option=False, context_settings={"ignore_unknown_options": True},
+           help="Restore a database from a backup: `rollback restore SERVICE --from BACKUP_ID`; drop what "
+                "restores kept: `rollback restore cleanup SERVICE`.")
 def restore_group() -> None:
     pass
 
@@ -286,13 +324,13 @@ def restore_cleanup(service: str, older_than: str, dry_run: bool, wait: bool, as
                                           as_json)))
 
 
-@restore_group.command("run")
+@restore_group.command("run", hidden=True, cls=_UnnamedCommand)
 @click.argument("service")
 @click.option("--from", "source", default=None,
               help="Backup id (see `rollback backups list`) or latest-before:<ISO time>.")
-@click.option("--pitr", "target_time", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
-                                                               "%Y-%m-%d %H:%M:%S"]), default=None,
-              help="Point-in-time recovery to this time (UTC unless it says otherwise).")
+@click.option("--pitr", "target_time", type=_IsoTime(), default=None,
+              help="Point-in-time recovery to this time: any ISO 8601 form, PostgreSQL's too (UTC unless it "
+                   "says otherwise).")
 @click.option("--handoff", is_flag=True, help="With --pitr: hand over the recovered copy's DSN; swap nothing.")
 @click.option("--reimport", is_flag=True, help="After the swap, insert the newer rows back where they still fit.")
 @click.option("--dry-run", is_flag=True, help="Validate the source only; change nothing.")
@@ -301,7 +339,9 @@ def restore_cleanup(service: str, older_than: str, dry_run: bool, wait: bool, as
 @json_option
 def restore(service: str, source: Optional[str], target_time, handoff: bool, reimport: bool, dry_run: bool, wait: bool,
             reason: str, as_json: bool) -> None:
-    """Restore a database into a new one and swap it in after approval (the old one is kept)."""
+    """Restore a database into a new one and swap it in after approval (the old one is kept).
+
+    `rollback restore cleanup SERVICE` drops the databases restores kept."""
     from workflows import DatabaseRestoreWorkflow
     from workflows.models import RestoreInput
 
@@ -309,8 +349,8 @@ def restore(service: str, source: Optional[str], target_time, handoff: bool, rei
         raise click.UsageError("give exactly one of --from BACKUP and --pitr TIME")
     if handoff and target_time is None:
         raise click.UsageError("--handoff goes with --pitr")
-    if target_time is not None and target_time.tzinfo is None:
-        target_time = target_time.replace(tzinfo=timezone.utc)
+    if source and source.startswith(LATEST_BEFORE):
+        _iso_time(source[len(LATEST_BEFORE):], hint="'--from'")  # a typo stops here, not in the worker
     request = RestoreInput(service=service, source=source or "pitr", target_time=target_time, pitr_handoff=handoff,
                            reimport_recent=reimport, dry_run=dry_run, reason=reason,
                            requested_by=os.environ.get("USER", "cli"))

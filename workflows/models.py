@@ -11,9 +11,10 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from workflows.config import ServiceConfig
+from workflows.iso_time import parse_iso_time
 
 TASK_QUEUE = "rollback"
 
@@ -402,6 +403,12 @@ class RestoreInput(BaseModel):
                                     "covered this restore (a failed migration rollback's compensation).")
     reimport_recent: bool = Field(default=False, description="After the swap, insert the exported newer rows "
                                   "back where the table still fits them (conflicting rows are skipped).")
+
+    @field_validator("target_time", mode="before")
+    @classmethod
+    def _any_iso_time(cls, value: Any) -> Any:
+        # The UI's form sends what people paste (PostgreSQL's `…123+00` too), always read as UTC.
+        return parse_iso_time(value) if isinstance(value, str) else value
 
 
 class RestoreIntoRequest(BaseModel):
