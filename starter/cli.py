@@ -85,7 +85,7 @@ async def _status(client: Client, workflow_id: str) -> RollbackStatus:
         raise
 
 
-SUCCESS = ("rolled_back", "dry_run", "restored", "nothing_to_do", "repaired", "not_dirty", "cleaned")
+SUCCESS = ("rolled_back", "dry_run", "restored", "nothing_to_do", "repaired", "not_dirty", "cleaned", "verified", "recovered", "done")
 
 
 def _result_type(workflow_type: str):
@@ -129,14 +129,41 @@ async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
         else:
             print(f"FAILED: {message}")
         return EXIT_FAILED
-    outcome = getattr(result, "outcome", "done")
+    outcome, message = _ending(result)
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
-        print(f"{outcome.upper()}: {getattr(result, 'message', '') or result.model_dump_json()[:300]}")
+        print(f"{outcome.upper()}: {message}")
         if getattr(result, "artifact_dir", None) and outcome != "dry_run":
             print(f"  artifacts: {result.artifact_dir}")
-    return 0 if outcome in (*SUCCESS, "done") else EXIT_FAILED
+    return 0 if outcome in SUCCESS else EXIT_FAILED
+
+
+def _ending(result) -> tuple[str, str]:
+    """The outcome and one readable line: a run's own message, or what a backup workflow made."""
+    from workflows.models import BackupManifest, BaseBackup, RunResult, VolumeManifest
+
+    if isinstance(result, RunResult):
+        return result.outcome, result.message
+    outcome = "verified" if result.verified else "unverified"
+    if isinstance(result, BackupManifest):
+        return outcome, (f"backup {result.backup_id} of database {result.database}: {_size(result.size_bytes)}, "
+                         f"{len(result.tables)} tables, {sum(result.tables.values())} rows, "
+                         f"sha256 {result.sha256[:12]}…, in {result.archive}")
+    if isinstance(result, BaseBackup):
+        return outcome, (f"base backup {result.backup_id}: {_size(result.size_bytes)} of PostgreSQL "
+                         f"{result.server_version}, checked by pg_verifybackup, in {result.path}")
+    if isinstance(result, VolumeManifest):
+        return outcome, (f"backup {result.backup_id} of volume {result.volume}: {_size(result.size_bytes)}, "
+                         f"{result.files} entries, sha256 {result.sha256[:12]}…, in {result.archive}")
+    return "done", type(result).__name__
+
+
+def _size(size_bytes: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size_bytes < 1024 or unit == "GiB":
+            return f"{size_bytes:.0f} {unit}" if unit == "bytes" else f"{size_bytes:.1f} {unit}"
+        size_bytes /= 1024
 
 
 # ---------------------------------------------------------------------------------------------

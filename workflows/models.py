@@ -378,6 +378,8 @@ class PitrRecovery(BaseModel):
     port: int
     dsn: str
     target_time: datetime
+    stop_hint: str = Field(default="", description="How to stop the recovered server, for the OS user the "
+                           "worker runs as (the server refuses pg_ctl as root).")
 
 
 class ArchiveRequest(BaseModel):
