@@ -644,7 +644,8 @@ def config_check(config: Optional[Path]) -> None:
     sys.exit(EXIT_FAILED if problems else 0)
 
 
-def _load_for_worker(config: Path | None, allow_missing_secrets: bool):
+def load_for_worker(config: Path | None, allow_missing_secrets: bool):
+    """The config, refused while a secret variable it names is unset (unless allowed)."""
     loaded = load_config(config)
     problems = missing_secrets(loaded)
     if problems and not allow_missing_secrets:
@@ -661,7 +662,7 @@ def worker(config: Optional[Path], allow_missing_secrets: bool) -> None:
     from worker.main import run_worker
 
     _logging()
-    _load_for_worker(config, allow_missing_secrets)
+    load_for_worker(config, allow_missing_secrets)
 
     async def main() -> int:
         client = await _client()
@@ -705,15 +706,17 @@ def webhook(config: Optional[Path], host: str, port: int) -> None:
 @click.option("--ui-port", default=8233, show_default=True, type=int)
 @click.option("--webhook-port", default=8088, show_default=True, type=int)
 @click.option("--exit-after-demo", is_flag=True, help="Stop everything once the demo ends.")
+@click.option("--allow-missing-secrets", is_flag=True, help="Start even if a secret variable is unset.")
 def up(config: Optional[Path], data_dir: Path, demo: bool, port: int, ui_port: int, webhook_port: int,
-       exit_after_demo: bool) -> None:
+       exit_after_demo: bool, allow_missing_secrets: bool) -> None:
     """Start the Temporal dev server + UI, the worker and the webhook receiver (Ctrl-C stops all)."""
     from starter.up import run_up
 
     _logging()
     logging.getLogger("temporalio").setLevel(logging.ERROR)  # expected activity failures are on the timeline
     sys.exit(run_up(config=config, data_dir=data_dir, demo=demo, port=port, ui_port=ui_port,
-                    webhook_port=webhook_port, exit_after_demo=exit_after_demo))
+                    webhook_port=webhook_port, exit_after_demo=exit_after_demo,
+                    allow_missing_secrets=allow_missing_secrets))
 
 
 def _logging() -> None:
