@@ -57,10 +57,11 @@ def test_up_runs_the_demo_rollback_to_the_end(tmp_path):
 
 def test_up_stops_cleanly_on_sigint(tmp_path):
     ports = [engines.free_port() for _ in range(3)]
+    config = quick_path_config(tmp_path / "project", tmp_path / "no-docker.sock")  # SHOP_DATABASE_URL unset
     proc = subprocess.Popen(
-        [ROLLBACK, "up", "--no-demo", "--data-dir", str(tmp_path / "var"), "--port", str(ports[0]),
-         "--ui-port", str(ports[1]), "--webhook-port", str(ports[2])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=up_env(), cwd=tmp_path,
+        [ROLLBACK, "up", "--no-demo", "--allow-missing-secrets", "--data-dir", str(tmp_path / "var"),
+         "--port", str(ports[0]), "--ui-port", str(ports[1]), "--webhook-port", str(ports[2])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=up_env(), cwd=config.parent,
     )
     try:
         deadline = time.monotonic() + 90
