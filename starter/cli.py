@@ -699,17 +699,22 @@ def webhook(config: Optional[Path], host: str, port: int) -> None:
 @app.command("up")
 @config_option
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("var"), show_default=True,
-              help="Temporal history, dockerd, state and incident artifacts.")
+              help="Temporal history, dockerd, state and incident artifacts (instead of the config's state_dir "
+                   "and artifact_dir).")
 @click.option("--demo/--no-demo", default=True, show_default=True,
-              help="Start the demo target and run a demo rollback.")
+              help="Start the demo target (and a private Docker engine if none answers) and run a demo rollback; "
+                   "--no-demo starts no Docker engine.")
 @click.option("--port", default=7233, show_default=True, type=int, help="Temporal frontend port.")
-@click.option("--ui-port", default=8233, show_default=True, type=int)
-@click.option("--webhook-port", default=8088, show_default=True, type=int)
+@click.option("--ui-port", default=8233, show_default=True, type=int, help="Temporal UI port.")
+@click.option("--webhook-port", default=8088, show_default=True, type=int, help="Webhook receiver port.")
 @click.option("--exit-after-demo", is_flag=True, help="Stop everything once the demo ends.")
 @click.option("--allow-missing-secrets", is_flag=True, help="Start even if a secret variable is unset.")
 def up(config: Optional[Path], data_dir: Path, demo: bool, port: int, ui_port: int, webhook_port: int,
        exit_after_demo: bool, allow_missing_secrets: bool) -> None:
-    """Start the Temporal dev server + UI, the worker and the webhook receiver (Ctrl-C stops all)."""
+    """Start the Temporal dev server + UI, the worker and the webhook receiver (Ctrl-C stops all).
+
+    Prints what it started, the Docker engines and databases the services expect, and the
+    `export …` line that points the CLI in other shells at this server, config and directories."""
     from starter.up import run_up
 
     _logging()
