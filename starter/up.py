@@ -10,7 +10,7 @@ from pathlib import Path
 
 from activities.common import ConfigSource
 from starter import engines
-from workflows.config import CONFIG_ENV_VAR, RollbackConfig, config_path
+from workflows.config import CONFIG_ENV_VAR, ComposeTarget, DockerTarget, RollbackConfig, config_path
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "rollback.yaml"
 DEMO_SERVICE = "demo-web"
@@ -20,11 +20,16 @@ DEMO_PORT = 18080
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"  # what the docker SDK uses without DOCKER_HOST
 
 
-def _docker_answers(address: str | None = None) -> bool:
+def _docker_answers(target: DockerTarget | ComposeTarget | None = None) -> bool:
+    """Whether the engine answers, connected to the way the worker connects (DOCKER_HOST and the
+    DOCKER_TLS_* settings too); with no target, the engine DOCKER_HOST or the local socket names."""
     import docker
 
+    from activities.docker import connect
+
     try:
-        engine = docker.DockerClient(base_url=address, timeout=3) if address else docker.from_env(timeout=5)
+        engine = connect(target) if target else docker.from_env()
+        engine.api.timeout = 3  # a quick answer; an address that swallows packets must not hold `up`
         engine.ping()
         return True
     except Exception:  # noqa: BLE001 - any failure means "no engine there"
@@ -71,7 +76,7 @@ def run_up(*, config: Path | None, data_dir: Path, demo: bool, port: int, ui_por
 def expected_engines(config: RollbackConfig) -> list[str]:
     """What the configured services need that `up` does not start: Docker engines (by each
     service's docker_host, else DOCKER_HOST, else the local socket) and their databases."""
-    by_engine: dict[tuple[str, str], list[str]] = {}
+    by_engine: dict[tuple[str, str], tuple[DockerTarget | ComposeTarget, list[str]]] = {}
     for name, service in sorted(config.services.items()):
         if service.app.provider in ("docker", "compose"):
             target = getattr(service.app, service.app.provider)
@@ -81,10 +86,10 @@ def expected_engines(config: RollbackConfig) -> list[str]:
                 key = (os.environ["DOCKER_HOST"], "DOCKER_HOST")
             else:
                 key = (DEFAULT_DOCKER_HOST, "the local socket: no docker_host, no DOCKER_HOST")
-            by_engine.setdefault(key, []).append(name)
+            by_engine.setdefault(key, (target, []))[1].append(name)
     lines = []
-    for (address, source), names in by_engine.items():
-        state = ("answers" if _docker_answers(address) else "DOES NOT ANSWER; rollbacks of these services fail "
+    for (address, source), (target, names) in by_engine.items():
+        state = ("answers" if _docker_answers(target) else "DOES NOT ANSWER; rollbacks of these services fail "
                  "until an engine runs there (or set docker_host in the config, or DOCKER_HOST)")
         lines.append(f"Docker engine:     {address} ({source}) for {', '.join(names)}: {state}")
     if not by_engine:

@@ -175,3 +175,25 @@ def test_readme_quick_path_without_demo_on_other_ports(tmp_path, postgres):
             up.kill()
     assert up.returncode == 0
     assert not engines.port_open("127.0.0.1", ports[0])
+
+
+def test_up_names_the_engines_the_services_expect(docker_engine, tmp_path, monkeypatch):
+    from starter.up import expected_engines
+    from workflows.config import load_config
+
+    dead = f"unix://{tmp_path / 'no-docker.sock'}"
+    monkeypatch.setenv("DOCKER_HOST", dead)
+    config = tmp_path / "rollback.yaml"
+    config.write_text(
+        "services:\n"
+        f"  web: {{app: {{provider: docker, docker: {{container: web, docker_host: '{docker_engine.address}'}}}},"
+        "         health: {url: 'http://127.0.0.1:9/h'}}\n"
+        "  shop: {app: {provider: compose, compose: {project: p, service: s, file: c.yml, image_env: IMG}},"
+        "         health: {url: 'http://127.0.0.1:9/h'}, database: {dsn_env: SHOP_DSN}}\n"
+        "  api: {app: {provider: docker, docker: {container: api}}, health: {url: 'http://127.0.0.1:9/h'}}\n")
+    assert expected_engines(load_config(config)) == [
+        f"Docker engine:     {dead} (DOCKER_HOST) for api, shop: DOES NOT ANSWER; rollbacks of these services "
+        "fail until an engine runs there (or set docker_host in the config, or DOCKER_HOST)",
+        f"Docker engine:     {docker_engine.address} (docker_host) for web: answers",
+        "PostgreSQL:        not started here; shop connects through $SHOP_DSN",
+    ]
