@@ -85,7 +85,9 @@ async def _status(client: Client, workflow_id: str) -> RollbackStatus:
         raise
 
 
-SUCCESS = ("rolled_back", "dry_run", "restored", "nothing_to_do", "repaired", "not_dirty", "cleaned", "verified", "recovered", "done")
+SUCCESS = ("rolled_back", "dry_run", "restored", "nothing_to_do", "repaired", "not_dirty", "cleaned",
+           "recovered",  # a PITR handoff: the recovered copy runs, as asked
+           "verified", "done")  # backup workflows, which return what they made
 
 
 def _result_type(workflow_type: str):
