@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.common import HEARTBEAT_SECONDS, ConfigSource, fail, with_heartbeats, write_json_atomic
 from activities.postgres import connect_to, libpq_env, on_loopback_port, service_dsn, table_counts
+from workflows.iso_time import TimeFormatError, parse_iso_time
 from workflows.models import ArchiveRequest, BackupManifest, BackupRequest, ServiceRef
 
 def major(version: str) -> int:
@@ -215,14 +216,10 @@ class BackupActivities:
         return manifest
 
     async def _latest_before(self, request: ArchiveRequest) -> str:
-        text = request.archive.split(":", 1)[1].strip()
         try:
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise fail(f"latest-before needs an ISO time (e.g. 2026-11-25T14:00:00Z), not {text!r}",
-                       kind="BackupInvalid") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = parse_iso_time(request.archive.split(":", 1)[1])
+        except TimeFormatError as exc:
+            raise fail(f"latest-before needs a time: {exc}", kind="BackupInvalid") from None
         for manifest in await self.list(ServiceRef(service=request.service)):  # newest first
             if manifest.verified and manifest.created_at <= moment:
                 return manifest.backup_id

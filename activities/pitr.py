@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
+import shlex
 import shutil
 import socket
 import time
@@ -143,7 +145,13 @@ class PitrActivities:
             await asyncio.sleep(min(1.0, HEARTBEAT_SECONDS))
         parts = {k: v for k, v in conninfo_to_dict(recovered).items() if k != "password"}
         return PitrRecovery(service=request.service, base_backup_id=base.backup_id, data_dir=str(data), port=port,
-                            dsn=make_conninfo(**parts), target_time=request.target_time)
+                            dsn=make_conninfo(**parts), target_time=request.target_time,
+                            stop_hint=self._stop_hint(pitr, data))
+
+    def _stop_hint(self, pitr: PitrConfig, data: Path) -> str:
+        """The stop command that works for the worker's OS user: as root, through runuser."""
+        command = shlex.join([*self._run_as(pitr), f"{pitr.bin_dir}/pg_ctl", "-D", str(data), "-m", "fast", "stop"])
+        return f"`{command}` as {pwd.getpwuid(os.geteuid()).pw_name}"
 
     async def _stop(self, pitr: PitrConfig, data: Path) -> None:
         if (data / "postmaster.pid").exists():

@@ -145,14 +145,41 @@ async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
         else:
             print(f"FAILED: {message}")
         return EXIT_FAILED
-    outcome = getattr(result, "outcome", "done")
+    outcome, message = _ending(result)
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
-        print(f"{outcome.upper()}: {getattr(result, 'message', '') or result.model_dump_json()[:300]}")
+        print(f"{outcome.upper()}: {message}")
         if getattr(result, "artifact_dir", None) and outcome != "dry_run":
             print(f"  artifacts: {result.artifact_dir}")
     return 0 if outcome == "done" or Outcome.succeeded(outcome) else EXIT_FAILED
+
+
+def _ending(result) -> tuple[str, str]:
+    """The outcome and one readable line: a run's own message, or what a backup workflow made."""
+    from workflows.models import BackupManifest, BaseBackup, RunResult, VolumeManifest
+
+    if isinstance(result, RunResult):
+        return result.outcome, result.message
+    outcome = "verified" if result.verified else "unverified"
+    if isinstance(result, BackupManifest):
+        return outcome, (f"backup {result.backup_id} of database {result.database}: {_size(result.size_bytes)}, "
+                         f"{len(result.tables)} tables, {sum(result.tables.values())} rows, "
+                         f"sha256 {result.sha256[:12]}…, in {result.archive}")
+    if isinstance(result, BaseBackup):
+        return outcome, (f"base backup {result.backup_id}: {_size(result.size_bytes)} of PostgreSQL "
+                         f"{result.server_version}, checked by pg_verifybackup, in {result.path}")
+    if isinstance(result, VolumeManifest):
+        return outcome, (f"backup {result.backup_id} of volume {result.volume}: {_size(result.size_bytes)}, "
+                         f"{result.files} entries, sha256 {result.sha256[:12]}…, in {result.archive}")
+    return "done", type(result).__name__
+
+
+def _size(size_bytes: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size_bytes < 1024 or unit == "GiB":
+            return f"{size_bytes:.0f} {unit}" if unit == "bytes" else f"{size_bytes:.1f} {unit}"
+        size_bytes /= 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,8 +289,33 @@ def _print_manifests(manifests: list, empty: str, as_json: bool, line) -> None:
         print(line(m))
 
 
+def _iso_time(text: str, param: click.Parameter | None = None, hint: str | None = None):
+    """Any ISO 8601 time people paste, normalised to UTC (the parser activities use too)."""
+    from workflows.iso_time import TimeFormatError, parse_iso_time
+
+    try:
+        return parse_iso_time(text)
+    except TimeFormatError as exc:
+        raise click.BadParameter(str(exc), param=param, param_hint=hint) from None
+
+
+class _IsoTime(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        return _iso_time(value, param)
+
+
+LATEST_BEFORE = "latest-before:"
+
+
 class _RestoreGroup(click.Group):
-    """`rollback restore SERVICE --from ID` restores; `rollback restore cleanup SERVICE` cleans up."""
+    """`rollback restore SERVICE --from ID` restores; `rollback restore cleanup SERVICE` cleans up.
+
+    The restore itself is a hidden subcommand that runs whenever the first word is not another
+    subcommand, so usage, help and errors name `rollback restore`, the command people type
+    (`--help` included: the group has none of its own and passes it on).
+    """
 
     def resolve_command(self, ctx, args):
         if args and args[0] in self.commands:
@@ -271,8 +323,21 @@ class _RestoreGroup(click.Group):
         return "run", self.commands["run"], args
 
 
-@app.group("restore", cls=_RestoreGroup, help="Restore a database from a backup: `rollback restore SERVICE --from "
-           "BACKUP_ID`; drop what restores kept: `rollback restore cleanup SERVICE`.")
+class _UnnamedContext(click.Context):
+    """A context whose command is typed without its own name (`rollback restore SERVICE`)."""
+
+    @property
+    def command_path(self) -> str:
+        return self.parent.command_path if self.parent else super().command_path
+
+
+class _UnnamedCommand(click.Command):
+    context_class = _UnnamedContext
+
+
+@app.group("restore", cls=_RestoreGroup, add_help_option=False, context_settings={"ignore_unknown_options": True},
+           help="Restore a database from a backup: `rollback restore SERVICE --from BACKUP_ID`; drop what "
+                "restores kept: `rollback restore cleanup SERVICE`.")
 def restore_group() -> None:
     pass
 
@@ -302,13 +367,13 @@ def restore_cleanup(service: str, older_than: str, dry_run: bool, wait: bool, as
                                           as_json)))
 
 
-@restore_group.command("run")
+@restore_group.command("run", hidden=True, cls=_UnnamedCommand)
 @click.argument("service", type=SERVICE)
 @click.option("--from", "source", default=None,
               help="Backup id (see `rollback backups list`) or latest-before:<ISO time>.")
-@click.option("--pitr", "target_time", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
-                                                               "%Y-%m-%d %H:%M:%S"]), default=None,
-              help="Point-in-time recovery to this time (UTC unless it says otherwise).")
+@click.option("--pitr", "target_time", type=_IsoTime(), default=None,
+              help="Point-in-time recovery to this time: any ISO 8601 form, PostgreSQL's too (UTC unless it "
+                   "says otherwise).")
 @click.option("--handoff", is_flag=True, help="With --pitr: hand over the recovered copy's DSN; swap nothing.")
 @click.option("--reimport", is_flag=True, help="After the swap, insert the newer rows back where they still fit.")
 @click.option("--dry-run", is_flag=True, help="Validate the source only; change nothing.")
@@ -317,7 +382,9 @@ def restore_cleanup(service: str, older_than: str, dry_run: bool, wait: bool, as
 @json_option
 def restore(service: str, source: Optional[str], target_time, handoff: bool, reimport: bool, dry_run: bool, wait: bool,
             reason: str, as_json: bool) -> None:
-    """Restore a database into a new one and swap it in after approval (the old one is kept)."""
+    """Restore a database into a new one and swap it in after approval (the old one is kept).
+
+    `rollback restore cleanup SERVICE` drops the databases restores kept."""
     from workflows import DatabaseRestoreWorkflow
     from workflows.models import RestoreInput
 
@@ -325,8 +392,8 @@ def restore(service: str, source: Optional[str], target_time, handoff: bool, rei
         raise click.UsageError("give exactly one of --from BACKUP and --pitr TIME")
     if handoff and target_time is None:
         raise click.UsageError("--handoff goes with --pitr")
-    if target_time is not None and target_time.tzinfo is None:
-        target_time = target_time.replace(tzinfo=timezone.utc)
+    if source and source.startswith(LATEST_BEFORE):
+        _iso_time(source[len(LATEST_BEFORE):], hint="'--from'")  # a typo stops here, not in the worker
     request = RestoreInput(service=service, source=source or "pitr", target_time=target_time, pitr_handoff=handoff,
                            reimport_recent=reimport, dry_run=dry_run, reason=reason,
                            requested_by=os.environ.get("USER", "cli"))
@@ -596,7 +663,8 @@ def config_check(config: Optional[Path]) -> None:
     sys.exit(EXIT_FAILED if problems else 0)
 
 
-def _load_for_worker(config: Path | None, allow_missing_secrets: bool):
+def load_for_worker(config: Path | None, allow_missing_secrets: bool):
+    """The config, refused while a secret variable it names is unset (unless allowed)."""
     loaded = load_config(config)
     problems = missing_secrets(loaded)
     if problems and not allow_missing_secrets:
@@ -613,7 +681,7 @@ def worker(config: Optional[Path], allow_missing_secrets: bool) -> None:
     from worker.main import run_worker
 
     _logging()
-    _load_for_worker(config, allow_missing_secrets)
+    load_for_worker(config, allow_missing_secrets)
 
     async def main() -> int:
         client = await _client()
@@ -650,22 +718,29 @@ def webhook(config: Optional[Path], host: str, port: int) -> None:
 @app.command("up")
 @config_option
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("var"), show_default=True,
-              help="Temporal history, dockerd, state and incident artifacts.")
+              help="Temporal history, dockerd, state and incident artifacts (instead of the config's state_dir "
+                   "and artifact_dir).")
 @click.option("--demo/--no-demo", default=True, show_default=True,
-              help="Start the demo target and run a demo rollback.")
+              help="Start the demo target (and a private Docker engine if none answers) and run a demo rollback; "
+                   "--no-demo starts no Docker engine.")
 @click.option("--port", default=7233, show_default=True, type=int, help="Temporal frontend port.")
-@click.option("--ui-port", default=8233, show_default=True, type=int)
-@click.option("--webhook-port", default=8088, show_default=True, type=int)
+@click.option("--ui-port", default=8233, show_default=True, type=int, help="Temporal UI port.")
+@click.option("--webhook-port", default=8088, show_default=True, type=int, help="Webhook receiver port.")
 @click.option("--exit-after-demo", is_flag=True, help="Stop everything once the demo ends.")
+@click.option("--allow-missing-secrets", is_flag=True, help="Start even if a secret variable is unset.")
 def up(config: Optional[Path], data_dir: Path, demo: bool, port: int, ui_port: int, webhook_port: int,
-       exit_after_demo: bool) -> None:
-    """Start the Temporal dev server + UI, the worker and the webhook receiver (Ctrl-C stops all)."""
+       exit_after_demo: bool, allow_missing_secrets: bool) -> None:
+    """Start the Temporal dev server + UI, the worker and the webhook receiver (Ctrl-C stops all).
+
+    Prints what it started, the Docker engines and databases the services expect, and the
+    `export …` line that points the CLI in other shells at this server, config and directories."""
     from starter.up import run_up
 
     _logging()
     logging.getLogger("temporalio").setLevel(logging.ERROR)  # expected activity failures are on the timeline
     sys.exit(run_up(config=config, data_dir=data_dir, demo=demo, port=port, ui_port=ui_port,
-                    webhook_port=webhook_port, exit_after_demo=exit_after_demo))
+                    webhook_port=webhook_port, exit_after_demo=exit_after_demo,
+                    allow_missing_secrets=allow_missing_secrets))
 
 
 def _logging() -> None:

@@ -4,59 +4,115 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 from pathlib import Path
 
 from activities.common import ConfigSource
 from starter import engines
-from workflows.config import CONFIG_ENV_VAR, config_path, load_config
+from workflows.config import CONFIG_ENV_VAR, ComposeTarget, DockerTarget, RollbackConfig, config_path
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "rollback.yaml"
 DEMO_SERVICE = "demo-web"
 DEMO_PORT = 18080
 
 
-def _docker_reachable() -> bool:
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"  # what the docker SDK uses without DOCKER_HOST
+
+
+def _docker_answers(target: DockerTarget | ComposeTarget | None = None) -> bool:
+    """Whether the engine answers, connected to the way the worker connects (DOCKER_HOST and the
+    DOCKER_TLS_* settings too); with no target, the engine DOCKER_HOST or the local socket names."""
     import docker
 
+    from activities.docker import connect
+
     try:
-        docker.from_env(timeout=5).ping()
+        engine = connect(target) if target else docker.from_env()
+        engine.api.timeout = 3  # a quick answer; an address that swallows packets must not hold `up`
+        engine.ping()
         return True
-    except Exception:  # noqa: BLE001 - any failure means "start our own"
+    except Exception:  # noqa: BLE001 - any failure means "no engine there"
         return False
 
 
 def run_up(*, config: Path | None, data_dir: Path, demo: bool, port: int, ui_port: int, webhook_port: int,
-           exit_after_demo: bool) -> int:
+           exit_after_demo: bool, allow_missing_secrets: bool = False) -> int:
+    from starter.cli import load_for_worker
+
     data_dir = data_dir.resolve()
     if config is None and not os.environ.get(CONFIG_ENV_VAR) and not config_path().exists():
         config = DEMO_CONFIG  # nothing configured yet: protect the demo service
-    config = config_path(config)
+    config = config_path(config).resolve()
     os.environ.setdefault("ROLLBACK_STATE_DIR", str(data_dir / "state"))
     os.environ.setdefault("ROLLBACK_ARTIFACT_DIR", str(data_dir / "incidents"))
-    load_config(config)  # a bad config stops us before anything starts
+    # a bad config or an unset secret stops us before anything starts, as it stops `rollback worker`
+    loaded = load_for_worker(config, allow_missing_secrets)
 
     started: list[engines.Service] = []
     try:
         if engines.port_open("127.0.0.1", port):
-            print(f"using the Temporal server already listening on 127.0.0.1:{port}", flush=True)
+            print(f"Temporal server:   using the one already listening on 127.0.0.1:{port}", flush=True)
         else:
             print("starting the Temporal dev server ...", flush=True)
             started.append(engines.start_temporal(data_dir / "temporal", port, ui_port))
+            print(f"Temporal server:   started on 127.0.0.1:{port}, history in {data_dir / 'temporal'}", flush=True)
         os.environ["TEMPORAL_ADDRESS"] = f"127.0.0.1:{port}"
-        if demo and not _docker_reachable():
+        if demo and not _docker_answers():
             print("starting a private Docker engine for the demo target ...", flush=True)
             dockerd = engines.start_dockerd(data_dir / "docker")
             started.append(dockerd)
             os.environ["DOCKER_HOST"] = dockerd.address
-        return asyncio.run(_serve(config, demo, ui_port, webhook_port, exit_after_demo, data_dir))
+            print(f"Docker engine:     started a private dockerd at {dockerd.address} for the demo (DOCKER_HOST)",
+                  flush=True)
+        for line in expected_engines(loaded):
+            print(line, flush=True)
+        return asyncio.run(_serve(config, loaded, demo, ui_port, webhook_port, exit_after_demo, data_dir))
     finally:
         for service in reversed(started):
             service.stop()
 
 
-async def _serve(config: Path | None, demo: bool, ui_port: int, webhook_port: int, exit_after_demo: bool,
-                 data_dir: Path) -> int:
+def expected_engines(config: RollbackConfig) -> list[str]:
+    """What the configured services need that `up` does not start: Docker engines (by each
+    service's docker_host, else DOCKER_HOST, else the local socket) and their databases."""
+    by_engine: dict[tuple[str, str], tuple[DockerTarget | ComposeTarget, list[str]]] = {}
+    for name, service in sorted(config.services.items()):
+        if service.app.provider in ("docker", "compose"):
+            target = getattr(service.app, service.app.provider)
+            if target.docker_host:
+                key = (target.docker_host, "docker_host")
+            elif os.environ.get("DOCKER_HOST"):
+                key = (os.environ["DOCKER_HOST"], "DOCKER_HOST")
+            else:
+                key = (DEFAULT_DOCKER_HOST, "the local socket: no docker_host, no DOCKER_HOST")
+            by_engine.setdefault(key, (target, []))[1].append(name)
+    lines = []
+    for (address, source), (target, names) in by_engine.items():
+        state = ("answers" if _docker_answers(target) else "DOES NOT ANSWER; rollbacks of these services fail "
+                 "until an engine runs there (or set docker_host in the config, or DOCKER_HOST)")
+        lines.append(f"Docker engine:     {address} ({source}) for {', '.join(names)}: {state}")
+    if not by_engine:
+        lines.append("Docker engine:     no docker or compose service configured")
+    for name, service in sorted(config.services.items()):
+        if service.database:
+            lines.append(f"PostgreSQL:        not started here; {name} connects through ${service.database.dsn_env}")
+    return lines
+
+
+def cli_environment(config_file: Path, config: RollbackConfig) -> dict[str, str]:
+    """What another shell needs so every `rollback` command reaches this server and reads the
+    same config and directories the worker writes (listings included)."""
+    environment = {"TEMPORAL_ADDRESS": os.environ["TEMPORAL_ADDRESS"], CONFIG_ENV_VAR: str(config_file),
+                   "ROLLBACK_STATE_DIR": config.state_dir, "ROLLBACK_ARTIFACT_DIR": config.artifact_dir}
+    for name in ("TEMPORAL_NAMESPACE", "TEMPORAL_TASK_QUEUE"):
+        if os.environ.get(name):
+            environment[name] = os.environ[name]
+    return environment
+
+
+async def _serve(config: Path, loaded: RollbackConfig, demo: bool, ui_port: int, webhook_port: int,
+                 exit_after_demo: bool, data_dir: Path) -> int:
     import uvicorn
 
     from starter.cli import _client, _follow, _task_queue
@@ -78,6 +134,10 @@ async def _serve(config: Path | None, demo: bool, ui_port: int, webhook_port: in
         print(f"Temporal UI:       http://127.0.0.1:{ui_port}", flush=True)
         print(f"webhook receiver:  http://127.0.0.1:{webhook_port}  (/healthz, /metrics, /alerts/<source>)", flush=True)
         print("worker:            running on task queue", _task_queue(), flush=True)
+        exports = "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in cli_environment(config, loaded).items())
+        env_file = data_dir / "cli.env"
+        env_file.write_text(exports + "\n")
+        print(f"for the CLI in another shell (or: source {env_file}):\n  {exports}", flush=True)
         if demo:
             code = await _demo(client, _follow, _task_queue(), webhook_port, data_dir)
             print(f"see it in the UI:  http://127.0.0.1:{ui_port}/namespaces/default/workflows", flush=True)

@@ -25,14 +25,14 @@ ROLLBACK = str(Path(sys.executable).parent / "rollback")
 
 
 def cli(*args: str, address: str | None = None, task_queue: str | None = None, extra_env: dict | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess:
+        timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
     if address:
         env["TEMPORAL_ADDRESS"] = address
     if task_queue:
         env["TEMPORAL_TASK_QUEUE"] = task_queue
     env.update(extra_env or {})
-    return subprocess.run([ROLLBACK, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([ROLLBACK, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, fragment: str) -> None:
@@ -103,6 +103,55 @@ def test_missing_secret_stops_the_worker_with_one_line(tmp_path):
                     "    health: {url: 'http://127.0.0.1:1/h'}\n")
     assert_one_line_error(cli("worker", "--config", str(path)), 1,
                           "service 'shop': environment variable SHOP_TOKEN_X is not set")
+
+
+def test_listings_read_the_directories_the_worker_writes(tmp_path, monkeypatch):
+    """`backups list` and `volume list` resolve directories through the same loader as the worker:
+    relative ones against the config file, defaults under ROLLBACK_STATE_DIR (`up --data-dir`)."""
+    from activities.backups import BackupActivities
+    from activities.common import ConfigSource
+    from activities.docker import DockerActivities
+    from workflows.models import BackupManifest, VolumeManifest
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    config = project / "rollback.yaml"
+    config.write_text(
+        "services:\n"
+        "  own:\n"  # its own relative directories
+        "    app: {provider: docker, docker: {container: own, volume_backup_dir: volumes}}\n"
+        "    health: {url: 'http://127.0.0.1:9/health'}\n"
+        "    database: {dsn_env: OWN_DSN, backup_dir: dumps}\n"
+        "  plain:\n"  # the defaults, under the state directory
+        "    app: {provider: docker, docker: {container: plain}}\n"
+        "    health: {url: 'http://127.0.0.1:9/health'}\n"
+        "    database: {dsn_env: PLAIN_DSN}\n")
+    state = tmp_path / "data" / "state"
+    monkeypatch.setenv("ROLLBACK_STATE_DIR", str(state))  # what `rollback up --data-dir data` sets
+    monkeypatch.chdir(tmp_path)  # the worker's cwd is neither the config's folder nor the CLI's
+    worker_config = ConfigSource(config)
+    written = {}
+    for service in ("own", "plain"):
+        backups, volumes = BackupActivities(worker_config), DockerActivities(worker_config)
+        backup = BackupManifest(backup_id=f"{service}-b1", service=service, database=service, archive="x.dump",
+                                size_bytes=1, sha256="0" * 64, server_version="15", pg_dump_version="15",
+                                created_at="2026-11-25T14:00:00Z", verified=True)
+        backups.manifest_path(service, backup.backup_id).write_text(backup.model_dump_json())
+        volume = VolumeManifest(backup_id=f"{service}-v1", service=service, volume="data", container=service,
+                                mount_path="/data", archive="x.tar", size_bytes=1, sha256="0" * 64, files=1,
+                                created_at="2026-11-25T14:00:00Z", verified=True)
+        (volumes.volume_dir(service) / f"{volume.backup_id}.json").write_text(volume.model_dump_json())
+        written[service] = (backups.backup_dir(service), volumes.volume_dir(service))
+    assert written["own"] == (project / "dumps", project / "volumes")
+    assert written["plain"] == (state / "backups" / "plain", state / "volume-backups" / "plain")
+
+    environment = {"ROLLBACK_CONFIG": str(config), "ROLLBACK_STATE_DIR": str(state)}
+    for service in ("own", "plain"):
+        backups = cli("backups", "list", service, "--json", extra_env=environment, cwd=elsewhere)
+        volumes = cli("volume", "list", service, "--json", extra_env=environment, cwd=elsewhere)
+        assert [b["backup_id"] for b in json.loads(backups.stdout)] == [f"{service}-b1"], backups.stderr
+        assert [v["backup_id"] for v in json.loads(volumes.stdout)] == [f"{service}-v1"], volumes.stderr
 
 
 async def test_unknown_workflow_is_one_line(temporal_address):

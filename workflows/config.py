@@ -312,6 +312,11 @@ def load_config(path: str | os.PathLike | None = None) -> RollbackConfig:
     config.state_dir = str((base / os.environ.get("ROLLBACK_STATE_DIR", config.state_dir)).resolve())
     config.artifact_dir = str((base / os.environ.get("ROLLBACK_ARTIFACT_DIR", config.artifact_dir)).resolve())
     for service in config.services.values():
+        # Directories the worker writes and the CLI lists resolve alike, whatever each one's cwd.
+        if service.database and service.database.backup_dir:
+            service.database.backup_dir = str((base / service.database.backup_dir).resolve())
+        if service.app.docker and service.app.docker.volume_backup_dir:
+            service.app.docker.volume_backup_dir = str((base / service.app.docker.volume_backup_dir).resolve())
         if service.database and service.database.migrations_dir:
             service.database.migrations_dir = str((base / service.database.migrations_dir).resolve())
         if service.database and service.database.pitr and not service.database.pitr.supabase:

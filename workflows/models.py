@@ -11,9 +11,10 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from workflows.config import ServiceConfig
+from workflows.iso_time import parse_iso_time
 
 TASK_QUEUE = "rollback"
 
@@ -26,6 +27,7 @@ class Outcome(str, Enum):
     RECOVERED = "recovered"  # a point-in-time copy handed over; the live database untouched
     REPAIRED = "repaired"
     CLEANED = "cleaned"
+    VERIFIED = "verified"  # a backup written and read back in full
     DRY_RUN = "dry_run"
     NOTHING_TO_DO = "nothing_to_do"
     NOT_DIRTY = "not_dirty"
@@ -41,7 +43,8 @@ class Outcome(str, Enum):
 
 
 SUCCESSFUL_OUTCOMES = frozenset({Outcome.ROLLED_BACK, Outcome.RESTORED, Outcome.RECOVERED, Outcome.REPAIRED,
-                                 Outcome.CLEANED, Outcome.DRY_RUN, Outcome.NOTHING_TO_DO, Outcome.NOT_DIRTY})
+                                 Outcome.CLEANED, Outcome.VERIFIED, Outcome.DRY_RUN, Outcome.NOTHING_TO_DO,
+                                 Outcome.NOT_DIRTY})
 
 
 class EventKind(str, Enum):
@@ -403,6 +406,8 @@ class PitrRecovery(BaseModel):
     port: int
     dsn: str
     target_time: datetime
+    stop_hint: str = Field(default="", description="How to stop the recovered server, for the OS user the "
+                           "worker runs as (the server refuses pg_ctl as root).")
 
 
 class ArchiveRequest(BaseModel):
@@ -428,6 +433,12 @@ class RestoreInput(BaseModel):
                                     "covered this restore (a failed migration rollback's compensation).")
     reimport_recent: bool = Field(default=False, description="After the swap, insert the exported newer rows "
                                   "back where the table still fits them (conflicting rows are skipped).")
+
+    @field_validator("target_time", mode="before")
+    @classmethod
+    def _any_iso_time(cls, value: Any) -> Any:
+        # The UI's form sends what people paste (PostgreSQL's `…123+00` too), always read as UTC.
+        return parse_iso_time(value) if isinstance(value, str) else value
 
 
 class RestoreIntoRequest(BaseModel):

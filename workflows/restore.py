@@ -306,9 +306,9 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         self.record(EventKind.EXECUTING, f"recovered base backup {recovery.base_backup_id} to "
                     f"{request.target_time.isoformat()} on 127.0.0.1:{recovery.port}")
         if request.pitr_handoff:
+            stop_hint = recovery.stop_hint or f"`pg_ctl -D {recovery.data_dir} stop`"  # a worker from before the hint
             result.message = (f"recovered to {request.target_time.isoformat()}: {recovery.dsn} (data directory "
-                              f"{recovery.data_dir}; stop it with `pg_ctl -D {recovery.data_dir} stop`); the live "
-                              "database was not touched")
+                              f"{recovery.data_dir}; stop it with {stop_hint}); the live database was not touched")
             self.record(EventKind.RESOLVED, result.message)
             return None
         try:

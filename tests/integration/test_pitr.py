@@ -3,7 +3,9 @@ time come back, rows inserted after it do not; handed over as a DSN, or swapped 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -19,8 +21,9 @@ from activities.common import ConfigSource
 from starter import engines
 from tests.conftest import running_worker, unavailable
 from tests.helpers import wait_for_phase
-from workflows import BaseBackupWorkflow, DatabaseRestoreWorkflow
-from workflows.models import ApprovalInput, BackupInput, BaseBackup, RestoreInput, RestoreResult
+from tests.test_cli import cli
+from workflows import DatabaseRestoreWorkflow
+from workflows.models import ApprovalInput, RestoreInput, RestoreResult
 
 pytestmark = pytest.mark.postgres
 
@@ -78,18 +81,25 @@ def archive_current_wal(admin: str) -> None:
             time.sleep(0.2)
 
 
-async def test_recovery_to_a_point_in_time(client, task_queue, archiving):
+async def test_recovery_to_a_point_in_time(client, task_queue, temporal_address, archiving):
     dsn, admin, config = archiving
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now())")
         conn.execute("INSERT INTO orders (id) SELECT generate_series(1, 10)")
     async with running_worker(client, config, task_queue):
-        base = await client.execute_workflow(BaseBackupWorkflow.run, BackupInput(service="shop"),
-                                             id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=BaseBackup)
-        assert base.verified and Path(base.path, "backup_manifest").exists()
+        made = await asyncio.to_thread(cli, "backup", "shop", "--base", "--wait", address=temporal_address,
+                                       task_queue=task_queue)
+        assert made.returncode == 0, made.stdout + made.stderr
+        ending = made.stdout.strip().splitlines()[-1]  # one readable line, not raw JSON
+        assert ending.startswith("VERIFIED: base backup shop-base-") and "checked by pg_verifybackup" in ending
+        base_path = Path(ending.rsplit(" in ", 1)[1])
+        assert Path(base_path, "backup_manifest").exists()
         with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET TIME ZONE 'UTC'")
             conn.execute("INSERT INTO orders (id) SELECT generate_series(11, 20)")
-            target = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            # as psql shows it, pasted as is: `2026-11-25 14:00:00.123456+00`
+            target_text = conn.execute("SELECT clock_timestamp()::text").fetchone()[0]
+            target = conn.execute("SELECT %s::timestamptz", (target_text,)).fetchone()[0]
             time.sleep(1.1)
             conn.execute("INSERT INTO orders (id) SELECT generate_series(21, 30)")
         archive_current_wal(admin)
@@ -97,19 +107,21 @@ async def test_recovery_to_a_point_in_time(client, task_queue, archiving):
             conn.execute("DELETE FROM orders WHERE id > 5")  # the incident
 
         # handed over: a recovered copy on another port, the live database untouched
-        handoff = await client.execute_workflow(
-            DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source="pitr", target_time=target,
-                                                      pitr_handoff=True),
-            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
-        assert handoff.outcome == "recovered", handoff.message
-        recovered_dsn = handoff.message.split(": ", 1)[1].split(" (data directory")[0]
+        handed = await asyncio.to_thread(cli, "restore", "shop", "--pitr", target_text, "--handoff", "--wait",
+                                         address=temporal_address, task_queue=task_queue)
+        assert handed.returncode == 0, handed.stdout + handed.stderr
+        message = next(line for line in handed.stdout.splitlines() if line.startswith("RECOVERED: "))
+        recovered_dsn = message.split(": ", 2)[2].split(" (data directory")[0]
         assert "password" not in recovered_dsn
         assert ids(recovered_dsn) == list(range(1, 21))  # exactly the rows before the target time
         assert ids(dsn) == [1, 2, 3, 4, 5]
-        data_dir = handoff.message.split("data directory ", 1)[1].split(";")[0]
-        subprocess.run(["runuser", "-u", "postgres", "--"] * (os.geteuid() == 0) +
-                       ["/usr/lib/postgresql/15/bin/pg_ctl", "-D", data_dir, "-m", "fast", "stop"], check=True,
-                       capture_output=True)
+        data_dir = message.split("data directory ", 1)[1].split(";")[0]
+        # the printed stop command works as printed for the user the worker runs as (root here: runuser)
+        stop_command, as_user = message.split("stop it with `", 1)[1].split("` as ", 1)
+        assert as_user.startswith(pwd.getpwuid(os.geteuid()).pw_name + ")")
+        stopped = subprocess.run(stop_command, shell=True, capture_output=True, text=True)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not (Path(data_dir) / "postmaster.pid").exists()
 
         # swapped in: recovered, dumped, restored into a new database, approved, swapped
         handle = await client.start_workflow(

@@ -165,6 +165,8 @@ async def test_cli_backup_list_and_dry_run_restore(client, task_queue, temporal_
                                        task_queue=task_queue, extra_env=env)
         assert made.returncode == 0, made.stderr
         assert "backup shop-" in made.stdout and "full read OK" in made.stdout
+        ending = made.stdout.strip().splitlines()[-1]  # one readable line, not raw JSON
+        assert ending.startswith("VERIFIED: backup shop-") and " 3 tables, 151 rows, sha256 " in ending, ending
         listed = await asyncio.to_thread(cli, "backups", "list", "shop", "--config", str(config._path), "--json",
                                          extra_env=env)
         (backup_row,) = json.loads(listed.stdout)
@@ -275,7 +277,7 @@ async def test_cleanup_drops_only_old_kept_databases_after_approval(client, task
 
 
 async def test_latest_before_picks_the_newest_backup_before_the_time(client, task_queue, shop_db):
-    from datetime import timedelta
+    from datetime import timedelta, timezone
 
     from temporalio.exceptions import ApplicationError
 
@@ -286,14 +288,15 @@ async def test_latest_before_picks_the_newest_backup_before_the_time(client, tas
     first = await backup(client, task_queue, config)
     second = await backup(client, task_queue, config)
     activities = BackupActivities(config)
-    at = (second.created_at - timedelta(microseconds=1)).isoformat()
+    # as psql prints a timestamptz, pasted as is
+    at = f"{(second.created_at - timedelta(microseconds=1)).astimezone(timezone.utc):%Y-%m-%d %H:%M:%S.%f}+00"
     chosen = await activities.validate(ArchiveRequest(service="shop", archive=f"latest-before:{at}"))
     assert chosen.backup_id == first.backup_id
     chosen = await activities.validate(ArchiveRequest(service="shop", archive="latest-before:2999-01-01T00:00:00Z"))
     assert chosen.backup_id == second.backup_id
     with pytest.raises(ApplicationError, match="no verified backup of shop was taken before 2000"):
         await activities.validate(ArchiveRequest(service="shop", archive="latest-before:2000-01-01T00:00:00Z"))
-    with pytest.raises(ApplicationError, match="latest-before needs an ISO time"):
+    with pytest.raises(ApplicationError, match="latest-before needs a time: 'yesterday' is not an ISO 8601 time"):
         await activities.validate(ArchiveRequest(service="shop", archive="latest-before:yesterday"))
 
 
