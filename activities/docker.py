@@ -511,7 +511,12 @@ class DockerActivities(_EngineActivities):
         except NotFound:
             pass
         client.volumes.create(request.new_volume, labels={"io.rollback.restored-from": manifest.backup_id})
-        image = self._container(client, target, request.service).attrs["Image"]
+        # the original container's image: after a crash mid-recreate it is the one kept aside
+        try:
+            original = client.containers.get(aside_name(target.container, request.rollback_key))
+        except NotFound:
+            original = self._container(client, target, request.service)
+        image = original.attrs["Image"]
         helper = client.containers.create(image, name=f"{request.new_volume}-fill",
                                           volumes={request.new_volume: {"bind": manifest.mount_path, "mode": "rw"}},
                                           labels={"io.rollback.helper": request.rollback_key})

@@ -64,9 +64,15 @@ class PitrActivities:
         """pg_basebackup (plain format, WAL streamed alongside), then pg_verifybackup."""
         pitr = self._pitr(request.service)
         dsn, _ = service_dsn(self._config, request.service)
-        stamp = datetime.now(timezone.utc)
-        backup_id = f"{request.service}-base-{stamp:%Y%m%d%H%M%S}-{activity.info().workflow_run_id[-12:]}"
+        # The id comes from the run and the step's first scheduling, not the clock: a retry after a
+        # crash has the same id, so it finds (and replaces) its own half copy or its finished backup.
+        info = activity.info()
+        backup_id = f"{request.service}-base-{info.scheduled_time:%Y%m%d%H%M%S}-{info.workflow_run_id[-12:]}"
         target = Path(pitr.base_backup_dir) / backup_id
+        manifest = target.with_name(f"{backup_id}.json")
+        if manifest.exists():
+            return BaseBackup.model_validate_json(manifest.read_text())  # an earlier attempt finished
+        stamp = datetime.now(timezone.utc)
         shutil.rmtree(target, ignore_errors=True)  # a crashed attempt's half copy
         target.parent.mkdir(parents=True, exist_ok=True)
         async with await connect_to(dsn) as conn:
@@ -84,7 +90,7 @@ class PitrActivities:
         backup = BaseBackup(backup_id=backup_id, service=request.service, path=str(target), started_at=stamp,
                             finished_at=datetime.now(timezone.utc), server_version=version,
                             size_bytes=_tree_size(target), verified=True)
-        write_json_atomic(target.with_name(f"{backup_id}.json"), backup.model_dump(mode="json"))
+        write_json_atomic(manifest, backup.model_dump(mode="json"))
         return backup
 
     @activity.defn(name="pitr.recover")

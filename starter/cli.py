@@ -655,7 +655,7 @@ def cancel(workflow_id: str) -> None:
 @config_option
 def config_check(config: Optional[Path]) -> None:
     """Validate the config and report secret variables that are not set."""
-    loaded = load_config(config)
+    loaded = load_config(config, require_services=True)
     problems = missing_secrets(loaded)
     for line in problems:
         print(f"warning: {line}")
@@ -665,7 +665,7 @@ def config_check(config: Optional[Path]) -> None:
 
 def load_for_worker(config: Path | None, allow_missing_secrets: bool):
     """The config, refused while a secret variable it names is unset (unless allowed)."""
-    loaded = load_config(config)
+    loaded = load_config(config, require_services=True)
     problems = missing_secrets(loaded)
     if problems and not allow_missing_secrets:
         raise CliError(f"{problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1 else problems[0])

@@ -108,8 +108,9 @@ async def skipping_env():
 
 
 @asynccontextmanager
-async def running_worker(client, config: ConfigSource, task_queue: str):
-    async with build_worker(client, config, task_queue) as worker:
+async def running_worker(client, config: ConfigSource, task_queue: str, replace: list | None = None):
+    """The real worker; `replace` swaps activities for stand-ins of the same name (fault injection)."""
+    async with build_worker(client, config, task_queue, replace) as worker:
         yield worker
 
 

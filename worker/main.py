@@ -60,12 +60,15 @@ def activities_for(config: ConfigSource) -> list:
     return found
 
 
-def build_worker(client: Client, config: ConfigSource, task_queue: str) -> Worker:
+def build_worker(client: Client, config: ConfigSource, task_queue: str, replace: list | None = None) -> Worker:
+    """The worker; `replace` swaps activities for stand-ins registered under the same names (tests)."""
+    replaced = {fn.__temporal_activity_definition.name for fn in replace or []}
+    activities = [fn for fn in activities_for(config) if fn.__temporal_activity_definition.name not in replaced]
     return Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=activities_for(config),
+        activities=[*activities, *(replace or [])],
         # the migration activities are synchronous (psycopg, Alembic) and run in these threads
         activity_executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="activity"),
         # Activities that are mid-step when SIGTERM arrives get this long to finish or heartbeat out.

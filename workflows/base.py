@@ -64,10 +64,13 @@ def records_failure(run):
         try:
             return await run(self, request)
         except asyncio.CancelledError:
+            await self.switches_after_failure("the run was cancelled")
             self.record(EventKind.CANCELLED, "cancelled")
             raise
         except Exception as exc:
-            if not self.events or self.events[-1].kind != EventKind.FAILED:
+            recorded = bool(self.events) and self.events[-1].kind == EventKind.FAILED
+            await self.switches_after_failure(cause_message(exc))
+            if not recorded:
                 self.record(EventKind.FAILED, cause_message(exc))
             if self.phase != Phase.FAILED and workflow.patched("failed-phase-on-failure"):
                 self.enter(Phase.FAILED)
@@ -90,6 +93,11 @@ class RollbackWorkflowBase:
         self.phase_started = None
         self.phase_seconds: dict[str, float] = {}
         self.resolved_alerts = 0
+        # Kill switches set off by this run and not yet put back: their recorded values. Once the
+        # live data was changed, putting them back is a person's call, never automatic.
+        self.switches_off: dict[str, str | None] | None = None
+        self.off_values: dict[str, str] = {}
+        self.live_changed = False
 
     # -- the story --------------------------------------------------------------------------
     def record(self, kind: EventKind, message: str, actor: str = "workflow", **data: Any) -> None:
@@ -270,15 +278,44 @@ class RollbackWorkflowBase:
             await self.set_switches(service, previous)
             raise ApplicationError(f"could not stop processing ({cause_message(exc)}); the switches were put back "
                                    "and nothing else was changed", non_retryable=True) from None
+        self.switches_off, self.off_values = previous, {s.name: s.off_value for s in switches}
         self.record(EventKind.EXECUTING, "processing stopped: " + ", ".join(f"{s.name}={s.off_value}" for s in switches),
                     previous=previous)
         return previous
+
+    async def switches_after_failure(self, why: str) -> None:
+        """A run that fails or is cancelled while processing is stopped: the switches go back when
+        the live data is untouched, else (or when that fails) an escalation names them."""
+        if self.switches_off is None or not workflow.patched("switches-never-silently-off"):
+            return
+        try:
+            if not self.live_changed:
+                await self.start_processing(self.service, self.switches_off)
+                return
+            # a flags table inside a restored database holds the backup's values: off again
+            await self.set_switches(self.service, self.off_values)
+        except ActivityError as exc:
+            why = f"{why}; setting the switches failed too: {cause_message(exc)}"
+        await self.leave_processing_stopped(why)
+
+    async def leave_processing_stopped(self, why: str) -> None:
+        """End with the switches still off, said loudly: on the timeline and to the escalation channel."""
+        if self.switches_off is None or not workflow.patched("switches-never-silently-off"):
+            return
+        names = ", ".join(f"{name} (was {value if value is not None else 'not set'})"
+                          for name, value in self.switches_off.items())
+        self.switches_off = None
+        message = (f"processing stays stopped: kill switches {names} are still off because {why}; set them back "
+                   "once the app and the data are checked")
+        self.record(EventKind.ESCALATED, message)
+        await self.notify(f"ESCALATION: {self.service}: {message}", key="switches-left-off", escalation=True)
 
     async def start_processing(self, service: str, previous: dict[str, str | None]) -> bool:
         """Every switch back to its recorded value ("not set" included)."""
         if not previous:
             return False
         await self.set_switches(service, previous)
+        self.switches_off = None
         self.record(EventKind.EXECUTING, "processing started again: kill switches back to " + ", ".join(
             f"{k}={v if v is not None else '(not set)'}" for k, v in previous.items()))
         return True

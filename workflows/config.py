@@ -280,8 +280,9 @@ def config_path(explicit: str | os.PathLike | None = None) -> Path:
     return Path(explicit or os.environ.get(CONFIG_ENV_VAR) or "rollback.yaml")
 
 
-def load_config(path: str | os.PathLike | None = None) -> RollbackConfig:
-    """Read and validate the YAML config; relative directories resolve against the file's folder."""
+def load_config(path: str | os.PathLike | None = None, require_services: bool = False) -> RollbackConfig:
+    """Read and validate the YAML config; relative directories resolve against the file's folder.
+    The worker needs services to act on; a receiver serving only the flag store does not."""
     import yaml
 
     file = config_path(path)
@@ -299,7 +300,7 @@ def load_config(path: str | os.PathLike | None = None) -> RollbackConfig:
         raise ConfigError(f"{file}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: expected a mapping at the top level")
-    if not raw.get("services"):
+    if require_services and not raw.get("services"):
         raise ConfigError(f"{file}: defines no services; add a `services:` mapping with at least one service "
                           "(see the README's Configuration section)")
     try:

@@ -137,6 +137,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
 
         # 6. Down migrations, one transaction each; 7. verify
         counts_before = await self._counts(request.service)
+        self.live_changed = True  # from the first down step on, the schema may differ from before
         try:
             for step in plan.steps:
                 done = await workflow.execute_activity(
@@ -196,6 +197,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
             f"database and swap it in; the current database is kept", request.approval_timeout)
         manual = f"`rollback restore {request.service} --from {backup.backup_id}`"
         if decision is None or not decision.approved:
+            await self.leave_processing_stopped(f"{problem}; the emergency backup was not restored")
             return await self.finish(result, "failed", f"{problem}; processing is still stopped; nothing was "
                                       f"restored: run {manual} and then restore the kill switches")
         restored = await workflow.execute_child_workflow(
@@ -206,6 +208,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
             id=f"{workflow.info().workflow_id}-restore", result_type=RestoreResult)
         # a flags table inside the database came back with the backup's values: stop processing again
         await self.set_switches(request.service, {s.name: s.off_value for s in context.config.kill_switches})
+        await self.leave_processing_stopped(f"{problem}; the emergency backup was restored and needs checking")
         self.record(EventKind.COMPENSATED, f"emergency backup restored ({restored.outcome}); the database as it "
                     f"was before is kept as {restored.kept_old_as}; processing stays stopped until someone checks "
                     "the app and restores the kill switches")

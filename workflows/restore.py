@@ -176,6 +176,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         self.enter(Phase.EXECUTING)
         switches = context.config.kill_switches
         result.kill_switches_before = await self.stop_processing(request.service, switches)
+        self.live_changed = True  # from here a failure may have left the restored database in place
         try:
             swap = await workflow.execute_activity(
                 "postgres.swap", SwapRequest(service=request.service, new_database=new_database,
@@ -184,9 +185,14 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
                 retry_policy=RetryPolicy(maximum_attempts=3),
             )
         except ActivityError:
-            await self.start_processing(request.service, result.kill_switches_before)  # the live database is unchanged
+            self.live_changed = False  # a failed swap leaves the original database under its name
+            await self.start_processing(request.service, result.kill_switches_before)
             raise
         result.kept_old_as, result.swap_downtime_seconds = swap.kept_old_as, swap.downtime_seconds
+        if switches and workflow.patched("switches-off-right-after-swap"):
+            # a flags table inside the database came back with the backup's values: processing
+            # stays stopped through the re-import and the checks, not only from _resume on
+            await self.set_switches(request.service, self.off_values)
         self.record(EventKind.ROLLED_BACK, f"{new_database} is now {swap.live}; the previous database is kept as "
                     f"{swap.kept_old_as}; {swap.terminated_sessions} sessions terminated; swap took "
                     f"{swap.downtime_seconds * 1000:.0f} ms")
@@ -243,6 +249,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         verdict = await self.verify_app(request.service, context.config.health)
         if not verdict.passed:
             self.record(EventKind.VERIFICATION_FAILED, f"app unhealthy on the restored database: {verdict.problem}")
+            await self.leave_processing_stopped(f"the app is unhealthy on the restored database ({verdict.problem})")
             return await self.finish(result, "failed", f"{done}, but the app is unhealthy ({verdict.problem}); "
                                      f"processing stays stopped; {kept}")
         self.record(EventKind.VERIFIED, "app healthy on the restored database")
@@ -281,6 +288,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             return await self.finish(result, outcome, f"point-in-time restore {outcome}; nothing was changed")
         self.enter(Phase.EXECUTING)
         result.kill_switches_before = await self.stop_processing(request.service, context.config.kill_switches)
+        self.live_changed = True  # Supabase restores in place
         try:
             await workflow.execute_activity(
                 "supabase.restore_pitr", SupabaseRestoreRequest(service=request.service,
