@@ -18,6 +18,7 @@ from activities.docker import ComposeActivities, DockerActivities
 from activities.flags import FlagActivities
 from activities.git import GitActivities
 from activities.health import HealthActivities
+from activities.locks import LockActivities
 from activities.migrations import MigrationActivities
 from activities.notify import NotifyActivities
 from activities.pitr import PitrActivities
@@ -31,9 +32,10 @@ from workflows import WORKFLOWS
 log = logging.getLogger("rollback.worker")
 
 
-def activities_for(config: ConfigSource) -> list:
+def activities_for(config: ConfigSource, client: Client) -> list:
     """Every activity, bound to the clients and config it needs."""
     objects = [
+        LockActivities(client, config),
         ConfigActivities(config),
         HealthActivities(config),
         DockerActivities(config),
@@ -63,7 +65,7 @@ def activities_for(config: ConfigSource) -> list:
 def build_worker(client: Client, config: ConfigSource, task_queue: str, replace: list | None = None) -> Worker:
     """The worker; `replace` swaps activities for stand-ins registered under the same names (tests)."""
     replaced = {fn.__temporal_activity_definition.name for fn in replace or []}
-    activities = [fn for fn in activities_for(config) if fn.__temporal_activity_definition.name not in replaced]
+    activities = [fn for fn in activities_for(config, client) if fn.__temporal_activity_definition.name not in replaced]
     return Worker(
         client,
         task_queue=task_queue,

@@ -10,7 +10,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, records_failure
+    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, guarded
     from workflows.models import (
         AppRollbackInput,
         AppRollbackResult,
@@ -50,9 +50,10 @@ def _cause(exc: BaseException) -> str:
 @workflow.defn
 class AppRollbackWorkflow(RollbackWorkflowBase):
     rollback_type = "app"
+    locks = ("service",)
 
     @workflow.run
-    @records_failure
+    @guarded
     async def run(self, request: AppRollbackInput) -> AppRollbackResult:
         self.start_run(request.service, request.severity, request.automatic)
         self.record(

@@ -19,6 +19,10 @@ with workflow.unsafe.imports_passed_through():
         ApprovalInput,
         EventKind,
         FlagsRequest,
+        LockHolder,
+        LockRelease,
+        LockRequest,
+        LockResult,
         NotifyRequest,
         Outcome,
         Phase,
@@ -54,14 +58,16 @@ def cause_message(exc: BaseException) -> str:
     return getattr(exc, "message", None) or str(exc)
 
 
-def records_failure(run):
-    """Wrap a workflow's run: whatever makes it fail, its timeline ends with a `failed` event that
-    names the cause and its phase is FAILED, so `rollback status` says why (a cancellation
-    ends with a `cancelled` event)."""
+def guarded(run):
+    """Wrap a workflow's run: take the service's lock first (a top-level run that may change
+    something; children run under their parent's), release it on every ending, and whatever makes
+    the run fail, end its timeline with a `failed` event that names the cause and phase FAILED, so
+    `rollback status` says why (a cancellation ends with a `cancelled` event)."""
 
     @functools.wraps(run)
-    async def run_recording_failure(self: "RollbackWorkflowBase", request):
+    async def guarded_run(self: "RollbackWorkflowBase", request):
         try:
+            await self.take_lock(request)
             return await run(self, request)
         except asyncio.CancelledError:
             await self.switches_after_failure("the run was cancelled")
@@ -75,14 +81,18 @@ def records_failure(run):
             if self.phase != Phase.FAILED and workflow.patched("failed-phase-on-failure"):
                 self.enter(Phase.FAILED)
             raise
+        finally:
+            await self.release_lock()
 
-    return run_recording_failure
+    return guarded_run
 
 
 class RollbackWorkflowBase:
     """Timeline, phase, approval checkpoint and alert handling for one rollback run."""
 
     rollback_type = "rollback"
+    # What a run of this workflow holds while it may change things: the service, its database.
+    locks: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.events: list[TimelineEvent] = []
@@ -98,6 +108,7 @@ class RollbackWorkflowBase:
         self.switches_off: dict[str, str | None] | None = None
         self.off_values: dict[str, str] = {}
         self.live_changed = False
+        self.held: LockRelease | None = None
 
     # -- the story --------------------------------------------------------------------------
     def record(self, kind: EventKind, message: str, actor: str = "workflow", **data: Any) -> None:
@@ -134,6 +145,33 @@ class RollbackWorkflowBase:
             waiting_for_approval=self.awaiting_step,
             timeline=self.events,
         )
+
+    # -- one change at a time per service and database ----------------------------------------
+    async def take_lock(self, request) -> None:
+        """Hold the service's (and its database's) lock for this run, or fail naming the holder.
+        A dry run changes nothing and a child runs under its parent's lock: neither takes it."""
+        if (not self.locks or getattr(request, "dry_run", False) or workflow.info().parent is not None
+                or not workflow.patched("resource-lock")):
+            return
+        info = workflow.info()
+        me = LockHolder(workflow_id=info.workflow_id, run_id=info.run_id, workflow_type=info.workflow_type)
+        result = await workflow.execute_activity(
+            "locks.acquire", LockRequest(service=request.service, kinds=list(self.locks), holder=me),
+            result_type=LockResult, start_to_close_timeout=timedelta(minutes=1), retry_policy=READ_RETRY)
+        if not result.granted:
+            holder = result.holder
+            raise ApplicationError(
+                f"{result.busy} is locked by {holder.workflow_type} {holder.workflow_id} (run {holder.run_id}): one "
+                f"change at a time; see `rollback status {holder.workflow_id}`, wait for it to end or cancel it",
+                type="Locked", non_retryable=True)
+        self.held = LockRelease(resources=result.resources, holder=me)
+
+    async def release_lock(self) -> None:
+        if self.held is None:
+            return
+        held, self.held = self.held, None
+        await workflow.execute_activity("locks.release", held, start_to_close_timeout=timedelta(minutes=1),
+                                        retry_policy=READ_RETRY)
 
     # -- approvals --------------------------------------------------------------------------
     def _validate_decision(self, decision: ApprovalInput) -> None:

@@ -10,7 +10,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, cause_message, records_failure
+    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, cause_message, guarded
     from workflows.models import (
         BackupInput,
         BackupManifest,
@@ -68,9 +68,10 @@ class MigrationStatusWorkflow:
 @workflow.defn
 class MigrationRollbackWorkflow(RollbackWorkflowBase):
     rollback_type = "migration"
+    locks = ("service", "database")
 
     @workflow.run
-    @records_failure
+    @guarded
     async def run(self, request: MigrationRollbackInput) -> MigrationRollbackResult:
         self.start_run(request.service, "P1")
         self.record(EventKind.STARTED, f"migration rollback of {request.service} to {request.target}: "
@@ -226,9 +227,10 @@ class MigrationRepairWorkflow(RollbackWorkflowBase):
     """golang-migrate's `force V`, behind an approval that shows the dirty state."""
 
     rollback_type = "repair"
+    locks = ("service", "database")
 
     @workflow.run
-    @records_failure
+    @guarded
     async def run(self, request: MigrationRepairInput) -> MigrationRepairResult:
         self.start_run(request.service, "P2")
         self.record(EventKind.STARTED, f"repair of {request.service}'s migration state at {request.version}: "

@@ -718,3 +718,37 @@ class VolumeRestoreResult(RunResult):
     source: VolumeManifest | None = None
     new_volume: str | None = None
     details: dict[str, str] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks: one change at a time per service and per database, however a run was started
+
+
+class LockHolder(BaseModel):
+    """The top-level run that holds (or asks for) a resource."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str = ""
+
+
+class LockInput(BaseModel):
+    resource: str = Field(description="service:<name> or database:<host>:<port>/<db>")
+
+
+class LockRequest(BaseModel):
+    service: str
+    kinds: list[str] = Field(description="service, database: which of the service's resources to hold")
+    holder: LockHolder
+
+
+class LockRelease(BaseModel):
+    resources: list[str]
+    holder: LockHolder
+
+
+class LockResult(BaseModel):
+    granted: bool
+    resources: list[str] = Field(default_factory=list, description="Held now (when granted)")
+    busy: str = Field(default="", description="The resource someone else holds (when refused)")
+    holder: LockHolder | None = Field(default=None, description="Who holds it (when refused)")

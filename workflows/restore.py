@@ -11,7 +11,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, cause_message, records_failure
+    from workflows.base import CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, cause_message, guarded
     from workflows.models import (
         ArchiveRequest,
         BackupInput,
@@ -51,7 +51,7 @@ class BackupWorkflow(RollbackWorkflowBase):
     rollback_type = "backup"
 
     @workflow.run
-    @records_failure
+    @guarded
     async def run(self, request: BackupInput) -> BackupManifest:
         # the id is unique per run, so the dump's idempotency never hands back another run's archive
         manifest = await self.backup_step(
@@ -76,7 +76,7 @@ class BaseBackupWorkflow(RollbackWorkflowBase):
     rollback_type = "backup"
 
     @workflow.run
-    @records_failure
+    @guarded
     async def run(self, request: BackupInput) -> BaseBackup:
         backup = await self.backup_step(request.service, f"base backup of {request.service}: {request.reason}",
                                         "pitr.base_backup", ServiceRef(service=request.service), BaseBackup)
@@ -88,9 +88,10 @@ class BaseBackupWorkflow(RollbackWorkflowBase):
 @workflow.defn
 class DatabaseRestoreWorkflow(RollbackWorkflowBase):
     rollback_type = "restore"
+    locks = ("service", "database")
 
     @workflow.run
-    @records_failure
+    @guarded
     async def run(self, request: RestoreInput) -> RestoreResult:
         self.start_run(request.service, "P1")
         self.record(EventKind.STARTED, f"restore of {request.service} from {request.source}: {request.reason}",
@@ -344,9 +345,10 @@ class RestoreCleanupWorkflow(RollbackWorkflowBase):
     and an approval that lists them; younger ones and anything not ours stay."""
 
     rollback_type = "cleanup"
+    locks = ("service", "database")
 
     @workflow.run
-    @records_failure
+    @guarded
     async def run(self, request: CleanupInput) -> CleanupResult:
         self.start_run(request.service, "P3")
         self.record(EventKind.STARTED, f"cleanup of databases kept by restores of {request.service}, older than "

@@ -9,7 +9,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, cause_message, records_failure
+    from workflows.base import CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, cause_message, guarded
     from workflows.models import (
         ArchiveRequest,
         EventKind,
@@ -29,7 +29,7 @@ class VolumeBackupWorkflow(RollbackWorkflowBase):
     rollback_type = "backup"
 
     @workflow.run
-    @records_failure
+    @guarded
     async def run(self, request: VolumeInput) -> VolumeManifest:
         backup_id = f"{request.volume}-{workflow.now():%Y%m%d%H%M%S}-{workflow.info().run_id[-12:]}"
         manifest = await self.backup_step(
@@ -44,9 +44,10 @@ class VolumeBackupWorkflow(RollbackWorkflowBase):
 @workflow.defn
 class VolumeRestoreWorkflow(RollbackWorkflowBase):
     rollback_type = "restore"
+    locks = ("service",)
 
     @workflow.run
-    @records_failure
+    @guarded
     async def run(self, request: VolumeRestoreInput) -> VolumeRestoreResult:
         self.start_run(request.service, "P1")
         self.record(EventKind.STARTED, f"volume restore of {request.service} from {request.source}: "

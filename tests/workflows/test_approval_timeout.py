@@ -23,6 +23,9 @@ from workflows.models import (
     ExecuteRequest,
     ExecuteResult,
     HealthSnapshot,
+    LockRelease,
+    LockRequest,
+    LockResult,
     NotifyRequest,
     PostmortemRequest,
     ServiceContext,
@@ -72,7 +75,15 @@ def stand_ins(executed: list, notices: list) -> list:
     async def postmortem(request: PostmortemRequest) -> str:
         return "postmortem.md"
 
-    return [service, assess, current, capture, select, execute, slack, postmortem]
+    @activity.defn(name="locks.acquire")
+    async def acquire(request: LockRequest) -> LockResult:
+        return LockResult(granted=True, resources=[f"service:{request.service}"])
+
+    @activity.defn(name="locks.release")
+    async def release(request: LockRelease) -> None:
+        return None
+
+    return [service, assess, current, capture, select, execute, slack, postmortem, acquire, release]
 
 
 async def test_approval_timeout_escalates_and_never_proceeds(skipping_env):
