@@ -661,8 +661,7 @@ def alerts_group() -> None:
 
 
 @alerts_group.command("test")
-@click.option("--source", required=True, type=click.Choice(SOURCES),
-              help="The endpoint the payload would be posted to.")
+@click.option("--source", type=click.Choice(SOURCES), help="Required: the endpoint the payload would be posted to.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @config_option
 @json_option
@@ -672,6 +671,8 @@ def alerts_test(source: str, file: Path, config: Optional[Path], as_json: bool) 
     from starter.alerts import Refused, parse
     from starter.routing import route_and_decide
 
+    if source is None:  # click's own message lists the choices over several lines
+        raise click.UsageError(f"Missing option '--source' (one of {', '.join(SOURCES)})")
     settings = load_config(config)
     # Sentry says in a header what a payload is; the body tells too, so a saved one needs none.
     try:
