@@ -136,9 +136,11 @@ def alertmanager_alert(service: str, number: int) -> dict:
     """One firing alert as Alertmanager posts it: its own fingerprint, so each is a new occurrence."""
     labels = {"alertname": "HighErrorRate", "service": service, "severity": "critical", "instance": f"i{number}"}
     return {"version": "4", "groupKey": f'{{}}:{{alertname="HighErrorRate", service="{service}"}}',
-            "truncatedAlerts": 0, "status": "firing", "receiver": "rollback", "groupLabels": {"alertname": "HighErrorRate"},
-            "commonLabels": labels, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093",
-            "alerts": [{"status": "firing", "labels": labels, "annotations": {"summary": "5xx above 5 %", "value": "0.3"},
+            "truncatedAlerts": 0, "status": "firing", "receiver": "rollback",
+            "groupLabels": {"alertname": "HighErrorRate"}, "commonLabels": labels, "commonAnnotations": {},
+            "externalURL": "http://127.0.0.1:9093",
+            "alerts": [{"status": "firing", "labels": labels,
+                        "annotations": {"summary": "5xx above 5 %", "value": "0.3"},
                         "startsAt": "2026-11-25T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
                         "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": f"{number:016x}"}]}
 

@@ -91,8 +91,11 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
                  decision.action, decision.severity, decision.rule)
         if service_name is None:
             return outcome
-        notice = AlertNotice(source=alert.source, status=alert.status, summary=alert.summary,
-                             fingerprint=alert.fingerprint)
+        # the running workflow's timeline says what was decided for each firing alert, and by which rule
+        summary = alert.summary
+        if alert.status == "firing":
+            summary = f"{summary} ({decision.action}, rule: {decision.rule})"
+        notice = AlertNotice(source=alert.source, status=alert.status, summary=summary, fingerprint=alert.fingerprint)
         # Every alert goes on the running incident's timeline, if there is one: one RPC, and
         # for a rollback decision nothing more to do (storms attach here, cheaply).
         try:

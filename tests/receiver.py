@@ -28,8 +28,8 @@ from tests.contract.vercel import realistic
 from tests.integration.test_vercel_rollback import vercel_service
 
 SECRETS = {
-    "TEST_AM_TOKEN": "am-token", "TEST_GRAFANA_BASIC": "grafana:grafana-pw", "TEST_SENTRY_SECRET": "sentry-client-secret",
-    "TEST_DD_SECRET": "dd-shared-secret", "TEST_PD_SECRET": "pd-subscription-secret",
+    "TEST_AM_TOKEN": "am-token", "TEST_GRAFANA_BASIC": "grafana:grafana-pw",
+    "TEST_SENTRY_SECRET": "sentry-client-secret", "TEST_DD_SECRET": "dd-shared-secret", "TEST_PD_SECRET": "pd-subscription-secret",
 }
 SOURCES_CONFIG = {
     "alertmanager": {"bearer_env": "TEST_AM_TOKEN"},

@@ -34,7 +34,7 @@ GOLDENS = [  # source, file, extra headers the sender adds, action, rule, severi
 
 @pytest.mark.parametrize("source,name,extra,action,rule,severity", GOLDENS, ids=[g[1] for g in GOLDENS])
 async def test_golden_payload_decides_the_same_in_the_cli_and_the_live_receiver(
-        receiver, client, source, name, extra, action, rule, severity):
+        receiver, client, caplog, source, name, extra, action, rule, severity):
     hook = receiver(alerts=RULES)
     # `rollback alerts test` on the saved payload: no signature, nothing started
     proc = cli("alerts", "test", "--source", source, str(PAYLOADS / name), "--config", str(hook.config._path),
@@ -48,9 +48,11 @@ async def test_golden_payload_decides_the_same_in_the_cli_and_the_live_receiver(
 
     # the same payload, signed, to the receiver over HTTP
     raw = golden(name)
-    async with hook.http() as http:
-        answer = await http.post(f"/alerts/{source}", content=raw, headers=signed_headers(source, raw, **extra))
+    with caplog.at_level("INFO", logger="rollback.webhook"):
+        async with hook.http() as http:
+            answer = await http.post(f"/alerts/{source}", content=raw, headers=signed_headers(source, raw, **extra))
     assert answer.status_code == 202, answer.text
+    assert f"action={action} severity={severity} rule={rule!r}" in caplog.text  # the log line names the rule
     (alert,) = answer.json()["alerts"]
     assert {k: alert[k] for k in ("service", "severity", "action", "rule", "labels")} == {
         k: tested[k] for k in ("service", "severity", "action", "rule", "labels")}

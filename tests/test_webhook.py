@@ -228,8 +228,10 @@ async def test_lone_surrogates_reach_temporal_cleaned(receiver, client):
         assert alert["labels"]["job\ufffd"] == "sh\ufffdop" and alert["started"]
     handle = client.get_workflow_handle(hook.workflow_id)
     signals = [json.loads(e.workflow_execution_signaled_event_attributes.input.payloads[0].data)
-               async for e in handle.fetch_history_events() if e.HasField("workflow_execution_signaled_event_attributes")]
-    assert [s["summary"] for s in signals] == ["High \ufffd error \ufffd rate"]
+               async for e in handle.fetch_history_events()
+               if e.HasField("workflow_execution_signaled_event_attributes")]
+    assert [s["summary"] for s in signals] == ["High \ufffd error \ufffd rate (rollback, rule: error rate 23.0% above "
+                                               "the rollback threshold 5.0%)"]
     await handle.terminate("test over")
 
 

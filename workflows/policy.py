@@ -154,7 +154,8 @@ def decide(alert: Alert, health: HealthCheck, rules: list[tuple[str, AlertRule]]
     rate = alert.values.get("error_rate")
     p95 = alert.values.get("p95_latency_ms")
     if rate is not None and rate > health.rollback_error_rate:
-        return answer("rollback", f"error rate {rate:.1%} above the rollback threshold {health.rollback_error_rate:.1%}")
+        return answer("rollback",
+                      f"error rate {rate:.1%} above the rollback threshold {health.rollback_error_rate:.1%}")
     if p95 is not None and health.rollback_p95_ms is not None and p95 > health.rollback_p95_ms:
         return answer("rollback", f"p95 latency {p95:g} ms above the rollback threshold {health.rollback_p95_ms:g} ms")
     if severity in ("P2", "P3"):

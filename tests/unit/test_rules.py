@@ -128,3 +128,22 @@ services:
     path.write_text("alerts:\n  rules:\n    - {matchers: ['a=\"b\"'], action: watch, severty: P1}\n")
     with pytest.raises(ConfigError, match=r"alerts.rules.0.severty: unknown field"):
         load_config(path)
+
+
+@pytest.mark.parametrize("source,name,action,rule", [
+    ("alertmanager", "alertmanager_firing.json", "rollback", "error rate 23.0% above the rollback threshold 5.0%"),
+    ("grafana", "grafana_firing.json", "rollback", "error rate 23.0% above the rollback threshold 5.0%"),
+    ("sentry", "sentry_metric_alert.json", "watch", "P1 without a value over a rollback threshold"),
+    ("sentry", "sentry_issue_alert.json", "watch", "P1 without a value over a rollback threshold"),
+    ("datadog", "datadog.json", "watch", "P1 without a value over a rollback threshold"),
+    ("pagerduty", "pagerduty_triggered.json", "watch", "P1 without a value over a rollback threshold"),
+])
+def test_without_rules_the_per_source_defaults_and_the_matrix_decide(source, name, action, rule):
+    from starter.alerts import parse
+    from starter.routing import route_and_decide
+    from tests.unit.test_alerts import golden
+
+    settings = config(f"services:\n  shop:\n{SERVICE}")
+    (alert,) = parse(source, golden(name), {}, settings.alerts, check_timestamps=False)
+    verdict = route_and_decide(settings, alert)
+    assert verdict.service == "shop" and verdict.decision.action == action and rule in verdict.decision.rule
