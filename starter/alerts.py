@@ -279,7 +279,7 @@ _VALUE_STRING = re.compile(r"\[\s*(?:var|metric)='([^']*)'\s+labels=\{.*?\}\s+va
 # Sources
 
 
-def _prometheus_style(source: str, body: dict, headers: dict[str, str], values: ValueReader) -> list[Alert]:
+def _prometheus_style(source: str, body: dict, values: ValueReader) -> list[Alert]:
     """Alertmanager v4 and Grafana webhook contact points (same envelope)."""
     items = body["alerts"]
     if not isinstance(items, list):
@@ -324,8 +324,8 @@ def _sentry_tags(raw: Any) -> dict[str, str]:
     if isinstance(raw, dict):
         return _labels(raw)
     pairs = raw if isinstance(raw, list) else []
-    return {str(t[0]): text for t in pairs
-            if isinstance(t, list) and len(t) == 2 and (text := _text(t[1])) is not None}
+    return {key: text for t in pairs
+            if isinstance(t, list) and len(t) == 2 and (key := _text(t[0])) and (text := _text(t[1])) is not None}
 
 
 def parse_sentry(body: dict, headers: dict[str, str], values: ValueReader) -> list[Alert]:
@@ -340,14 +340,17 @@ def parse_sentry(body: dict, headers: dict[str, str], values: ValueReader) -> li
         status = "resolved" if action == "resolved" else "firing" if action in ("critical", "warning") else "info"
         tags = _labels(rule.get("tags"))
         links = [url] if (url := _text(data.get("web_url"))) else []
-        return [Alert(
-            source="sentry", status=status, fingerprint=f"metric:{_text(metric.get('id')) or _text(rule.get('id'))}",
-            severity=action if status == "firing" else None,
-            summary=_text(data.get("description_title")) or _text(rule.get("name")) or "",
-            labels=_normalised(tags, rule.get("name"), project, action if status == "firing" else None),
-            values=values.read(tags), notes=values.notes, links=links,
-            occurrence=f"{delivery}|{_text(project) or ''}" if delivery else "",
-        ) for project in (projects if isinstance(projects, list) else [projects])]
+        fingerprint = f"metric:{_text(metric.get('id')) or _text(rule.get('id'))}"
+        alerts = []
+        for project in projects if isinstance(projects, list) else [projects]:
+            labels = _normalised(tags, rule.get("name"), project, action if status == "firing" else None)
+            alerts.append(Alert(
+                source="sentry", status=status, fingerprint=fingerprint,
+                severity=labels["severity"] or None, labels=labels,
+                summary=_text(data.get("description_title")) or _text(rule.get("name")) or "",
+                values=values.read(tags), notes=values.notes, links=links,
+                occurrence=f"{delivery}|{_text(project) or ''}" if delivery else ""))
+        return alerts
     if resource == "issue" or "issue" in data and "event" not in data:
         issue = _dict(data.get("issue"))
         status = {"created": "firing", "unresolved": "firing", "resolved": "resolved"}.get(action, "info")
@@ -360,7 +363,7 @@ def parse_sentry(body: dict, headers: dict[str, str], values: ValueReader) -> li
     alertname = data.get("triggered_rule") or _dict(data.get("issue_alert")).get("title")
     labels = _normalised(_sentry_tags(event.get("tags")), alertname, _sentry_issue_project(event, {}), level)
     return [Alert(source="sentry", status="firing" if action == "triggered" else "info",
-                  fingerprint=f"issue:{_text(event.get('issue_id'))}", severity=level,
+                  fingerprint=f"issue:{_text(event.get('issue_id'))}", severity=labels["severity"] or None,
                   summary=_text(event.get("title")) or "", labels=labels, values=values.read(event), notes=values.notes,
                   links=[url] if (url := _text(event.get("web_url"))) else [], occurrence=delivery)]
 
@@ -372,9 +375,9 @@ def _datadog_tags(*raws: Any) -> dict[str, str]:
     """`$TAGS` / `$ALERT_SCOPE`: "service:checkout, env:prod" (or a JSON list of such)."""
     tags: dict[str, str] = {}
     for raw in raws:
-        items = raw if isinstance(raw, list) else str(raw or "").split(",")
+        items = raw if isinstance(raw, list) else (_text(raw) or "").split(",")
         for tag in items:
-            key, sep, value = str(tag).strip().partition(":")
+            key, sep, value = (_text(tag) or "").strip().partition(":")
             if sep and key:
                 tags.setdefault(key, value)
     return tags
@@ -400,10 +403,11 @@ def parse_datadog(body: dict, headers: dict[str, str], values: ValueReader) -> l
     status = ("resolved" if transition.lower() == "recovered"
               else "firing" if transition.lower() in DATADOG_FIRING else "info")
     event_id = _first(body, "id", "event_id")
+    labels = _normalised(tags, alertname, None, severity)
     return [Alert(source="datadog", status=status,
                   fingerprint=_first(body, "aggreg_key", "alert_cycle_key", "alert_id") or event_id,
-                  severity=severity or tags.get("severity"), summary=title,
-                  labels=_normalised(tags, alertname, None, severity), values=values.read(body), notes=values.notes,
+                  severity=labels["severity"] or None, summary=title, labels=labels,
+                  values=values.read(body), notes=values.notes,
                   links=[link] if (link := _first(body, "link")) else [],
                   occurrence=f"{event_id}|{transition}" if event_id else "")]
 
@@ -440,8 +444,8 @@ def parse_generic(body: dict, headers: dict[str, str], values: ValueReader) -> l
 
 
 PARSERS: dict[str, Callable[[dict, dict, ValueReader], list[Alert]]] = {
-    "alertmanager": lambda body, headers, values: _prometheus_style("alertmanager", body, headers, values),
-    "grafana": lambda body, headers, values: _prometheus_style("grafana", body, headers, values),
+    "alertmanager": lambda body, headers, values: _prometheus_style("alertmanager", body, values),
+    "grafana": lambda body, headers, values: _prometheus_style("grafana", body, values),
     "sentry": parse_sentry,
     "datadog": parse_datadog,
     "pagerduty": parse_pagerduty,
@@ -461,6 +465,8 @@ def parse(source: str, raw: bytes, headers: dict[str, str], options: AlertsConfi
     values = ValueReader(options or AlertsConfig())
     try:
         alerts = PARSERS[source](body, headers, values)
+    except RecursionError:  # parsers never recurse into values; a safety net all the same
+        raise Refused(400, "too_deep", "JSON nested too deeply") from None
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise Refused(400, "malformed", f"not a {source} payload: missing or bad {str(exc)[:80]}") from None
     return alerts

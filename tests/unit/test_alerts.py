@@ -104,6 +104,9 @@ def test_datadog_tags_priority_metric_and_title():
     recovered = json.loads(golden("datadog.json"))
     recovered["alert_transition"] = "Recovered"
     assert only(parse("datadog", json.dumps(recovered).encode(), {})).status == "resolved"
+    tagged = {**json.loads(golden("datadog.json")), "tags": "service:shop,severity:low"}
+    alert = only(parse("datadog", json.dumps(tagged).encode(), {}))  # the alert's own label is kept, and decides
+    assert alert.labels["severity"] == alert.severity == "low" and classify_severity(alert) == "P3"
     old_template = {"id": "1", "title": "[Warn] x", "transition": "Warn", "tags": "service:shop", "error_rate": "3%"}
     alert = only(parse("datadog", json.dumps(old_template).encode(), {}))
     assert alert.labels["severity"] == "warning" and alert.values == {"error_rate": 0.03}
