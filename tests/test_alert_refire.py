@@ -31,13 +31,17 @@ async def post(http, raw: bytes):
 
 
 async def test_retry_is_a_replay_and_refire_is_new_across_restarts(receiver, client, task_queue, vercel):
-    hook = receiver(policy={"watch_after_rollback": "PT0S"})
+    # a service rule: the workflow reads the service's config (rules included) inside its sandbox
+    rule = {"name": "shop-errors", "matchers": ['alertname="HighErrorRate"', 'severity=~"critical|page"'],
+            "action": "rollback"}
+    hook = receiver(policy={"watch_after_rollback": "PT0S"}, service_alerts={"rules": [rule]})
     first_run = client.get_workflow_handle(hook.workflow_id, result_type=AppRollbackResult)
     async with running_worker(client, hook.config, task_queue):
         async with hook.http() as http:
             first = await post(http, alertmanager("firing"))
             assert first.status_code == 202 and first.json()["alerts"][0]["started"], first.text
             assert first.json()["alerts"][0]["needs_approval"] is False
+            assert first.json()["alerts"][0]["rule"] == "shop-errors"
         async with hook.http() as http:  # restarted: Alertmanager retries (or repeats) the same group
             retry = await post(http, alertmanager("firing"))
             assert retry.status_code == 200 and retry.json() == {"accepted": True, "duplicate": True,
@@ -55,11 +59,14 @@ async def test_retry_is_a_replay_and_refire_is_new_across_restarts(receiver, cli
             again = await post(http, alertmanager("firing", AGAIN_START))
             assert again.status_code == 202, again.text
             (alert,) = again.json()["alerts"]
-            assert alert["action"] == "rollback" and alert["started"] and alert["needs_approval"] is True
+            assert alert["action"] == "rollback" and alert["rule"] == "shop-errors"
+            assert alert["started"] and alert["needs_approval"] is True
             assert (await post(http, alertmanager("firing", AGAIN_START))).json()["duplicate"] is True
         second_run = client.get_workflow_handle(hook.workflow_id, result_type=AppRollbackResult)
         status = await wait_for_phase(second_run, "awaiting_approval")
         assert any("cooldown" in e.message for e in status.timeline)
+        started = next(e for e in status.timeline if e.kind.value == "started")
+        assert started.data["rule"] == "shop-errors"  # the timeline names the rule
         await second_run.cancel()
 
         async def two_runs() -> bool:
