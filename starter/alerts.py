@@ -1,7 +1,14 @@
-"""Alert sources: how each one authenticates, and its payload turned into `Alert`s.
+"""Alert sources: how each one authenticates, and its payload turned into normalised `Alert`s.
 
-Pure functions over (headers, raw body): no I/O, so every source is unit-tested with the
-golden payloads from its documentation. Payload facts: `reference/external-apis.md`.
+Pure functions over (headers, raw body): no I/O, so every source is unit-tested with golden
+payloads written from its vendor's documentation. Payload facts: `reference/external-apis.md`.
+
+Every alert comes out with the labels `alertname`, `service` and `severity` (empty when the
+source does not say) besides its own, so one rule in Alertmanager's matcher syntax works for
+every source. A label the alert already carries is kept; the vendor's fields fill in the rest.
+A value is a finite number or nothing: anything else is dropped and said so in `Alert.notes`.
+Strings are cleaned of lone UTF-16 surrogates (valid JSON, but not encodable as UTF-8) before
+anything else sees them: logs, answers, Temporal payloads.
 """
 
 from __future__ import annotations
@@ -10,15 +17,19 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
+import re
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
-from workflows.config import WebhookSource
+from workflows.config import AlertsConfig, WebhookSource
 from workflows.models import Alert
 
-STALE_SECONDS = 300
+STALE_SECONDS = 300  # signed timestamps further than this from now, either way, are refused
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class Refused(Exception):
@@ -27,6 +38,10 @@ class Refused(Exception):
     def __init__(self, status: int, reason: str, message: str):
         super().__init__(message)
         self.status, self.reason = status, reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentication
 
 
 def configured_secrets(env_name: str | None) -> list[str]:
@@ -83,149 +98,375 @@ def authenticate(source: str, config: WebhookSource | None, headers: dict[str, s
     raise Refused(401, "unauthenticated", "missing or wrong Authorization")
 
 
-def _number(value: Any) -> float | None:
+def _epoch(stamp: Any) -> float | None:
+    if isinstance(stamp, str):
+        try:
+            if stamp.replace(".", "", 1).isdigit():
+                return float(stamp)
+            moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return None
+
+
+def _within_window(what: str, stamp: Any, now: float) -> None:
+    if stamp is None or stamp == "":
+        raise Refused(401, "missing_timestamp", f"{what} is missing: cannot tell a replay from a fresh event")
+    moment = _epoch(stamp)
+    if moment is None or not math.isfinite(moment):
+        raise Refused(401, "bad_timestamp", f"{what} is not a timestamp")
+    if now - moment > STALE_SECONDS:
+        raise Refused(401, "stale", f"{what} is more than 5 minutes old")
+    if moment - now > STALE_SECONDS:
+        raise Refused(401, "future", f"{what} is more than 5 minutes in the future")
+
+
+def check_fresh(source: str, headers: dict[str, str], body: dict, now: float | None = None) -> None:
+    """Signed timestamps must be within 5 minutes of now: an old signed body replayed later, or
+    one stamped ahead to outlive the window, is refused. Part of authentication, so `rollback
+    alerts test` (a saved payload) skips it."""
+    now = time.time() if now is None else now
+    if source == "sentry":
+        _within_window("Sentry-Hook-Timestamp", headers.get("sentry-hook-timestamp"), now)
+    elif source == "pagerduty":
+        event = body.get("event")
+        _within_window("event.occurred_at", event.get("occurred_at") if isinstance(event, dict) else None, now)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading JSON as hostile input
+
+
+def _without_surrogates(document: Any) -> Any:
+    """The same document with lone surrogates replaced by U+FFFD, walked without recursion."""
+    def clean(value: Any) -> Any:
+        return _SURROGATES.sub("\ufffd", value) if isinstance(value, str) else value
+
+    root: list[Any] = [document]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        parent, key = stack.pop()
+        value = parent[key]
+        if isinstance(value, dict):
+            value = {clean(k): v for k, v in value.items()}
+            parent[key] = value
+            stack.extend((value, k) for k in value)
+        elif isinstance(value, list):
+            stack.extend((value, i) for i in range(len(value)))
+        else:
+            parent[key] = clean(value)
+    return root[0]
+
+
+def load_json(raw: bytes) -> dict:
+    """The body as a JSON object, or Refused(400). JSON must be UTF-8 (RFC 8259)."""
     try:
-        return float(str(value).strip().rstrip("%")) / (100 if str(value).strip().endswith("%") else 1)
-    except (TypeError, ValueError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused(400, "malformed", "body is not UTF-8") from None
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        raise Refused(400, "too_deep", "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise Refused(400, "malformed", f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise Refused(400, "malformed", "expected a JSON object")
+    # surrogates only come from \uD800-\uDFFF escapes (the text decoded strictly)
+    return _without_surrogates(body) if _SURROGATE_ESCAPE.search(text) else body
+
+
+def _text(value: Any) -> str | None:
+    """A label value from a JSON scalar; objects and arrays are not label values."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return None
+
+
+def _labels(mapping: Any) -> dict[str, str]:
+    if not isinstance(mapping, dict):
+        return {}
+    return {str(k): text for k, v in mapping.items() if (text := _text(v)) is not None}
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _normalised(labels: dict[str, str], alertname: Any, service: Any, severity: Any) -> dict[str, str]:
+    """The alert's own labels, with alertname, service and severity filled in where missing."""
+    out = dict(labels)
+    for key, fallback in (("alertname", alertname), ("service", service), ("severity", severity)):
+        if not out.get(key):
+            out[key] = _text(fallback) or ""
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+class ValueReader:
+    """Reads an alert's value where its source puts it. After each `read`, `notes` holds why a
+    value was dropped: parsers pass `values=reader.read(…), notes=reader.notes` (keyword
+    arguments are evaluated left to right)."""
+
+    def __init__(self, options: AlertsConfig):
+        self.options = options
+        self.notes: list[str] = []
+
+    def number(self, raw: Any, where: str) -> float | None:
+        if raw is None or raw == "":
+            return None
+        text = raw.strip() if isinstance(raw, str) else raw
+        percent = isinstance(text, str) and text.endswith("%")
+        try:
+            if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+                raise ValueError
+            number = float(text.rstrip("%") if isinstance(text, str) else text)
+        except (ValueError, OverflowError):
+            shown = repr(raw[:40]) if isinstance(raw, str) else f"(a JSON {type(raw).__name__})"
+            self.notes.append(f"{where} {shown} is not a number: treated as absent")
+            return None
+        if not math.isfinite(number):
+            self.notes.append(f"{where} is {number}, not a finite number: treated as absent")
+            return None
+        return number / 100 if percent or self.options.value_unit == "percent" else number
+
+    def _pick(self, values: dict[str, Any], where: str) -> Any:
+        ref = self.options.grafana_value_ref
+        if ref in values:
+            return values[ref]
+        if len(values) == 1:
+            return next(iter(values.values()))
+        if values:
+            self.notes.append(f"{where} has refs {', '.join(sorted(values))} and none is {ref!r} "
+                              "(alerts.grafana_value_ref): no value taken")
         return None
 
+    def read(self, fields: dict, grafana: dict | None = None, value_string: Any = None) -> dict[str, float]:
+        """error_rate from the named value field (else Grafana's values / valueString); explicit
+        `error_rate` and `p95_latency_ms` fields win. `notes` then says what this reading dropped."""
+        self.notes = []
+        found: dict[str, float] = {}
+        name = self.options.value_annotation
+        rate = self.number(fields.get(name), name)
+        if rate is None and grafana:
+            rate = self.number(self._pick(grafana, "values"), "values")
+        if rate is None and isinstance(value_string, str) and value_string:
+            parsed = {m.group(1): m.group(2) for m in _VALUE_STRING.finditer(value_string)}
+            rate = self.number(self._pick(parsed, "valueString"), "valueString")
+        for key in ("error_rate", "p95_latency_ms"):
+            explicit = self.number(fields.get(key), key)
+            if explicit is not None:
+                found[key] = explicit
+        if rate is not None:
+            found.setdefault("error_rate", rate)
+        if "p95_latency_ms" in found and self.options.value_unit == "percent":
+            found["p95_latency_ms"] *= 100  # milliseconds are not a percentage
+        return found
 
-VALUE_KEYS = ("error_rate", "p95_latency_ms")
+
+# Grafana: "[ var='B' labels={service=shop} value=0.23 ], [ var='C' labels={} value=1 ]"
+# (older: "[ metric='' labels={} value=14151.33 ]")
+_VALUE_STRING = re.compile(r"\[\s*(?:var|metric)='([^']*)'\s+labels=\{.*?\}\s+value=([^\s\]]+)\s*\]")
 
 
-def _values(*sources: dict) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for source in sources:
-        for key in VALUE_KEYS:
-            number = _number((source or {}).get(key))
-            if number is not None:
-                found[key] = number
-    return found
+# ---------------------------------------------------------------------------------------------
+# Sources
 
 
-def _prometheus_style(source: str, body: dict) -> tuple[list[Alert], str]:
+def _prometheus_style(source: str, body: dict, values: ValueReader) -> list[Alert]:
     """Alertmanager v4 and Grafana webhook contact points (same envelope)."""
+    items = body["alerts"]
+    if not isinstance(items, list):
+        raise TypeError("alerts is not a list")
+    common = _labels(body.get("commonLabels"))
     alerts = []
-    common = body.get("commonLabels") or {}
-    for item in body["alerts"]:
-        labels = {**common, **(item.get("labels") or {})}
-        annotations = item.get("annotations") or {}
-        links = [url for url in (item.get("generatorURL"), item.get("dashboardURL"), item.get("panelURL")) if url]
+    for item in items:
+        item = _dict(item)
+        labels = {**common, **_labels(item.get("labels"))}
+        annotations = _labels(item.get("annotations"))
+        status = _text(item.get("status")) or _text(body.get("status")) or "firing"
+        fingerprint = _text(item.get("fingerprint")) or json.dumps(labels, sort_keys=True)
+        links = [url for key in ("generatorURL", "dashboardURL", "panelURL") if (url := _text(item.get(key)))]
         alerts.append(Alert(
-            source=source, status=item.get("status") or body.get("status", "firing"),
-            fingerprint=item.get("fingerprint") or json.dumps(labels, sort_keys=True),
-            severity=labels.get("severity"), summary=annotations.get("summary") or labels.get("alertname", ""),
-            labels={k: str(v) for k, v in labels.items()},
-            values=_values(annotations, labels, item.get("values") or {}), links=links,
+            source=source, status=status, fingerprint=fingerprint, severity=labels.get("severity"),
+            summary=annotations.get("summary") or labels.get("alertname", ""),
+            labels=_normalised(labels, None, None, None),
+            values=values.read(_dict(item.get("annotations")), _dict(item.get("values")), item.get("valueString")),
+            notes=values.notes,
+            links=links,
+            # Alertmanager re-sends a firing group with the same startsAt (a repeat); after it
+            # resolved, the same alert fires with a new startsAt (a new occurrence).
+            occurrence=f"{fingerprint}|{_text(item.get('startsAt')) or ''}",
         ))
-    fingerprints = ",".join(sorted(a.fingerprint for a in alerts))
-    return alerts, f"{body.get('groupKey', '')}|{fingerprints}|{body.get('status', '')}"
+    return alerts
 
 
-def parse_sentry(body: dict, headers: dict[str, str]) -> tuple[list[Alert], str]:
+_SENTRY_PROJECT_IN_URL = re.compile(r"/projects/[^/]+/([^/]+)/")
+
+
+def _sentry_issue_project(event: dict, issue: dict) -> str | None:
+    """The project slug of an issue alert: the event's `project` when it is a slug (the
+    documented example has a numeric id), else from the event's API URL, else the issue's."""
+    project = event.get("project")
+    if isinstance(project, str) and project and not project.isdigit():
+        return project
+    found = _SENTRY_PROJECT_IN_URL.search(_text(event.get("url")) or "")
+    return found.group(1) if found else _text(_dict(issue.get("project")).get("slug"))
+
+
+def _sentry_tags(raw: Any) -> dict[str, str]:
+    if isinstance(raw, dict):
+        return _labels(raw)
+    pairs = raw if isinstance(raw, list) else []
+    return {key: text for t in pairs
+            if isinstance(t, list) and len(t) == 2 and (key := _text(t[0])) and (text := _text(t[1])) is not None}
+
+
+def parse_sentry(body: dict, headers: dict[str, str], values: ValueReader) -> list[Alert]:
     resource = headers.get("sentry-hook-resource", "")
-    action = body.get("action", "")
-    data = body.get("data") or {}
+    action = _text(body.get("action")) or ""
+    data = _dict(body.get("data"))
+    delivery = headers.get("request-id", "")
     if resource == "metric_alert" or "metric_alert" in data:
-        metric = data.get("metric_alert") or {}
-        rule = (metric.get("alert_rule") or {})
-        status = "resolved" if action == "resolved" else "firing"
-        tags = {"severity": "critical" if action == "critical" else "warning"}
-        if isinstance(rule.get("tags"), dict):
-            tags.update({k: str(v) for k, v in rule["tags"].items()})
-        alert = Alert(source="sentry", status=status, fingerprint=f"metric:{metric.get('id') or rule.get('id')}",
-                      severity=tags["severity"], summary=data.get("description_title") or rule.get("name", ""),
-                      labels=tags, links=[data["web_url"]] if data.get("web_url") else [])
-    else:
-        event = data.get("event") or {}
-        raw_tags = event.get("tags") or []
-        tags = {str(t[0]): str(t[1]) for t in raw_tags if isinstance(t, (list, tuple)) and len(t) == 2}
-        tags.update({k: str(v) for k, v in raw_tags.items()} if isinstance(raw_tags, dict) else {})
-        level = event.get("level")
-        alert = Alert(source="sentry", status="firing", fingerprint=f"issue:{event.get('issue_id')}",
-                      severity={"fatal": "critical", "error": "critical"}.get(level, level),
-                      summary=event.get("title", ""), labels=tags,
-                      links=[event["web_url"]] if event.get("web_url") else [])
-    return [alert], headers.get("request-id", "")
+        metric = _dict(data.get("metric_alert"))
+        rule = _dict(metric.get("alert_rule"))
+        projects = rule.get("projects") or metric.get("projects") or [None]
+        status = "resolved" if action == "resolved" else "firing" if action in ("critical", "warning") else "info"
+        tags = _labels(rule.get("tags"))
+        links = [url] if (url := _text(data.get("web_url"))) else []
+        fingerprint = f"metric:{_text(metric.get('id')) or _text(rule.get('id'))}"
+        alerts = []
+        for project in projects if isinstance(projects, list) else [projects]:
+            labels = _normalised(tags, rule.get("name"), project, action if status == "firing" else None)
+            alerts.append(Alert(
+                source="sentry", status=status, fingerprint=fingerprint,
+                severity=labels["severity"] or None, labels=labels,
+                summary=_text(data.get("description_title")) or _text(rule.get("name")) or "",
+                values=values.read(tags), notes=values.notes, links=links,
+                occurrence=f"{delivery}|{_text(project) or ''}" if delivery else ""))
+        return alerts
+    if resource == "issue" or "issue" in data and "event" not in data:
+        issue = _dict(data.get("issue"))
+        status = {"created": "firing", "unresolved": "firing", "resolved": "resolved"}.get(action, "info")
+        labels = _normalised({}, issue.get("title"), _sentry_issue_project({}, issue), issue.get("level"))
+        return [Alert(source="sentry", status=status, fingerprint=f"issue:{_text(issue.get('id'))}",
+                      severity=labels["severity"] or None, summary=_text(issue.get("title")) or "", labels=labels,
+                      links=[url] if (url := _text(issue.get("web_url"))) else [], occurrence=delivery)]
+    event = _dict(data.get("event"))
+    level = _text(event.get("level"))
+    alertname = data.get("triggered_rule") or _dict(data.get("issue_alert")).get("title")
+    labels = _normalised(_sentry_tags(event.get("tags")), alertname, _sentry_issue_project(event, {}), level)
+    return [Alert(source="sentry", status="firing" if action == "triggered" else "info",
+                  fingerprint=f"issue:{_text(event.get('issue_id'))}", severity=labels["severity"] or None,
+                  summary=_text(event.get("title")) or "", labels=labels, values=values.read(event), notes=values.notes,
+                  links=[url] if (url := _text(event.get("web_url"))) else [], occurrence=delivery)]
 
 
 DATADOG_FIRING = ("triggered", "re-triggered", "warn", "re-warn", "renotify", "no data", "re-no data")
 
 
-def parse_datadog(body: dict, headers: dict[str, str]) -> tuple[list[Alert], str]:
-    """Our recommended Datadog template adds alert_id, transition, priority and tags to the default."""
-    transition = str(body.get("transition") or body.get("alert_transition") or "Triggered")
-    tags = {}
-    for tag in str(body.get("tags") or "").split(","):
-        key, sep, value = tag.strip().partition(":")
-        if sep:
-            tags[key] = value
-    if transition.lower() in ("warn", "re-warn"):
-        tags.setdefault("severity", "warning")
-    alert = Alert(source="datadog", status="resolved" if transition.lower() == "recovered" else "firing",
-                  fingerprint=str(body.get("aggreg_key") or body.get("alert_id") or body.get("id")),
-                  severity=str(body.get("priority") or "") or tags.get("severity"),
-                  summary=str(body.get("title", "")), labels=tags, values=_values(body),
-                  links=[body["link"]] if body.get("link") else [])
-    return [alert], f"{body.get('id', '')}|{transition}"
+def _datadog_tags(*raws: Any) -> dict[str, str]:
+    """`$TAGS` / `$ALERT_SCOPE`: "service:checkout, env:prod" (or a JSON list of such)."""
+    tags: dict[str, str] = {}
+    for raw in raws:
+        items = raw if isinstance(raw, list) else (_text(raw) or "").split(",")
+        for tag in items:
+            key, sep, value = (_text(tag) or "").strip().partition(":")
+            if sep and key:
+                tags.setdefault(key, value)
+    return tags
 
 
-def parse_pagerduty(body: dict, headers: dict[str, str]) -> tuple[list[Alert], str]:
+def _first(body: dict, *names: str) -> str:
+    return next((text for name in names if (text := _text(body.get(name)))), "")
+
+
+def parse_datadog(body: dict, headers: dict[str, str], values: ValueReader) -> list[Alert]:
+    """The Datadog payload is a template people write: the README's recommended template adds
+    $ALERT_ID, $AGGREG_KEY, $ALERT_TRANSITION, $ALERT_PRIORITY, $ALERT_METRIC, $ALERT_TITLE and
+    $TAGS to the default fields; the names with or without the `alert_` prefix are read."""
+    transition = _first(body, "transition", "alert_transition") or "Triggered"
+    tags = _datadog_tags(body.get("tags"), body.get("alert_scope") or body.get("scope"))
+    if metric := _first(body, "alert_metric", "metric"):
+        tags.setdefault("metric", metric)
+    title = _first(body, "alert_title", "title", "event_title")
+    # "[Triggered on {host:a}] Checkout 5xx" -> "Checkout 5xx": the monitor's name, stable across transitions
+    alertname = re.sub(r"^(\s*\[[^\]]*\])+\s*", "", title)
+    priority = _first(body, "alert_priority", "priority")
+    severity = priority or ("warning" if transition.lower() in ("warn", "re-warn") else "")
+    status = ("resolved" if transition.lower() == "recovered"
+              else "firing" if transition.lower() in DATADOG_FIRING else "info")
+    event_id = _first(body, "id", "event_id")
+    labels = _normalised(tags, alertname, None, severity)
+    return [Alert(source="datadog", status=status,
+                  fingerprint=_first(body, "aggreg_key", "alert_cycle_key", "alert_id") or event_id,
+                  severity=labels["severity"] or None, summary=title, labels=labels,
+                  values=values.read(body), notes=values.notes,
+                  links=[link] if (link := _first(body, "link")) else [],
+                  occurrence=f"{event_id}|{transition}" if event_id else "")]
+
+
+PAGERDUTY_FIRING = ("incident.triggered", "incident.reopened", "incident.escalated")
+
+
+def parse_pagerduty(body: dict, headers: dict[str, str], values: ValueReader) -> list[Alert]:
     event = body["event"]
-    occurred = event.get("occurred_at")
-    if occurred and time.time() - datetime.fromisoformat(occurred.replace("Z", "+00:00")).timestamp() > STALE_SECONDS:
-        raise Refused(401, "stale", "event older than 5 minutes (signed occurred_at)")
-    data = event.get("data") or {}
-    kind = event.get("event_type", "")
-    labels = {"service": ((data.get("service") or {}).get("summary") or "")}
-    priority = (data.get("priority") or {}).get("summary") if isinstance(data.get("priority"), dict) else None
-    severity = priority or ("P1" if data.get("urgency") == "high" else "P2")
-    alert = Alert(source="pagerduty", status="resolved" if kind == "incident.resolved" else "firing",
-                  fingerprint=str(data.get("incident_key") or data.get("id")), severity=severity,
-                  summary=str(data.get("title", "")), labels=labels,
-                  links=[data["html_url"]] if data.get("html_url") else [])
-    if kind not in ("incident.triggered", "incident.reopened", "incident.escalated", "incident.resolved"):
-        alert.status = "info"  # acknowledged, annotated, …: recorded, never acted on
-    return [alert], str(event.get("id", ""))
+    data = _dict(event.get("data"))
+    kind = _text(event.get("event_type")) or ""
+    priority = _text(_dict(data.get("priority")).get("summary"))
+    urgency = _text(data.get("urgency"))
+    own = {k: v for k, v in (("priority", priority), ("urgency", urgency)) if v}
+    labels = _normalised(own, data.get("title"), _dict(data.get("service")).get("summary"), priority or urgency)
+    status = "resolved" if kind == "incident.resolved" else "firing" if kind in PAGERDUTY_FIRING else "info"
+    return [Alert(source="pagerduty", status=status,  # acknowledged, annotated, …: recorded, never acted on
+                  fingerprint=_text(data.get("incident_key")) or _text(data.get("id")) or "",
+                  severity=labels["severity"] or None, summary=_text(data.get("title")) or "", labels=labels,
+                  links=[url] if (url := _text(data.get("html_url"))) else [],
+                  occurrence=_text(event.get("id")) or "")]
 
 
-def parse_generic(body: dict, headers: dict[str, str]) -> tuple[list[Alert], str]:
-    labels = {k: str(v) for k, v in (body.get("labels") or {}).items()}
-    labels["service"] = str(body["service"])  # mapped through the services' matchers like any source
-    alert = Alert(source="generic", status=body.get("status", "firing"), fingerprint=str(body.get("fingerprint", "")),
-                  severity=body.get("severity"), summary=body.get("summary", ""), labels=labels, values=_values(body))
-    return [alert], ""
+def parse_generic(body: dict, headers: dict[str, str], values: ValueReader) -> list[Alert]:
+    service = _text(body["service"])
+    if not service:
+        raise ValueError("service")
+    labels = _normalised({**_labels(body.get("labels")), "service": service},  # mapped like any source's
+                         body.get("alertname") or body.get("summary"), None, body.get("severity"))
+    return [Alert(source="generic", status=_text(body.get("status")) or "firing",
+                  fingerprint=_text(body.get("fingerprint")) or "", severity=labels["severity"] or None,
+                  summary=_text(body.get("summary")) or "", labels=labels, values=values.read(body),
+                  notes=values.notes)]
 
 
-def check_sentry_timestamp(headers: dict[str, str]) -> None:
-    stamp = headers.get("sentry-hook-timestamp")
-    if stamp and stamp.replace(".", "", 1).isdigit() and time.time() - float(stamp) > STALE_SECONDS:
-        raise Refused(401, "stale", "Sentry-Hook-Timestamp older than 5 minutes")
-
-
-PARSERS: dict[str, Callable[[dict, dict], tuple[list[Alert], str]]] = {
-    "alertmanager": lambda body, headers: _prometheus_style("alertmanager", body),
-    "grafana": lambda body, headers: _prometheus_style("grafana", body),
+PARSERS: dict[str, Callable[[dict, dict, ValueReader], list[Alert]]] = {
+    "alertmanager": lambda body, headers, values: _prometheus_style("alertmanager", body, values),
+    "grafana": lambda body, headers, values: _prometheus_style("grafana", body, values),
     "sentry": parse_sentry,
     "datadog": parse_datadog,
     "pagerduty": parse_pagerduty,
     "generic": parse_generic,
 }
+SOURCES = tuple(PARSERS)  # one endpoint each: /alerts/<source>
 
 
-def parse(source: str, raw: bytes, headers: dict[str, str]) -> tuple[list[Alert], str]:
-    """The alerts in a delivery and its replay key; Refused(400) when it is not what the source sends."""
+def parse(source: str, raw: bytes, headers: dict[str, str], options: AlertsConfig | None = None,
+          check_timestamps: bool = True) -> list[Alert]:
+    """The normalised alerts in a delivery; Refused(400) when it is not what the source sends,
+    Refused(401) when its signed timestamp is stale, in the future or missing (unless
+    `check_timestamps` is off, as for a saved payload)."""
+    body = load_json(raw)
+    if check_timestamps:
+        check_fresh(source, headers, body)
+    values = ValueReader(options or AlertsConfig())
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise Refused(400, "malformed", f"malformed JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise Refused(400, "malformed", "expected a JSON object")
-    if source == "sentry":
-        check_sentry_timestamp(headers)
-    try:
-        return PARSERS[source](body, headers)
-    except Refused:
-        raise
+        alerts = PARSERS[source](body, headers, values)
+    except RecursionError:  # parsers never recurse into values; a safety net all the same
+        raise Refused(400, "too_deep", "JSON nested too deeply") from None
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise Refused(400, "malformed", f"not a {source} payload: missing or bad {exc}") from None
+        raise Refused(400, "malformed", f"not a {source} payload: missing or bad {str(exc)[:80]}") from None
+    return alerts

@@ -743,6 +743,57 @@ def up(config: Optional[Path], data_dir: Path, demo: bool, port: int, ui_port: i
                     allow_missing_secrets=allow_missing_secrets))
 
 
+# ---------------------------------------------------------------------------------------------
+# Alerts
+
+from starter.alerts import SOURCES  # noqa: E402 - kept with the commands that use it
+
+
+@app.group("alerts", help="Alert webhooks: see how a saved payload would be decided.")
+def alerts_group() -> None:
+    pass
+
+
+@alerts_group.command("test")
+@click.option("--source", type=click.Choice(SOURCES), help="Required: the endpoint the payload would be posted to.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@config_option
+@json_option
+def alerts_test(source: str, file: Path, config: Optional[Path], as_json: bool) -> None:
+    """Parse and decide a saved payload exactly as the receiver would: no signature or timestamp
+    check, nothing started. Answers "why did my alert not roll back?"."""
+    from starter.alerts import Refused, parse
+    from starter.routing import route_and_decide
+
+    if source is None:  # click's own message lists the choices over several lines
+        raise click.UsageError(f"Missing option '--source' (one of {', '.join(SOURCES)})")
+    settings = load_config(config)
+    # Sentry says in a header what a payload is; the body tells too, so a saved one needs none.
+    try:
+        alerts = parse(source, file.read_bytes(), {}, settings.alerts, check_timestamps=False)
+    except Refused as exc:
+        raise CliError(f"{file}: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"{file}: {exc.strerror}") from None
+    described = [route_and_decide(settings, alert).describe() for alert in alerts]
+    if as_json:
+        print(json.dumps(described, indent=2))
+    else:
+        for number, alert in enumerate(described, 1):
+            labels = ", ".join(f'{k}="{v}"' for k, v in sorted(alert["labels"].items()))
+            print(f"alert {number} of {len(described)} ({alert['status']}, fingerprint {alert['fingerprint']})")
+            print(f"  service:  {alert['service'] or '(none: no configured service matches)'}")
+            print(f"  labels:   {labels}")
+            print(f"  severity: {alert['severity']}")
+            print(f"  action:   {alert['action']}")
+            print(f"  rule:     {alert['rule']}")
+            if alert["note"]:
+                print(f"  note:     {alert['note']}")
+        if not described:
+            print("no alerts in this payload")
+    sys.exit(0)
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
                         stream=sys.stderr)

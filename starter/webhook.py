@@ -1,38 +1,42 @@
 """The alert webhook receiver (Starlette): authenticated endpoints that start rollbacks safely.
 
-One pipeline for every source: size limit while reading, content type, authentication over
-the raw bytes, parsing, replay check, then per alert: map to a service, decide with the policy,
-and start (or attach to) the service's incident workflow *before* answering, so an accepted
-alert is never lost if the process dies right after.
+One pipeline for every source: size limit while reading, authentication over the raw bytes,
+content type, parsing (hostile input is a 4xx, never a 5xx), replay check against the durable
+replay store, then per alert: route to a service, decide (rules, then the matrix), and start (or
+attach to) the service's incident workflow *before* answering, so an accepted alert is never
+lost if the process dies right after. The only 5xx is a 503 (Temporal, the replay store or the
+config unavailable) that asks the sender to retry.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+import sqlite3
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 from activities.common import ConfigSource
-from starter.alerts import Refused, authenticate, parse
+from starter.alerts import SOURCES, Refused, authenticate, parse
 from starter.flags import flag_routes
+from starter.replay import ReplayStores
+from starter.routing import Verdict, route_and_decide
 from starter.start import app_rollback_id, start_or_attach_app_rollback
 from workflows.config import RollbackConfig, WebhookSource
-from workflows.models import Alert, AlertNotice, AppRollbackInput
-from workflows.policy import decide
+from workflows.models import AlertNotice, AppRollbackInput
+from workflows.policy import INCIDENT_NOTE
 
 log = logging.getLogger("rollback.webhook")
 TOKENS_ENV = "ROLLBACK_WEBHOOK_TOKENS"  # the generic endpoint's bearer tokens unless the config says otherwise
-SOURCES = ("alertmanager", "grafana", "sentry", "datadog", "pagerduty", "generic")
-REPLAY_MEMORY = 10_000
+ACTING = ("rollback", "incident")  # decisions that start a rollback (incident: until issue 11's workflow)
 
 
 class BodyTooLarge(Exception):
@@ -53,31 +57,15 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-class SeenDeliveries:
-    """Delivery keys answered before (bounded, oldest forgotten first)."""
-
-    def __init__(self, size: int = REPLAY_MEMORY):
-        self._keys: OrderedDict[str, None] = OrderedDict()
-        self._size = size
-
-    def check_and_add(self, key: str) -> bool:
-        if key in self._keys:
-            return True
-        self._keys[key] = None
-        if len(self._keys) > self._size:
-            self._keys.popitem(last=False)
-        return False
-
-    def forget(self, key: str) -> None:
-        """A delivery we failed to act on: its retry must not be taken for a replay."""
-        self._keys.pop(key, None)
-
-
 def source_config(config: RollbackConfig, source: str) -> WebhookSource | None:
     configured = config.webhooks.sources.get(source)
     if configured is None and source == "generic":
         return WebhookSource(bearer_env=TOKENS_ENV)
     return configured
+
+
+def replay_key(source: str, occurrence: str, status: str) -> str:
+    return f"{source}:{occurrence}:{status}"
 
 
 async def recent_automatic_rollbacks(client: Client, service: str, since: datetime) -> int:
@@ -89,25 +77,25 @@ async def recent_automatic_rollbacks(client: Client, service: str, since: dateti
 def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlette:
     registry = CollectorRegistry()
     received = Counter("rollback_webhook_received", "Alert deliveries received", ["source"], registry=registry)
-    rejected = Counter("rollback_webhook_rejected", "Deliveries refused", ["source", "reason"], registry=registry)
+    rejected = Counter("rollback_webhook_rejected", "Deliveries refused, by reason (5xx included)",
+                       ["source", "reason"], registry=registry)
     started = Counter("rollback_webhook_started", "Rollbacks started or alerts attached", ["source"],
                       registry=registry)
     deduplicated = Counter("rollback_webhook_deduplicated", "Deliveries seen before", ["source"], registry=registry)
-    seen = SeenDeliveries()
+    stores = ReplayStores()
 
-    async def act(settings: RollbackConfig, alert: Alert) -> dict:
-        service_name = alert.service or settings.service_for(alert.labels)
-        if service_name is None or service_name not in settings.services:
-            return {"fingerprint": alert.fingerprint, "started": False,
-                    "reason": f"no configured service matches this alert (service={alert.service or alert.labels})"}
-        service = settings.services[service_name]
-        decision = decide(alert, service.health)
-        notice = AlertNotice(source=alert.source, status=alert.status, summary=alert.summary,
-                             fingerprint=alert.fingerprint)
-        outcome = {"fingerprint": alert.fingerprint, "service": service_name, "decision": decision.action,
-                   "rule": decision.rule, "started": False}
-        log.info("decision source=%s service=%s action=%s rule=%r", alert.source, service_name, decision.action,
-                 decision.rule)
+    async def act(settings: RollbackConfig, verdict: Verdict) -> dict:
+        alert, decision, service_name = verdict.alert, verdict.decision, verdict.service
+        outcome = {**verdict.describe(), "started": False}
+        log.info("decision source=%s service=%s action=%s severity=%s rule=%r", alert.source, service_name,
+                 decision.action, decision.severity, decision.rule)
+        if service_name is None:
+            return outcome
+        # the running workflow's timeline says what was decided for each firing alert, and by which rule
+        summary = alert.summary
+        if alert.status == "firing":
+            summary = f"{summary} ({decision.action}, rule: {decision.rule})"
+        notice = AlertNotice(source=alert.source, status=alert.status, summary=summary, fingerprint=alert.fingerprint)
         # Every alert goes on the running incident's timeline, if there is one: one RPC, and
         # for a rollback decision nothing more to do (storms attach here, cheaply).
         try:
@@ -115,17 +103,19 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
             outcome["attached"] = True
         except RPCError:
             outcome["attached"] = False
-        if decision.action != "rollback" or outcome["attached"]:
-            if outcome["attached"] and decision.action == "rollback":
+        if decision.action not in ACTING or outcome["attached"]:
+            if outcome["attached"] and decision.action in ACTING:
                 outcome.update(started=True, workflow_id=app_rollback_id(service_name))
             return outcome
-        policy = service.policy
+        policy = settings.services[service_name].policy
         now = datetime.now(timezone.utc)
         in_cooldown = await recent_automatic_rollbacks(client, service_name, now - policy.cooldown)
         in_hour = await recent_automatic_rollbacks(client, service_name, now - timedelta(hours=1))
+        reason = f"{alert.source} alert: {alert.summary}"
         request = AppRollbackInput(
-            service=service_name, reason=f"{alert.source} alert: {alert.summary}", requested_by=f"webhook:{alert.source}",
-            automatic=True, severity=decision.severity, trigger_rule=decision.rule,
+            service=service_name, requested_by=f"webhook:{alert.source}", automatic=True,
+            reason=f"{reason} ({INCIDENT_NOTE})" if decision.action == "incident" else reason,
+            severity=decision.severity, trigger_rule=decision.rule,
             dry_run=settings.webhooks.notify_only or not policy.auto_rollback,
             require_approval=in_cooldown > 0 or in_hour >= policy.max_auto_rollbacks_per_hour,
             watch=policy.watch_after_rollback,
@@ -136,40 +126,61 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
                        needs_approval=request.require_approval)
         return outcome
 
+    async def receive(source: str, request: Request) -> Response:
+        try:
+            settings = config.config
+        except Exception as exc:  # noqa: BLE001 - the config file broke after start
+            raise Refused(503, "config", f"receiver config is invalid: {exc}") from None
+        try:
+            raw = await read_limited(request, settings.webhooks.max_body_bytes)
+        except BodyTooLarge:
+            raise Refused(413, "too_large", f"body larger than {settings.webhooks.max_body_bytes} bytes") from None
+        except ClientDisconnect:
+            log.warning("client disconnected before sending the whole body source=%s", source)
+            raise Refused(400, "client_disconnect", "the client disconnected mid-body") from None
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        authenticate(source, source_config(settings, source), headers, raw)  # before anything else is read
+        if not headers.get("content-type", "").startswith("application/json"):
+            raise Refused(415, "content_type", "send application/json")
+        verdicts = [route_and_decide(settings, alert) for alert in parse(source, raw, headers, settings.alerts)]
+
+        keys = [replay_key(source, v.alert.occurrence, v.alert.status) if v.alert.occurrence else None
+                for v in verdicts]
+        try:
+            store = stores.get(settings.state_dir)
+            claims = iter(store.claim([key for key in keys if key], settings.webhooks.replay_ttl.total_seconds()))
+        except (sqlite3.Error, OSError) as exc:
+            log.error("replay store unavailable: %s", exc)
+            raise Refused(503, "replay_store", "replay store unavailable; retry") from None
+        new = [next(claims) if key else True for key in keys]
+        if verdicts and not any(new):
+            deduplicated.labels(source).inc()
+            return JSONResponse({"accepted": True, "duplicate": True, "started": False})
+        fresh = [v for v, is_new in zip(verdicts, new) if is_new]
+        claimed = [key for key, is_new in zip(keys, new) if key and is_new]
+        try:
+            results = [await act(settings, v) for v in fresh]
+        except RPCError as exc:
+            store.forget(claimed)  # not acknowledged, so the sender retries; its retry is not a replay
+            log.error("could not start or signal a workflow: %s", exc)
+            raise Refused(503, "temporal_unavailable", "Temporal unavailable; retry") from None
+        # The same alert may fire again after it resolved, even with the same startsAt: new then.
+        store.forget([replay_key(source, v.alert.occurrence, "firing") for v in fresh
+                      if v.alert.occurrence and v.alert.status == "resolved"])
+        return JSONResponse({"accepted": True, "alerts": results, "replayed": new.count(False)}, status_code=202)
+
     def make_endpoint(source: str):
         async def endpoint(request: Request) -> Response:
             received.labels(source).inc()
             try:
-                try:
-                    settings = config.config
-                except Exception as exc:  # noqa: BLE001 - the config file broke after start
-                    raise Refused(503, "config", f"receiver config is invalid: {exc}") from None
-                try:
-                    raw = await read_limited(request, settings.webhooks.max_body_bytes)
-                except BodyTooLarge:
-                    raise Refused(413, "too_large", f"body larger than {settings.webhooks.max_body_bytes} bytes")
-                if not request.headers.get("content-type", "").startswith("application/json"):
-                    raise Refused(415, "content_type", "send application/json")
-                headers = {k.lower(): v for k, v in request.headers.items()}
-                authenticate(source, source_config(settings, source), headers, raw)
-                alerts, delivery = parse(source, raw, headers)
+                return await receive(source, request)
             except Refused as refusal:
                 rejected.labels(source, refusal.reason).inc()
                 return JSONResponse({"accepted": False, "reason": str(refusal)}, status_code=refusal.status)
-            key = f"{source}:{delivery}" if delivery else ""
-            if key and seen.check_and_add(key):
-                deduplicated.labels(source).inc()
-                return JSONResponse({"accepted": True, "duplicate": True, "started": False})
-            try:
-                results = [await act(settings, alert) for alert in alerts]
-            except RPCError as exc:
-                # not acknowledged, so the sender retries; its retry is not a replay
-                if key:
-                    seen.forget(key)
-                rejected.labels(source, "temporal_unavailable").inc()
-                log.error("could not start or signal a workflow: %s", exc)
-                return JSONResponse({"accepted": False, "reason": "Temporal unavailable; retry"}, status_code=503)
-            return JSONResponse({"accepted": True, "alerts": results}, status_code=202)
+            except Exception:  # noqa: BLE001 - a bug: counted and logged, never a traceback to the sender
+                rejected.labels(source, "internal").inc()
+                log.exception("internal error handling a %s delivery", source)
+                return JSONResponse({"accepted": False, "reason": "internal error"}, status_code=500)
 
         return endpoint
 
@@ -179,6 +190,11 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    routes = [Route(f"/alerts/{source}", make_endpoint(source), methods=["POST"]) for source in SOURCES]
-    return Starlette(routes=[*routes, *flag_routes(config), Route("/healthz", healthz), Route("/metrics", metrics)])
+    @asynccontextmanager
+    async def lifespan(_: Starlette):
+        yield
+        stores.close()
 
+    routes = [Route(f"/alerts/{source}", make_endpoint(source), methods=["POST"]) for source in SOURCES]
+    return Starlette(routes=[*routes, *flag_routes(config), Route("/healthz", healthz), Route("/metrics", metrics)],
+                     lifespan=lifespan)

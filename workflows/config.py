@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from workflows.matchers import MatcherError, parse_matchers
+
 CONFIG_ENV_VAR = "ROLLBACK_CONFIG"
 
 
@@ -189,11 +191,47 @@ class Policy(_Strict):
     max_auto_rollbacks_per_hour: int = 1
 
 
+class AlertRule(_Strict):
+    """One decision rule: alerts whose labels match all `matchers` get `action` (first match wins)."""
+
+    name: str | None = Field(default=None, description="Shown in answers, logs and the timeline.")
+    matchers: list[str] = Field(default_factory=list, description="Alertmanager matchers, e.g. "
+                                'alertname="HighErrorRate" or severity=~"critical|page"; none: every alert.')
+    severity: Literal["P0", "P1", "P2", "P3"] | None = Field(default=None, description="Default: the "
+                                                              "source's own severity, mapped to P0-P3.")
+    action: Literal["rollback", "incident", "watch", "notify"]
+
+    @model_validator(mode="after")
+    def _matchers_parse(self) -> "AlertRule":
+        for text in self.matchers:
+            try:
+                parse_matchers(text)
+            except MatcherError as exc:
+                raise ValueError(f"rule {self.name or '(unnamed)'}: invalid matcher {exc}") from None
+        return self
+
+
+class ServiceAlerts(_Strict):
+    rules: list[AlertRule] = Field(default_factory=list, description="Tried before the top-level rules.")
+
+
+class AlertsConfig(ServiceAlerts):
+    """How alerts are read and decided, for every service."""
+
+    value_annotation: str = Field(default="value", description="Alertmanager/Grafana annotation holding the "
+                                  "alert's value (an error rate).")
+    grafana_value_ref: str = Field(default="B", description="Grafana: the refId in `values` / `valueString` "
+                                   "holding the value (used when there are several).")
+    value_unit: Literal["ratio", "percent"] = Field(default="ratio", description="ratio: 0.23 is 23 %; "
+                                                    "percent: 23 is 23 %. A value ending in % is always percent.")
+
+
 class ServiceConfig(_Strict):
     alert_match: dict[str, str] = Field(
         default_factory=dict,
         description="Labels/tags an alert must carry to belong to this service; default: service=<name>.",
     )
+    alerts: ServiceAlerts = Field(default_factory=ServiceAlerts)
     app: AppTarget
     health: HealthCheck
     database: DatabaseConfig | None = None
@@ -232,6 +270,8 @@ class WebhookSource(_Strict):
 class WebhookConfig(_Strict):
     notify_only: bool = Field(default=False, description="Global switch: automatic actions become dry runs.")
     max_body_bytes: int = 1 << 20
+    replay_ttl: timedelta = Field(default=timedelta(hours=24), description="How long a delivery is remembered "
+                                  "(in <state_dir>/webhook/deliveries.sqlite) so a retry of it is a replay.")
     sources: dict[Literal["alertmanager", "grafana", "sentry", "datadog", "pagerduty", "generic"], WebhookSource] = (
         Field(default_factory=dict)
     )
@@ -247,6 +287,7 @@ class RollbackConfig(_Strict):
     state_dir: str = "var/state"
     artifact_dir: str = "var/incidents"
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     flags: FlagEndpoint = Field(default_factory=FlagEndpoint)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
 
@@ -257,6 +298,12 @@ class RollbackConfig(_Strict):
             if all(labels.get(k) == v for k, v in wanted.items()):
                 return name
         return None
+
+    def alert_rules(self, service: str | None) -> list[tuple[str, AlertRule]]:
+        """The rules an alert of `service` is decided by, in order, each with where it is written."""
+        own = self.services[service].alerts.rules if service in self.services else []
+        return ([(f"services.{service}.alerts.rules[{i}]", rule) for i, rule in enumerate(own)]
+                + [(f"alerts.rules[{i}]", rule) for i, rule in enumerate(self.alerts.rules)])
 
     def service(self, name: str) -> ServiceConfig:
         try:
@@ -272,7 +319,7 @@ def _describe(error: dict) -> str:
         return f"{where}: unknown field (check the spelling)"
     if error["type"] == "missing":
         return f"{where}: required field is missing"
-    return f"{where}: {error['msg']}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def config_path(explicit: str | os.PathLike | None = None) -> Path:

@@ -311,23 +311,28 @@ class StatusPageRequest(BaseModel):
 
 
 class Alert(BaseModel):
-    """Any source's alert, normalised: what the decision policy reads."""
+    """Any source's alert, normalised: what the decision policy reads. `labels` always has
+    `alertname`, `service` and `severity` (empty when the source does not say)."""
 
     source: str
-    status: str = Field(description="firing | resolved")
+    status: str = Field(description="firing | resolved | info (recorded, never acted on)")
     fingerprint: str
     service: str | None = None
-    severity: str | None = Field(default=None, description="P0..P3 when the source says")
+    severity: str | None = Field(default=None, description="The source's own severity word, as sent")
     summary: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
     values: dict[str, float] = Field(default_factory=dict)
     links: list[str] = Field(default_factory=list)
+    occurrence: str = Field(default="", description="Replay key: the same for a retried delivery of this "
+                            "alert, new when it fires again; empty when the source gives nothing to tell")
+    notes: list[str] = Field(default_factory=list, description="What parsing ignored and why")
 
 
 class AlertDecision(BaseModel):
-    action: str = Field(description="rollback | watch | notify | resolve")
+    action: str = Field(description="rollback | incident | watch | notify | resolve | ignore")
     rule: str
     severity: str
+    note: str = ""
 
 
 # ---------------------------------------------------------------------------------------------

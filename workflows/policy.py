@@ -5,7 +5,8 @@ Deterministic and free of I/O so workflows can call it and unit tests need no Te
 
 from __future__ import annotations
 
-from workflows.config import HealthCheck, Policy
+from workflows.config import AlertRule, HealthCheck, Policy
+from workflows.matchers import all_match
 from workflows.models import Alert, AlertDecision, AppVersion, DataLoss, RollbackPlan, SchemaCheck
 
 EXPECTED_DOWNTIME = {
@@ -101,15 +102,18 @@ def plan_app_rollback(
 # ---------------------------------------------------------------------------------------------
 # Alerts: severity and the rollback decision matrix (runbook 003's table, runbook 004's triggers)
 
+# The per-source defaults (README, "Alert webhooks"): each source's own severity word -> P0..P3.
 SEVERITY_WORDS = {
     "P0": ("p0", "sev0", "sev-0", "emergency", "disaster"),
-    "P1": ("p1", "sev1", "sev-1", "critical", "high", "error"),
+    "P1": ("p1", "sev1", "sev-1", "critical", "high", "error", "fatal", "page"),
     "P2": ("p2", "sev2", "sev-2", "warning", "medium", "warn"),
-    "P3": ("p3", "sev3", "sev-3", "info", "low", "p4", "p5"),
+    "P3": ("p3", "sev3", "sev-3", "info", "low", "p4", "p5", "debug", "none"),
 }
 # Issue types the runbooks roll back immediately, whatever the numbers say.
 P0_CATEGORIES = ("outage", "system_down", "service_down", "payments", "payment_failure", "data_corruption",
                  "security")
+INCIDENT_NOTE = ("action incident: routed to the app rollback (roll back now at the rule's severity) until the "
+                 "incident workflow exists")
 
 
 def classify_severity(alert: Alert) -> str:
@@ -125,29 +129,43 @@ def classify_severity(alert: Alert) -> str:
     return "P1"
 
 
-def decide(alert: Alert, health: HealthCheck) -> AlertDecision:
-    """Roll back, watch, or notify; the rule that fired is part of the answer."""
+def rule_label(where: str, rule: AlertRule) -> str:
+    """How answers, logs and the timeline name a rule: its name, else where it is and what it matches."""
+    return rule.name or f"{where} {{{', '.join(rule.matchers)}}}"
+
+
+def decide(alert: Alert, health: HealthCheck, rules: list[tuple[str, AlertRule]] = ()) -> AlertDecision:
+    """The configured rules first (first match wins), else the runbooks' matrix; the rule that
+    fired, and anything the alert's parsing ignored, are part of the answer."""
     severity = classify_severity(alert)
+    notes = list(alert.notes)
+
+    def answer(action: str, rule: str, level: str = severity) -> AlertDecision:
+        return AlertDecision(action=action, rule=rule, severity=level, note="; ".join(notes))
+
     if alert.status == "resolved":
-        return AlertDecision(action="resolve", rule="resolved alerts never start a rollback", severity=severity)
+        return answer("resolve", "resolved alerts never start a rollback")
+    if alert.status != "firing":
+        return answer("notify", f"{alert.status} notices are recorded, never acted on")
+    for where, rule in rules:
+        if all_match(rule.matchers, alert.labels):
+            if rule.action == "incident":
+                notes.append(INCIDENT_NOTE)
+            return answer(rule.action, rule_label(where, rule), rule.severity or severity)
     if severity == "P0":
-        return AlertDecision(action="rollback", rule="P0 (outage, payments, data corruption, security): roll back now",
-                             severity=severity)
+        return answer("rollback", "P0 (outage, payments, data corruption, security): roll back now")
     rate = alert.values.get("error_rate")
     p95 = alert.values.get("p95_latency_ms")
     if rate is not None and rate > health.rollback_error_rate:
-        return AlertDecision(action="rollback", severity=severity,
-                             rule=f"error rate {rate:.1%} above the rollback threshold {health.rollback_error_rate:.1%}")
+        return answer("rollback",
+                      f"error rate {rate:.1%} above the rollback threshold {health.rollback_error_rate:.1%}")
     if p95 is not None and health.rollback_p95_ms is not None and p95 > health.rollback_p95_ms:
-        return AlertDecision(action="rollback", severity=severity,
-                             rule=f"p95 latency {p95:g} ms above the rollback threshold {health.rollback_p95_ms:g} ms")
+        return answer("rollback", f"p95 latency {p95:g} ms above the rollback threshold {health.rollback_p95_ms:g} ms")
     if severity in ("P2", "P3"):
-        return AlertDecision(action="notify", rule=f"{severity}: fix forward, notify only", severity=severity)
+        return answer("notify", f"{severity}: fix forward, notify only")
     if rate is not None and rate > health.warn_error_rate:
-        return AlertDecision(action="watch", severity=severity,
-                             rule=f"error rate {rate:.1%} above warning {health.warn_error_rate:.1%} but below rollback")
-    return AlertDecision(action="watch", severity=severity,
-                         rule=f"{severity} without a value over a rollback threshold: a person decides")
+        return answer("watch", f"error rate {rate:.1%} above warning {health.warn_error_rate:.1%} but below rollback")
+    return answer("watch", f"{severity} without a value over a rollback threshold: a person decides")
 
 
 def qualified(table: str) -> str:

@@ -1,4 +1,5 @@
-"""Alert sources with golden payloads, their authentication, and the decision matrix."""
+"""Alert sources with golden payloads written from each vendor's documented examples, their
+authentication and signed timestamps, values, hostile JSON, and the decision matrix."""
 
 from __future__ import annotations
 
@@ -6,72 +7,211 @@ import base64
 import hashlib
 import hmac
 import json
-from datetime import datetime, timezone
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from starter.alerts import Refused, authenticate, parse
-from workflows.config import HealthCheck, RollbackConfig, WebhookSource
+from starter.alerts import Refused, authenticate, check_fresh, load_json, parse
+from workflows.config import AlertsConfig, HealthCheck, RollbackConfig, WebhookSource
 from workflows.models import Alert
 from workflows.policy import classify_severity, decide
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
+SENTRY_METRIC = {"sentry-hook-resource": "metric_alert", "sentry-hook-timestamp": str(int(time.time()))}
 
 
-def golden(name: str) -> bytes:
+def golden(name: str, occurred_at: datetime | None = None) -> bytes:
+    at = occurred_at or datetime.now(timezone.utc)
     text = (PAYLOADS / name).read_text()
-    return text.replace("OCCURRED_AT", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")).encode()
+    return text.replace("OCCURRED_AT", at.strftime("%Y-%m-%dT%H:%M:%SZ")).encode()
 
 
 def sign(secret: str, raw: bytes) -> str:
     return hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
 
 
+def only(alerts: list[Alert]) -> Alert:
+    assert len(alerts) == 1, alerts
+    return alerts[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and values from where each vendor puts them
+
+
+def test_alertmanager_labels_annotation_value_and_occurrence():
+    alert = only(parse("alertmanager", golden("alertmanager_firing.json"), {}))
+    assert alert.labels["alertname"] == "HighErrorRate" and alert.labels["service"] == "shop"
+    assert alert.labels["severity"] == "critical" and alert.labels["job"] == "shop"
+    assert alert.values == {"error_rate": 0.23} and alert.notes == []
+    # the key changes with startsAt (a new occurrence), not with a repeat of the same group
+    assert alert.occurrence == "1a30ba71cca2921f|2026-11-25T10:00:00.000Z"
+
+
 def test_alertmanager_grouped_alerts_are_each_an_alert():
-    alerts, delivery = parse("alertmanager", golden("alertmanager_grouped_firing.json"), {})
+    alerts = parse("alertmanager", golden("alertmanager_grouped_firing.json"), {})
     assert [a.fingerprint for a in alerts] == ["c3a1e9b6b5d5a1f0", "d4b2f0c7c6e6b2a1"]
-    assert all(a.status == "firing" and a.labels["service"] == "shop" for a in alerts)
-    assert alerts[0].values == {"error_rate": 0.27} and alerts[0].links
-    resolved, resolved_delivery = parse("alertmanager", golden("alertmanager_resolved.json"), {})
-    assert {a.status for a in resolved} == {"resolved"} and resolved_delivery != delivery
+    assert [a.values["error_rate"] for a in alerts] == [0.27, 0.31] and alerts[0].links
+    resolved = parse("alertmanager", golden("alertmanager_resolved.json"), {})
+    assert {a.status for a in resolved} == {"resolved"}
+    assert [a.occurrence for a in resolved] == [a.occurrence for a in alerts]  # same occurrence, other status
 
 
-def test_grafana_values_and_links():
-    (alert,), _ = parse("grafana", golden("grafana_firing.json"), {})
-    assert alert.values["error_rate"] == 0.27 and any("dashboardURL" not in link for link in alert.links)
+def test_grafana_values_map_and_value_string():
+    alert = only(parse("grafana", golden("grafana_firing.json"), {}))
+    assert alert.values == {"error_rate": 0.23} and alert.labels["grafana_folder"] == "Shop"
+    assert "http://127.0.0.1:3000/d/shop-red?orgId=1" in alert.links
+    body = json.loads(golden("grafana_firing.json"))
+    del body["alerts"][0]["values"]  # older Grafana: only valueString
+    alert = only(parse("grafana", json.dumps(body).encode(), {}))
+    assert alert.values == {"error_rate": 0.23}
+    body["alerts"][0]["valueString"] = "[ var='A' labels={} value=0.4 ], [ var='C' labels={} value=1 ]"
+    alert = only(parse("grafana", json.dumps(body).encode(), {}))
+    assert alert.values == {} and "none is 'B'" in alert.notes[0]
+    alert = only(parse("grafana", json.dumps(body).encode(), {}, AlertsConfig(grafana_value_ref="A")))
+    assert alert.values == {"error_rate": 0.4}
 
 
-def test_sentry_issue_alert_tags_and_request_id():
-    (alert,), delivery = parse("sentry", golden("sentry_issue_alert.json"), {"request-id": "req-1"})
-    assert alert.labels["service"] == "shop" and alert.fingerprint == "issue:1170820242"
-    assert classify_severity(alert) == "P1" and delivery == "req-1"
+def test_sentry_metric_alert_service_from_the_rules_projects():
+    alert = only(parse("sentry", golden("sentry_metric_alert.json"), SENTRY_METRIC))
+    assert alert.labels == {"alertname": "Checkout errors", "service": "shop", "severity": "critical"}
+    assert alert.status == "firing" and classify_severity(alert) == "P1"
+    body = json.loads(golden("sentry_metric_alert.json"))
+    body["action"] = "warning"
+    assert classify_severity(only(parse("sentry", json.dumps(body).encode(), SENTRY_METRIC))) == "P2"
+    body["action"] = "resolved"
+    assert only(parse("sentry", json.dumps(body).encode(), SENTRY_METRIC)).status == "resolved"
+    body["data"]["metric_alert"]["alert_rule"]["projects"] = ["shop", "api"]
+    assert [a.labels["service"] for a in parse("sentry", json.dumps(body).encode(), SENTRY_METRIC)] == ["shop", "api"]
 
 
-def test_datadog_template():
-    (alert,), _ = parse("datadog", golden("datadog.json"), {})
-    assert alert.labels == {"service": "shop", "env": "prod"} and alert.values["error_rate"] == 0.27
+def test_sentry_issue_alert_project_slug_rule_name_and_level():
+    alert = only(parse("sentry", golden("sentry_issue_alert.json"), {"request-id": "req-1"}, check_timestamps=False))
+    # the documented event has a numeric project id; the slug is in the event's API URL
+    assert alert.labels["service"] == "shop" and alert.labels["alertname"] == "Checkout crashes"
+    assert alert.labels["severity"] == "error" and alert.labels["environment"] == "production"
+    assert alert.fingerprint == "issue:1117540176" and alert.occurrence == "req-1"
+    assert classify_severity(alert) == "P1"
+
+
+def test_datadog_tags_priority_metric_and_title():
+    alert = only(parse("datadog", golden("datadog.json"), {}))
+    assert alert.labels == {"env": "prod", "service": "shop", "team": "payments", "alertname": "Checkout 5xx rate",
+                            "metric": "trace.http.request.errors", "severity": "P1"}
+    assert classify_severity(alert) == "P1" and alert.occurrence == "7382940012345678901|Triggered"
     recovered = json.loads(golden("datadog.json"))
-    recovered["transition"] = "Recovered"
-    (again,), _ = parse("datadog", json.dumps(recovered).encode(), {})
-    assert again.status == "resolved"
+    recovered["alert_transition"] = "Recovered"
+    assert only(parse("datadog", json.dumps(recovered).encode(), {})).status == "resolved"
+    tagged = {**json.loads(golden("datadog.json")), "tags": "service:shop,severity:low"}
+    alert = only(parse("datadog", json.dumps(tagged).encode(), {}))  # the alert's own label is kept, and decides
+    assert alert.labels["severity"] == alert.severity == "low" and classify_severity(alert) == "P3"
+    old_template = {"id": "1", "title": "[Warn] x", "transition": "Warn", "tags": "service:shop", "error_rate": "3%"}
+    alert = only(parse("datadog", json.dumps(old_template).encode(), {}))
+    assert alert.labels["severity"] == "warning" and alert.values == {"error_rate": 0.03}
 
 
-def test_pagerduty_incident_and_stale_event():
-    (alert,), delivery = parse("pagerduty", golden("pagerduty_triggered.json"), {})
-    assert alert.labels["service"] == "shop" and classify_severity(alert) == "P0"
-    assert delivery == "01DEN2HXHMQW4QDE8DFBYVW1KX"
-    stale = (PAYLOADS / "pagerduty_triggered.json").read_text().replace("OCCURRED_AT", "2026-01-01T00:00:00Z")
-    with pytest.raises(Refused) as refused:
-        parse("pagerduty", stale.encode(), {})
-    assert refused.value.status == 401 and refused.value.reason == "stale"
+def test_pagerduty_service_priority_and_title():
+    alert = only(parse("pagerduty", golden("pagerduty_triggered.json"), {}))
+    assert alert.labels["service"] == "shop" and alert.labels["severity"] == "P1"
+    assert alert.labels["alertname"] == "Checkout failing: 5xx above 5 %" and alert.labels["urgency"] == "high"
+    assert alert.occurrence == "5ac64822-4adc-4fda-ade0-410becf0de4f"
+    body = json.loads(golden("pagerduty_triggered.json"))
+    del body["event"]["data"]["priority"]
+    assert only(parse("pagerduty", json.dumps(body).encode(), {})).labels["severity"] == "high"
+    body["event"]["event_type"] = "incident.acknowledged"
+    assert only(parse("pagerduty", json.dumps(body).encode(), {})).status == "info"
+
+
+@pytest.mark.parametrize("raw,expected,note", [
+    ('"0.23"', 0.23, None),
+    ('"23%"', 0.23, None),
+    ("0.5", 0.5, None),
+    ("NaN", None, "not a finite number"),
+    ("Infinity", None, "not a finite number"),
+    ("-Infinity", None, "not a finite number"),
+    ("1e999", None, "not a finite number"),
+    ('"NaN"', None, "not a finite number"),
+    ('"high"', None, "is not a number"),
+    ("true", None, "is not a number"),
+    ('{"a": 1}', None, "is not a number"),
+])
+def test_values_must_be_finite_numbers(raw, expected, note):
+    body = json.loads(golden("alertmanager_firing.json"))
+    text = json.dumps(body).replace('"value": "0.23"', f'"value": {raw}', 1)
+    alert = parse("alertmanager", text.encode(), {})[0]
+    assert alert.values.get("error_rate") == expected
+    assert (note is None and alert.notes == []) or (note in alert.notes[0] and "treated as absent" in alert.notes[0])
+    decision = decide(alert, HealthCheck(url="http://127.0.0.1/h"))
+    assert note is None or note in decision.note  # the answer says why the value was ignored
+
+
+def test_value_unit_and_annotation_are_configurable():
+    text = golden("alertmanager_firing.json").replace(b'"value": "0.23"', b'"ratio_pct": "23"')
+    assert parse("alertmanager", text, {})[0].values == {}
+    options = AlertsConfig(value_annotation="ratio_pct", value_unit="percent")
+    assert parse("alertmanager", text, {}, options)[0].values == {"error_rate": 0.23}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile JSON
+
+
+def test_deep_nesting_surrogates_and_non_objects_are_400_or_cleaned():
+    for raw in (b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000):
+        with pytest.raises(Refused) as refused:
+            load_json(raw)
+        assert refused.value.status == 400 and refused.value.reason == "too_deep"
+    for raw in (b"{nope", b"[1, 2]", b"\xff\xfe{}", b'"\\ud800"'):
+        with pytest.raises(Refused) as refused:
+            load_json(raw)
+        assert refused.value.status == 400
+    body = load_json(b'{"k\\udc00": ["\\ud800", {"x": "a\\ud83d\\ude00b\\udfff"}]}')
+    assert body == {"k\ufffd": ["\ufffd", {"x": "a\U0001F600b\ufffd"}]}
+    json.dumps(body, ensure_ascii=False).encode()  # encodable as UTF-8 now
+    text = golden("alertmanager_firing.json").replace(b'"HighErrorRate"', b'"High\\ud800Rate"')
+    assert parse("alertmanager", text, {})[0].labels["alertname"] == "High\ufffdRate"
 
 
 def test_malformed_payloads_are_400():
-    for raw in (b"{nope", b"[1, 2]", b'{"alerts": 5}'):
+    for raw in (b'{"alerts": 5}', b'{"alerts": [1, "x"], "commonLabels": []}', b"{}"):
+        try:
+            alerts = parse("alertmanager", raw, {})
+        except Refused as refused:
+            assert refused.status == 400
+        else:
+            assert all(a.labels["alertname"] == "" for a in alerts)
+    for source in ("pagerduty", "generic"):
         with pytest.raises(Refused) as refused:
-            parse("alertmanager", raw, {})
+            parse(source, b'{"event": [], "service": {}}', {}, check_timestamps=False)
         assert refused.value.status == 400
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentication and signed timestamps
+
+
+def test_signed_timestamps_within_five_minutes_either_way():
+    now = time.time()
+    check_fresh("sentry", {"sentry-hook-timestamp": str(int(now) - 60)}, {}, now)
+    for stamp, reason in ((None, "missing_timestamp"), (str(int(now) - 400), "stale"),
+                          (str(int(now) + 400), "future"), ("soon", "bad_timestamp")):
+        with pytest.raises(Refused) as refused:
+            check_fresh("sentry", {} if stamp is None else {"sentry-hook-timestamp": stamp}, {}, now)
+        assert (refused.value.status, refused.value.reason) == (401, reason)
+    for offset, reason in ((-400, "stale"), (400, "future")):
+        raw = golden("pagerduty_triggered.json", datetime.now(timezone.utc) + timedelta(seconds=offset))
+        with pytest.raises(Refused) as refused:
+            parse("pagerduty", raw, {})
+        assert refused.value.reason == reason
+    without = json.loads(golden("pagerduty_triggered.json"))
+    del without["event"]["occurred_at"]
+    with pytest.raises(Refused) as refused:
+        parse("pagerduty", json.dumps(without).encode(), {})
+    assert refused.value.reason == "missing_timestamp"
+    # a saved payload (`rollback alerts test`) is decided whatever its timestamp says
+    assert parse("pagerduty", json.dumps(without).encode(), {}, check_timestamps=False)
 
 
 def test_hmac_sources_accept_any_rotated_secret_and_refuse_forgeries(monkeypatch):
@@ -108,8 +248,13 @@ def test_bearer_basic_shared_header_and_fail_closed(monkeypatch):
         authenticate("alertmanager", WebhookSource(bearer_env="AM_TOKENS"), {"authorization": "Bearer "}, b"")
 
 
+# ---------------------------------------------------------------------------------------------
+# The runbooks' matrix (no rules configured)
+
+
 @pytest.mark.parametrize("alert,action,rule", [
     (Alert(source="x", status="resolved", fingerprint="f", severity="P0"), "resolve", "resolved alerts never"),
+    (Alert(source="x", status="info", fingerprint="f", severity="P0"), "notify", "never acted on"),
     (Alert(source="x", status="firing", fingerprint="f", labels={"category": "payments"}), "rollback", "P0"),
     (Alert(source="x", status="firing", fingerprint="f", values={"error_rate": 0.06}), "rollback", "error rate 6.0%"),
     (Alert(source="x", status="firing", fingerprint="f", values={"error_rate": 0.03}), "watch", "above warning"),
@@ -121,6 +266,15 @@ def test_bearer_basic_shared_header_and_fail_closed(monkeypatch):
 def test_decision_matrix(alert, action, rule):
     decision = decide(alert, HealthCheck(url="http://127.0.0.1/h", rollback_p95_ms=2000))
     assert decision.action == action and rule in decision.rule
+
+
+@pytest.mark.parametrize("word,level", [
+    ("critical", "P1"), ("page", "P1"), ("fatal", "P1"), ("error", "P1"), ("high", "P1"), ("P1", "P1"),
+    ("warning", "P2"), ("P2", "P2"), ("low", "P3"), ("P4", "P3"), ("P5", "P3"), ("info", "P3"),
+    ("emergency", "P0"), ("P0", "P0"), ("", "P1"), ("whatever", "P1"),
+])
+def test_per_source_severity_defaults(word, level):
+    assert classify_severity(Alert(source="x", status="firing", fingerprint="f", labels={"severity": word})) == level
 
 
 def test_service_mapping_by_label_matchers():
