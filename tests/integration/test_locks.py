@@ -80,7 +80,7 @@ async def test_two_services_on_one_database_restore_one_at_a_time(client, task_q
             await client.execute_workflow(
                 DatabaseRestoreWorkflow.run, RestoreInput(service="shop-reports", source=manifest.backup_id),
                 id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
-        assert f"database:127.0.0.1:" in str(refused.value.cause)
+        assert "database:127.0.0.1:" in str(refused.value.cause)
         assert f"/{name} is locked by DatabaseRestoreWorkflow {first.id}" in str(refused.value.cause)
         await first.execute_update(DatabaseRestoreWorkflow.reject, NO)
         assert (await first.result()).outcome == "rejected"
