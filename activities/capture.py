@@ -19,6 +19,13 @@ def render_postmortem(request: PostmortemRequest) -> str:
     for event in request.timeline:
         message = event.message.replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {event.at:%Y-%m-%d %H:%M:%S} | {event.kind.value} | {event.actor} | {message} |")
+    if request.alerts:
+        lines += ["", "## Alerts", "", "| alert | source | status | count | first seen | last seen |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for alert in request.alerts:
+            summary = (alert.summary or alert.fingerprint).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {summary} | {alert.source} | {alert.status} | {alert.count} | "
+                         f"{alert.first_seen or ''} | {alert.last_seen or ''} |")
     lines += ["", "## Root cause", "", "_to be written_", "", "## Action items", "", "- [ ] _to be written_", ""]
     return "\n".join(lines)
 

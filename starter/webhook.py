@@ -15,7 +15,7 @@ import sqlite3
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -27,6 +27,7 @@ from temporalio.service import RPCError
 from activities.common import ConfigSource
 from starter.alerts import SOURCES, Refused, authenticate, parse
 from starter.flags import flag_routes
+from starter.forwarding import AlertForwarder
 from starter.replay import ReplayStores
 from starter.routing import Verdict, route_and_decide
 from starter.start import app_rollback_id, start_or_attach_app_rollback
@@ -83,6 +84,9 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
                       registry=registry)
     deduplicated = Counter("rollback_webhook_deduplicated", "Deliveries seen before", ["source"], registry=registry)
     stores = ReplayStores()
+    forwarder = AlertForwarder(client)
+    Gauge("rollback_webhook_alerts_queued", "Alerts for open runs waiting to be forwarded",
+          registry=registry).set_function(forwarder.queued)
 
     async def act(settings: RollbackConfig, verdict: Verdict) -> dict:
         alert, decision, service_name = verdict.alert, verdict.decision, verdict.service
@@ -96,13 +100,13 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         if alert.status == "firing":
             summary = f"{summary} ({decision.action}, rule: {decision.rule})"
         notice = AlertNotice(source=alert.source, status=alert.status, summary=summary, fingerprint=alert.fingerprint)
-        # Every alert goes on the running incident's timeline, if there is one: one RPC, and
-        # for a rollback decision nothing more to do (storms attach here, cheaply).
-        try:
-            await client.get_workflow_handle(app_rollback_id(service_name)).signal("alert", notice)
-            outcome["attached"] = True
-        except RPCError:
-            outcome["attached"] = False
+        # Every alert goes on the running incident's timeline, if there is one: queued durably and
+        # forwarded in batches (a storm is a few signals, not one per alert); for a rollback
+        # decision nothing more to do.
+        workflow_id = app_rollback_id(service_name)
+        outcome["attached"] = await forwarder.is_open(workflow_id)
+        if outcome["attached"]:
+            forwarder.queue(settings.state_dir, workflow_id, notice)
         if decision.action not in ACTING or outcome["attached"]:
             if outcome["attached"] and decision.action in ACTING:
                 outcome.update(started=True, workflow_id=app_rollback_id(service_name))
@@ -192,7 +196,13 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
 
     @asynccontextmanager
     async def lifespan(_: Starlette):
+        try:
+            forwarder.outbox(config.config.state_dir)  # what an earlier receiver left queued
+            forwarder.start()
+        except Exception as exc:  # noqa: BLE001 - a broken config answers 503 per request instead
+            log.error("alert outbox not opened at start: %s", exc)
         yield
+        await forwarder.stop()
         stores.close()
 
     routes = [Route(f"/alerts/{source}", make_endpoint(source), methods=["POST"]) for source in SOURCES]

@@ -10,7 +10,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, guarded
+    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, bounded_timeline, guarded
     from workflows.models import (
         AppRollbackInput,
         AppRollbackResult,
@@ -256,7 +256,8 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             PostmortemRequest(service=result.service, artifact_dir=result.artifact_dir or "",
                               title=f"App rollback of {result.service}: {outcome}",
                               summary={"from": result.from_version, "to": result.to_version, "outcome": outcome,
-                                       "message": message, "phase_seconds": dict(self.phase_seconds)},
-                              timeline=list(self.events)),
+                                       "message": message, "phase_seconds": dict(self.phase_seconds),
+                                       "alerts received": self.alerts_received},
+                              timeline=bounded_timeline(self.events), alerts=self.top_alerts(100)),
             start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY,
         )

@@ -14,6 +14,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from workflows.config import HealthCheck, KillSwitch
     from workflows.models import (
+        AlertBatch,
+        AlertCount,
         AlertNotice,
         ApprovalDecision,
         ApprovalInput,
@@ -48,6 +50,25 @@ READ_RETRY = RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=
 CHANGE_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=2))
 # Dumps, restores and tars heartbeat every 2 s; a dead worker is noticed within the heartbeat timeout.
 LONG_STEP = dict(start_to_close_timeout=timedelta(hours=6), heartbeat_timeout=timedelta(seconds=30))
+
+
+# What the status query, the result and the post-mortem input carry of a long timeline: the
+# first and the last events, so an alert storm can never push them towards the 2 MB payload limit.
+TIMELINE_HEAD, TIMELINE_TAIL = 50, 150
+# Distinct alert fingerprints a run keeps counts for; beyond that they are only counted.
+MAX_DISTINCT_ALERTS = 1000
+TOP_ALERTS = 20
+FEW_ALERTS = 3  # a batch this small gets one timeline event per alert
+
+
+def bounded_timeline(events: list[TimelineEvent]) -> list[TimelineEvent]:
+    if len(events) <= TIMELINE_HEAD + TIMELINE_TAIL:
+        return list(events)
+    skipped = len(events) - TIMELINE_HEAD - TIMELINE_TAIL
+    marker = TimelineEvent(at=events[TIMELINE_HEAD].at, kind=EventKind.SIGNAL,
+                           message=f"... {skipped} events omitted here (the first {TIMELINE_HEAD} and the last "
+                                   f"{TIMELINE_TAIL} are shown) ...")
+    return [*events[:TIMELINE_HEAD], marker, *events[-TIMELINE_TAIL:]]
 
 
 def cause_message(exc: BaseException) -> str:
@@ -109,6 +130,8 @@ class RollbackWorkflowBase:
         self.off_values: dict[str, str] = {}
         self.live_changed = False
         self.held: LockRelease | None = None
+        self.alert_counts: dict[str, AlertCount] = {}
+        self.alerts_received = 0
 
     # -- the story --------------------------------------------------------------------------
     def record(self, kind: EventKind, message: str, actor: str = "workflow", **data: Any) -> None:
@@ -143,8 +166,27 @@ class RollbackWorkflowBase:
             service=self.service,
             phase=self.phase,
             waiting_for_approval=self.awaiting_step,
-            timeline=self.events,
+            timeline=bounded_timeline(self.events),
+            alerts_received=self.alerts_received,
+            alerts_distinct=len(self.alert_counts),
+            top_alerts=self.top_alerts(TOP_ALERTS),
         )
+
+    def top_alerts(self, limit: int) -> list[AlertCount]:
+        return sorted(self.alert_counts.values(), key=lambda a: (-a.count, a.fingerprint))[:limit]
+
+    def count_alert(self, item: AlertCount) -> bool:
+        """Merge one alert (or a batch's count of it) into this run's tally; True when it is new."""
+        self.alerts_received += item.count
+        known = self.alert_counts.get(item.fingerprint)
+        if known is None:
+            if len(self.alert_counts) < MAX_DISTINCT_ALERTS:
+                self.alert_counts[item.fingerprint] = item.model_copy()
+            return True
+        known.count += item.count
+        known.status, known.summary = item.status, item.summary or known.summary
+        known.last_seen = item.last_seen or known.last_seen
+        return False
 
     # -- one change at a time per service and database ----------------------------------------
     async def take_lock(self, request) -> None:
@@ -222,10 +264,36 @@ class RollbackWorkflowBase:
         self._validate_decision(decision)
 
     @workflow.signal
+    def alerts(self, batch: AlertBatch) -> None:
+        """Alerts collected by the receiver while this run is open, counted per fingerprint: one
+        timeline event per batch, however many alerts a storm brings."""
+        if not batch.items:
+            return
+        new = [item for item in batch.items if self.count_alert(item)]
+        resolved = [item for item in batch.items if item.status == "resolved"]
+        self.resolved_alerts += len(resolved)
+        if len(batch.items) <= FEW_ALERTS:  # the usual case: each alert readable on its own line
+            for item in batch.items:
+                times = f" ({item.count}x)" if item.count > 1 else ""
+                self.record(EventKind.SIGNAL, f"{item.status} alert from {item.source}: {item.summary}{times}"
+                            .rstrip(": "), actor=item.source, fingerprint=item.fingerprint)
+            return
+        total = sum(item.count for item in batch.items)
+        sources = ", ".join(sorted({item.source for item in batch.items}))
+        example = (new or batch.items)[0]
+        self.record(EventKind.SIGNAL,
+                    f"{total} alert(s) from {sources}: {len(batch.items)} fingerprint(s), {len(new)} new, "
+                    f"{len(resolved)} resolved; e.g. {example.status}: {example.summary}".rstrip(": "),
+                    actor=sources, alerts_received=self.alerts_received)
+
+    @workflow.signal
     def alert(self, notice: AlertNotice) -> None:
         """Further alerts for this incident land on the timeline instead of starting rollbacks."""
         if notice.status == "resolved":
             self.resolved_alerts += 1
+        now = workflow.now()
+        self.count_alert(AlertCount(fingerprint=notice.fingerprint, source=notice.source, status=notice.status,
+                                    summary=notice.summary, first_seen=now, last_seen=now))
         self.record(
             EventKind.SIGNAL,
             f"{notice.status} alert from {notice.source}: {notice.summary}".rstrip(": "),
@@ -376,7 +444,7 @@ class RollbackWorkflowBase:
         self.enter(Phase.DONE if succeeded else Phase.FAILED)
         result.outcome, result.message = outcome, message
         result.phase_seconds = dict(self.phase_seconds)
-        result.timeline = list(self.events)
+        result.timeline = bounded_timeline(self.events)
         return result
 
     async def backup_step(self, service: str, story: str, activity: str, argument, result_type):

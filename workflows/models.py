@@ -106,6 +106,25 @@ class AlertNotice(BaseModel):
     fingerprint: str = ""
 
 
+class AlertCount(BaseModel):
+    """One alert (by fingerprint) as a run saw it: how often, first and last, in what state."""
+
+    fingerprint: str
+    source: str = ""
+    status: str = "firing"
+    summary: str = ""
+    count: int = 1
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+
+
+class AlertBatch(BaseModel):
+    """Alerts the receiver collected for a running workflow since its last batch, counted per
+    fingerprint: one signal for a storm, not one per alert."""
+
+    items: list[AlertCount] = Field(default_factory=list)
+
+
 class Phase(str, Enum):
     ASSESSING = "assessing"
     PLANNING = "planning"
@@ -217,6 +236,7 @@ class PostmortemRequest(BaseModel):
     title: str
     summary: dict[str, Any] = Field(default_factory=dict)
     timeline: list[TimelineEvent] = Field(default_factory=list)
+    alerts: list[AlertCount] = Field(default_factory=list, description="The alerts seen, most frequent first")
 
 
 class SchemaCheck(BaseModel):
@@ -285,6 +305,9 @@ class RollbackStatus(BaseModel):
     phase: Phase
     waiting_for_approval: str | None = None
     timeline: list[TimelineEvent]
+    alerts_received: int = Field(default=0, description="Alerts attached to this run, all fingerprints")
+    alerts_distinct: int = Field(default=0, description="Distinct fingerprints among them")
+    top_alerts: list[AlertCount] = Field(default_factory=list, description="The most frequent, at most 20")
 
 
 class ServiceContext(BaseModel):

@@ -1,0 +1,171 @@
+"""Alerts for a run that is already open, forwarded in batches instead of one signal each.
+
+A storm of thousands of alerts on one open rollback must not become thousands of history
+events (Temporal refuses signals past its limits, and every query and result grows with them).
+The receiver writes each such alert to a durable outbox under the state directory and answers
+at once; a forwarder sends each open run one `alerts` signal per interval with the alerts
+counted per fingerprint, and deletes what was delivered. An acknowledged alert survives a
+receiver restart (the outbox is SQLite, WAL) and a Temporal outage (rows stay until delivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from workflows.models import AlertBatch, AlertCount, AlertNotice
+
+log = logging.getLogger("rollback.webhook")
+FORWARD_EVERY_SECONDS = 1.0
+BATCH_ROWS = 20_000  # rows read per run and round; fingerprints in one signal stay far below 2 MB
+MAX_FINGERPRINTS_PER_SIGNAL = 500
+
+
+class AlertOutbox:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, workflow_id TEXT NOT NULL, "
+                         "at REAL NOT NULL, notice TEXT NOT NULL)")
+        self._lock = threading.Lock()
+
+    def put(self, workflow_id: str, notice: AlertNotice) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO outbox (workflow_id, at, notice) VALUES (?, ?, ?)",
+                             (workflow_id, time.time(), notice.model_dump_json()))
+
+    def pending(self) -> dict[str, list[tuple[int, float, AlertNotice]]]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, workflow_id, at, notice FROM outbox ORDER BY id LIMIT ?",
+                                    (BATCH_ROWS,)).fetchall()
+        found: dict[str, list[tuple[int, float, AlertNotice]]] = {}
+        for row_id, workflow_id, at, notice in rows:
+            found.setdefault(workflow_id, []).append((row_id, at, AlertNotice.model_validate_json(notice)))
+        return found
+
+    def delete(self, row_ids: list[int]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in row_ids])
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def counted(rows: list[tuple[int, float, AlertNotice]]) -> tuple[AlertBatch, list[int]]:
+    """The rows as one batch, per fingerprint (at most MAX_FINGERPRINTS_PER_SIGNAL), and the row
+    ids it covers; the rest wait for the next round."""
+    by_fingerprint: dict[str, AlertCount] = {}
+    covered = []
+    for row_id, at, notice in rows:
+        seen = datetime.fromtimestamp(at, timezone.utc)
+        key = notice.fingerprint or notice.summary
+        item = by_fingerprint.get(key)
+        if item is None:
+            if len(by_fingerprint) >= MAX_FINGERPRINTS_PER_SIGNAL:
+                continue
+            by_fingerprint[key] = AlertCount(fingerprint=key, source=notice.source, status=notice.status,
+                                             summary=notice.summary, count=1, first_seen=seen, last_seen=seen)
+        else:
+            item.count += 1
+            item.status, item.last_seen = notice.status, seen  # the newest state of that alert
+            item.summary = notice.summary or item.summary
+        covered.append(row_id)
+    return AlertBatch(items=list(by_fingerprint.values())), covered
+
+
+class AlertForwarder:
+    """Knows which services' runs are open, queues their alerts, and forwards them in batches."""
+
+    def __init__(self, client: Client):
+        self._client = client
+        self._outboxes: dict[Path, AlertOutbox] = {}
+        self._task: asyncio.Task | None = None
+        self.forwarded = 0
+
+    def outbox(self, state_dir: str) -> AlertOutbox:
+        path = Path(state_dir) / "webhook" / "outbox.sqlite"
+        if path not in self._outboxes:
+            self._outboxes[path] = AlertOutbox(path)
+        return self._outboxes[path]
+
+    async def is_open(self, workflow_id: str) -> bool:
+        """Whether the run with this ID is running: one read, which adds nothing to its history
+        (a run that just ended must not swallow the alert that should start the next one)."""
+        try:
+            description = await self._client.get_workflow_handle(workflow_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return description.status == WorkflowExecutionStatus.RUNNING
+
+    def queued(self) -> int:
+        return sum(outbox.count() for outbox in self._outboxes.values())
+
+    def queue(self, state_dir: str, workflow_id: str, notice: AlertNotice) -> None:
+        self.outbox(state_dir).put(workflow_id, notice)
+        self.start()
+
+    def start(self) -> None:
+        """Forward in the background (again) if nothing does yet: also after a restart, for what
+        the outbox still holds."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._forward_until_idle())
+
+    async def _forward_until_idle(self) -> None:
+        """The first alert after a quiet spell goes out at once; in a storm, one round a second."""
+        idle_rounds = 0
+        while idle_rounds < 30:
+            await asyncio.sleep(0)  # let the request that queued the alert finish first
+            try:
+                sent = await self.forward_once()
+            except Exception:  # noqa: BLE001 - keep forwarding; what failed stays in the outbox
+                log.exception("forwarding queued alerts failed; will retry")
+                sent = 1
+            idle_rounds = 0 if sent else idle_rounds + 1
+            await asyncio.sleep(FORWARD_EVERY_SECONDS)
+
+    async def forward_once(self) -> int:
+        """One round: each open run gets one signal with its queued alerts. Returns rows handled."""
+        handled = 0
+        for outbox in list(self._outboxes.values()):
+            for workflow_id, rows in (await asyncio.to_thread(outbox.pending)).items():
+                batch, covered = counted(rows)
+                try:
+                    await self._client.get_workflow_handle(workflow_id).signal("alerts", batch)
+                except RPCError as exc:
+                    if exc.status != RPCStatusCode.NOT_FOUND:
+                        log.warning("could not forward %d alert(s) to %s (%s); kept for the next round",
+                                    len(covered), workflow_id, exc.message)
+                        continue
+                    log.warning("dropping %d queued alert(s) for %s: the run has ended", len(covered), workflow_id)
+                await asyncio.to_thread(outbox.delete, covered)
+                self.forwarded += len(covered)
+                handled += len(covered)
+        return handled
+
+    async def stop(self) -> None:
+        """Deliver what is queued (best effort), then close the outboxes."""
+        if self._task is not None:
+            self._task.cancel()
+        try:
+            await self.forward_once()
+        except Exception:  # noqa: BLE001 - what could not be sent stays in the outbox for the next start
+            log.warning("queued alerts kept for the next start")
+        for outbox in self._outboxes.values():
+            outbox.close()
+        self._outboxes.clear()
