@@ -135,8 +135,11 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                 f"the service's migration tool, then retry",
             )
 
-        # 5. Approval
-        if plan.needs_approval:
+        # 5. Approval (a parent incident's approval of its plan covers this rollback)
+        if plan.needs_approval and request.approved_by:
+            self.record(EventKind.APPROVED, f"app rollback: approved by the parent workflow's checkpoint; "
+                        + "; ".join(plan.approval_reasons), actor=request.approved_by)
+        elif plan.needs_approval:
             decision = await self.wait_for_approval(
                 "app rollback", "; ".join(plan.approval_reasons), request.approval_timeout
             )
