@@ -55,6 +55,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
     @records_failure
     async def run(self, request: AppRollbackInput) -> AppRollbackResult:
         self.start_run(request.service, request.severity, request.automatic)
+        self.public_updates = not request.approved_by  # a parent incident keeps the status page
         self.record(
             EventKind.STARTED,
             f"app rollback of {request.service} requested: {request.reason}",

@@ -98,6 +98,8 @@ class RollbackWorkflowBase:
         self.switches_off: dict[str, str | None] | None = None
         self.off_values: dict[str, str] = {}
         self.live_changed = False
+        # A child of an incident leaves the public status page to the incident (one incident there).
+        self.public_updates = True
 
     # -- the story --------------------------------------------------------------------------
     def record(self, kind: EventKind, message: str, actor: str = "workflow", **data: Any) -> None:
@@ -214,6 +216,8 @@ class RollbackWorkflowBase:
 
     async def status_page(self, status: str, body: str, impact: str = "minor") -> None:
         """One public incident per run, moved through investigating/identified/resolved."""
+        if not self.public_updates:
+            return
         info = workflow.info()
         request = StatusPageRequest(service=self.service, key=f"{info.workflow_id}/{info.run_id}",
                                     name=f"{self.service}: degraded service", status=status, body=body, impact=impact)
