@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         RestoreResult,
         SchemaRequest,
         SchemaVersion,
+        ServiceContext,
         ServiceRef,
         SeverityInput,
         TargetRequest,
@@ -78,6 +79,47 @@ def _minutes(delta: timedelta) -> str:
     minutes = int(delta.total_seconds() // 60)
     return f"{minutes // 60} hours {minutes % 60} minutes" if minutes >= 60 else f"{minutes} minutes" if minutes \
         else f"{int(delta.total_seconds())} seconds"
+
+
+async def assess_service(service: str, config: ServiceConfig) -> AssessReport:
+    """Runbook 001 step 2, status only: health and endpoints, logs, database, the version
+    serving and the migration state; reads only."""
+    report = await workflow.execute_activity("incident.assess", ServiceRef(service=service),
+                                             result_type=AssessReport, **QUICK)
+    try:
+        report.app = await workflow.execute_activity(f"{config.app.provider}.current", ServiceRef(service=service),
+                                                      result_type=AppVersion, **QUICK)
+    except ActivityError as exc:
+        report.app_error = cause_message(exc)
+    if config.database is not None and config.database.migration_tool is not None:
+        try:
+            report.migrations = await workflow.execute_activity(
+                "migrations.status", ServiceRef(service=service), result_type=MigrationStatus, **QUICK)
+        except ActivityError as exc:
+            report.migrations_error = cause_message(exc)
+    return report
+
+
+def describe_assessment(report: AssessReport) -> str:
+    health = "healthy" if report.health.healthy else report.health.problem or "unhealthy"
+    endpoints = ", ".join(f"{e.url} {'ok' if e.ok else e.problem}" for e in report.endpoints)
+    running = (report.app.label or report.app.id) if report.app else report.app_error
+    migrations = report.migrations.current if report.migrations else report.migrations_error or "n/a"
+    database = "reachable" if report.database_reachable else report.database_error or "n/a"
+    sessions = f", {report.active_sessions} active session(s)" if report.active_sessions is not None else ""
+    return (f"{report.service}: {health}; running {running}; migrations at {migrations}; database {database}"
+            f"{sessions}{'; endpoints: ' + endpoints if endpoints else ''}")
+
+
+@workflow.defn
+class AssessWorkflow:
+    """`rollback assess SERVICE`: the incident's assessment alone, in the worker that holds the
+    secrets; it changes nothing."""
+
+    @workflow.run
+    async def run(self, request: ServiceRef) -> AssessReport:
+        context = await workflow.execute_activity("config.service", request, result_type=ServiceContext, **QUICK)
+        return await assess_service(request.service, context.config)
 
 
 @workflow.defn
@@ -284,28 +326,8 @@ class IncidentWorkflow(RollbackWorkflowBase):
 
     # -- steps -------------------------------------------------------------------------------
     async def _assess(self, service: str, config: ServiceConfig) -> AssessReport:
-        report = await workflow.execute_activity("incident.assess", ServiceRef(service=service),
-                                                 result_type=AssessReport, **QUICK)
-        try:
-            report.app = await workflow.execute_activity(f"{config.app.provider}.current", ServiceRef(service=service),
-                                                          result_type=AppVersion, **QUICK)
-        except ActivityError as exc:
-            report.app_error = cause_message(exc)
-        if config.database is not None and config.database.migration_tool is not None:
-            try:
-                report.migrations = await workflow.execute_activity(
-                    "migrations.status", ServiceRef(service=service), result_type=MigrationStatus, **QUICK)
-            except ActivityError as exc:
-                report.migrations_error = cause_message(exc)
-        health = "healthy" if report.health.healthy else report.health.problem or "unhealthy"
-        endpoints = ", ".join(f"{e.url} {'ok' if e.ok else e.problem}" for e in report.endpoints)
-        self.record(EventKind.ASSESSED, f"{service}: {health}; running "
-                    f"{(report.app.label or report.app.id) if report.app else report.app_error}; migrations at "
-                    f"{report.migrations.current if report.migrations else report.migrations_error or 'n/a'}; "
-                    f"database {'reachable' if report.database_reachable else report.database_error or 'n/a'}"
-                    f"{', ' + str(report.active_sessions) + ' active session(s)' if report.active_sessions is not None else ''}"
-                    f"{'; endpoints: ' + endpoints if endpoints else ''}",
-                    report=report.model_dump(mode="json"))
+        report = await assess_service(service, config)
+        self.record(EventKind.ASSESSED, describe_assessment(report), report=report.model_dump(mode="json"))
         return report
 
     async def _plan(self, request: IncidentInput, config: ServiceConfig, report: AssessReport) -> IncidentPlan:
