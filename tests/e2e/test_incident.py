@@ -20,8 +20,6 @@ from activities.migrations import apply_up
 from starter import engines
 from starter.start import start_or_signal_incident
 from tests.conftest import running_worker
-from tests.contract.pagerduty import FakePagerDuty
-from tests.contract.server import serve
 from tests.helpers import assert_eventually, create_database, kinds, set_postgres_flag, wait_for_phase
 from tests.migration_sets import columns, write_migrations
 from workflows import BackupWorkflow, IncidentWorkflow
@@ -49,14 +47,6 @@ def schema_image(client, version: str, schema: str) -> str:
     return client.images.get(f"demo-schema:{version}").id
 
 
-@pytest.fixture
-def pagerduty(monkeypatch):
-    fake = FakePagerDuty()
-    server = serve(fake.app())
-    monkeypatch.setenv("TEST_PD_ROUTING_KEY", fake.routing_key)
-    fake.url = server.url
-    yield fake
-    server.stop()
 
 
 class Production:

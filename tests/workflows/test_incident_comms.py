@@ -16,8 +16,6 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from activities.common import ConfigSource, fail
 from tests.conftest import running_worker
-from tests.contract.pagerduty import FakePagerDuty
-from tests.contract.server import serve
 from tests.helpers import kinds
 from workflows import IncidentWorkflow
 from workflows.models import (
@@ -35,14 +33,6 @@ from workflows.models import (
 )
 
 
-@pytest.fixture
-def pagerduty(monkeypatch):
-    fake = FakePagerDuty()
-    server = serve(fake.app())
-    monkeypatch.setenv("TEST_PD_ROUTING_KEY", fake.routing_key)
-    fake.url = server.url
-    yield fake
-    server.stop()
 
 
 def config(tmp_path, slack_url: str, statuspage, pagerduty) -> ConfigSource:
