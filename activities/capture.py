@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from temporalio import activity
 
 from activities.common import ConfigSource, write_artifact
 
-from workflows.models import PostmortemRequest
+from workflows.models import IncidentPostmortemRequest, PostmortemRequest
+
+DURATION_NAMES = {"time_to_detect": "Time to detect (MTTD)", "time_to_acknowledge": "Time to acknowledge (MTTA)",
+                  "time_to_mitigate": "Time to mitigate (MTTM)", "time_to_resolve": "Time to resolve (MTTR)"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours} h {minutes} min" if hours else f"{minutes} min {rest} s" if minutes else f"{rest} s") \
+        + f" ({seconds:g} s)"
+
+
+def render_incident_postmortem(request: IncidentPostmortemRequest) -> str:
+    """Runbook 001's post-mortem template, filled from the incident's timeline."""
+    lines = [f"# Post-Mortem: {request.title}", "", "## Summary", ""]
+    lines += [f"- **{key}**: {value}" for key, value in request.summary.items()]
+    lines += ["", "## Durations", ""]
+    lines += [f"- **{DURATION_NAMES[k]}**: {_duration(v)}" for k, v in request.durations.items()]
+    lines += ["", "## Timeline", "", "| time (UTC) | event | actor | what happened |", "| --- | --- | --- | --- |"]
+    for event in request.timeline:
+        message = event.message.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {event.at:%Y-%m-%d %H:%M:%S} | {event.kind.value} | {event.actor} | {message} |")
+    lines += ["", "## Decisions", ""] + [f"- {d}" for d in request.decisions or ["none recorded"]]
+    lines += ["", "## Resolution", ""] + [f"- {m}" for m in request.methods or ["no rollback was needed"]]
+    lines += ["", "## Evidence", ""] + [f"- {e}" for e in request.evidence or ["none captured"]]
+    lines += ["", "## Root Cause", "", "_to be written_", "", "## Impact Assessment", "",
+              "- **Users Affected**: _to be written_", "- **Revenue Impact**: _to be written_", "",
+              "## Lessons Learned", "", "_to be written_", "", "## Action Items", "",
+              "- [ ] _action_ - _owner_ - _due date_", "", "## Prevention Measures", "", "_to be written_", ""]
+    return "\n".join(lines)
 
 
 def render_postmortem(request: PostmortemRequest) -> str:
@@ -39,3 +72,13 @@ class CaptureActivities:
         path = write_artifact(Path(request.artifact_dir) / "postmortem.md", render_postmortem(request),
                               self._config.secrets())
         return str(path)
+
+    @activity.defn(name="capture.incident_postmortem")
+    async def incident_postmortem(self, request: IncidentPostmortemRequest) -> list[str]:
+        """postmortem.md for people and postmortem.json for tools, both redacted, 0600."""
+        secrets = self._config.secrets()
+        directory = Path(request.artifact_dir)
+        markdown = write_artifact(directory / "postmortem.md", render_incident_postmortem(request), secrets)
+        document = json.dumps(request.model_dump(mode="json"), indent=2)
+        data = write_artifact(directory / "postmortem.json", document, secrets)
+        return [str(markdown), str(data)]

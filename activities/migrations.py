@@ -28,6 +28,8 @@ from temporalio import activity
 from activities.common import ConfigSource, fail, open_private, read_json, resolve_secret, write_json_atomic
 from workflows.config import DatabaseConfig
 from workflows.models import (
+    DamageRequest,
+    DataDamage,
     DataLoss,
     DataLossExportRequest,
     DownStepRequest,
@@ -385,6 +387,28 @@ def destructive_statements(script: str) -> list[dict]:
     return found
 
 
+def data_destroying_statements(script: str) -> list[dict]:
+    """In an *up* script: what a down script cannot undo. UPDATE or DELETE without WHERE, DROP
+    COLUMN, TRUNCATE, and a column type change (which may truncate or round values)."""
+    found = [item for item in destructive_statements(script)
+             if item["statement"] in ("drop_column", "truncate") or (item["statement"] == "delete" and not item["where"])]
+    for item in found:
+        if item["statement"] == "delete":
+            item["statement"] = "delete_all"
+    flags = re.I | re.S
+    for statement in sqlparse.split(sqlparse.format(script, strip_comments=True)):
+        text = statement.strip().rstrip(";").strip()
+        if m := re.match(rf"UPDATE\s+(?:ONLY\s+)?{_NAME}(?:\s+(?:AS\s+)?(?!SET\b)\w+)?\s+SET\s+(.*)$", text, flags):
+            if not re.search(r"\bWHERE\b", m[2], re.I):
+                columns = re.findall(r"(?:^|,)\s*(\"[^\"]+\"|[\w$]+)\s*=", m[2])
+                found += [{"statement": "update_all", "table": m[1], "column": c} for c in columns]
+        elif m := re.match(rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?{_NAME}\s+(.*)$", text, flags):
+            for action in m[2].split(","):
+                if t := re.match(rf"\s*ALTER\s+(?:COLUMN\s+)?{_NAME}\s+(?:SET\s+DATA\s+)?TYPE\b", action, flags):
+                    found.append({"statement": "type_change", "table": m[1], "column": t[1]})
+    return found
+
+
 def _doomed_rows_query(item: dict) -> sql.Composable:
     """SELECT of the rows (or, for DROP COLUMN, the rows holding a value) the statement removes.
     The table, column and WHERE text come from the migration file, which is about to run anyway."""
@@ -554,6 +578,42 @@ class MigrationActivities:
         except psycopg.Error as exc:
             raise fail(f"cannot count the rows {item['statement']} on {item['table']} would remove: "
                        f"{str(exc).strip()}", kind="MigrationInvalid") from None
+
+    @activity.defn(name="migrations.damage_since")
+    def damage_since(self, request: DamageRequest) -> list[DataDamage]:
+        """The applied up migrations newer than `since_version` whose SQL destroys data, with when
+        each was applied: from the tracking table where the tool records it (plain, Prisma), else
+        when the version now serving was deployed (the Docker deploy ledger)."""
+        service = request.service
+        tool = self._tool(service)
+        with self._connect(service) as conn:
+            status, migrations = self._status(service, conn, tool)
+            applied = [m for m in migrations if any(i.version == m.version and i.applied for i in status.migrations)]
+            versions = [m.version for m in applied]
+            newer = applied[versions.index(request.since_version) + 1:] if request.since_version in versions else (
+                applied if request.since_version is None else [])
+            times = self._applied_times(conn, tool)
+        ledger = read_json(self._config.state_path("docker", f"{service}.json"), {"deploys": []})["deploys"]
+        deployed = datetime.fromisoformat(ledger[-1]["seen_at"]) if ledger else None
+        found = []
+        for migration in newer:
+            up = migration.up_sql or ""
+            for item in data_destroying_statements(up):
+                when, source = times.get(migration.version), "tracking table"
+                if when is None:
+                    when, source = deployed, "deploy ledger" if deployed else ""
+                found.append(DataDamage(version=migration.version, name=migration.name, statement=item["statement"],
+                                        table=item["table"], column=item.get("column"), applied_at=when,
+                                        applied_at_source=source))
+        return found
+
+    @staticmethod
+    def _applied_times(conn: psycopg.Connection, tool) -> dict[str, datetime]:
+        query = {"plain": "SELECT version::text, applied_at FROM rollback_schema_migrations",
+                 "prisma": "SELECT migration_name, finished_at FROM _prisma_migrations WHERE finished_at IS NOT NULL"}
+        if tool.name not in query or not tool.tracking_exists(conn):
+            return {}
+        return {str(v): t for v, t in conn.execute(query[tool.name])}
 
     @activity.defn(name="migrations.export_data_loss")
     def export_data_loss(self, request: DataLossExportRequest) -> list[DataLoss]:

@@ -22,7 +22,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from starter.engines import EngineError
 from workflows.base import cause_message
 from workflows.config import ConfigError, load_config, missing_secrets
-from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput, Outcome, RollbackStatus
+from workflows.models import (
+    AppRollbackInput,
+    AppRollbackResult,
+    ApprovalInput,
+    IncidentStatus,
+    Outcome,
+    RollbackStatus,
+)
 
 @click.group(help="Durable rollback and incident response on Temporal.")
 def app() -> None:
@@ -105,14 +112,15 @@ async def _status(client: Client, workflow_id: str) -> RollbackStatus:
 
 
 def _result_type(workflow_type: str):
-    from workflows.models import (BackupManifest, BaseBackup, CleanupResult, MigrationRepairResult,
+    from workflows.models import (BackupManifest, BaseBackup, CleanupResult, IncidentResult, MigrationRepairResult,
                                   MigrationRollbackResult, RestoreResult, VolumeManifest, VolumeRestoreResult)
 
     return {"BackupWorkflow": BackupManifest, "DatabaseRestoreWorkflow": RestoreResult,
             "BaseBackupWorkflow": BaseBackup, "VolumeBackupWorkflow": VolumeManifest,
             "VolumeRestoreWorkflow": VolumeRestoreResult, "RestoreCleanupWorkflow": CleanupResult,
             "MigrationRollbackWorkflow": MigrationRollbackResult,
-            "MigrationRepairWorkflow": MigrationRepairResult}.get(workflow_type, AppRollbackResult)
+            "MigrationRepairWorkflow": MigrationRepairResult,
+            "IncidentWorkflow": IncidentResult}.get(workflow_type, AppRollbackResult)
 
 
 async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
@@ -582,10 +590,17 @@ def status(workflow_id: str, follow: bool, as_json: bool) -> None:
         if follow:
             return await _follow(client, workflow_id, as_json)
         state = await _status(client, workflow_id)
-        if as_json:
+        if as_json and state.workflow != "incident":
             print(state.model_dump_json(indent=2))
             return 0
-        print(f"{workflow_id}: {state.workflow} rollback of {state.service}, phase {state.phase.value}")
+        if state.workflow == "incident":
+            state = await client.get_workflow_handle(workflow_id).query("status", result_type=IncidentStatus)
+            if as_json:
+                print(state.model_dump_json(indent=2))
+                return 0
+            _print_incident(workflow_id, state)
+        else:
+            print(f"{workflow_id}: {state.workflow} rollback of {state.service}, phase {state.phase.value}")
         if state.waiting_for_approval:
             print(f"  waiting for approval of: {state.waiting_for_approval}")
         for event in state.timeline:
@@ -799,6 +814,192 @@ def _logging() -> None:
                         stream=sys.stderr)
     logging.getLogger("temporalio").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------------
+# Incidents (runbook 001 end to end)
+
+
+def _print_incident(workflow_id: str, state) -> None:
+    print(f"{workflow_id}: {state.severity} incident on {state.service}, phase {state.phase.value}; {state.rule}")
+    print(f"  acknowledged by: {state.acknowledged_by or 'nobody yet'}"
+          + (f"; next update {state.next_update_at:%H:%M:%S} UTC" if state.next_update_at else ""))
+    if state.plan is not None:
+        print(f"  plan ({state.plan.kind}):")
+        for number, step in enumerate(state.plan.steps, start=1):
+            print(f"    {number}. {step}")
+        for note in state.plan.notes:
+            print(f"    note: {note}")
+    for alert in state.alerts:
+        print(f"  alert {alert.fingerprint} from {alert.source}: {alert.status}, seen {alert.count}x "
+              f"({alert.first_seen:%H:%M:%S} .. {alert.last_seen:%H:%M:%S})")
+    for child in state.children:
+        print(f"  child {child.workflow:<26} {child.workflow_id:<40} {child.outcome}")
+
+
+@app.command("incident")
+@click.argument("service", type=SERVICE)
+@click.option("--severity", type=click.Choice(["P0", "P1", "P2", "P3"], case_sensitive=False), default=None,
+              help="Default: classified from --trigger (runbook 001), else P1.")
+@click.option("--reason", required=True, help="What is wrong; goes into the declaration and the post-mortem.")
+@click.option("--trigger", default="", help="outage, payments, data_corruption, security, degradation, ...")
+@click.option("--dry-run", is_flag=True, help="Assess and plan only; tell nobody and change nothing.")
+@click.option("--wait", is_flag=True, help="Show progress until the incident is resolved.")
+@json_option
+def incident(service: str, severity: Optional[str], reason: str, trigger: str, dry_run: bool, wait: bool,
+             as_json: bool) -> None:
+    """Declare an incident: classify, page, assess, stabilise, plan, roll back after one approval."""
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from starter.start import start_incident
+    from workflows.models import IncidentInput
+
+    async def main() -> int:
+        client = await _client()
+        request = IncidentInput(service=service, severity=severity, reason=reason, trigger=trigger,
+                                dry_run=dry_run, requested_by=os.environ.get("USER", "cli"))
+        try:
+            handle = await start_incident(client, _task_queue(), request)
+        except WorkflowAlreadyStartedError as exc:
+            raise CliError(f"an incident on {service} is already open ({exc.workflow_id}): see "
+                           f"`rollback status {exc.workflow_id}`") from None
+        if not as_json:
+            print(f"started {handle.id}{' (dry run)' if dry_run else ''}", flush=True)
+        if wait:
+            return await _follow(client, handle.id, as_json)
+        if as_json:
+            print(json.dumps({"workflow_id": handle.id, "run_id": handle.result_run_id}))
+        else:
+            print(f"follow it with: rollback status {handle.id} --follow; acknowledge with: rollback ack {handle.id} "
+                  "--as NAME")
+        return 0
+
+    sys.exit(_run(main()))
+
+
+@app.group("incidents", help="Incidents (IncidentWorkflow runs).")
+def incidents_group() -> None:
+    pass
+
+
+@incidents_group.command("list")
+@click.option("--open", "only_open", is_flag=True, help="Only incidents still open.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@json_option
+def incidents_list(only_open: bool, limit: int, as_json: bool) -> None:
+    """Recent incidents, newest first, with severity and phase."""
+
+    async def main() -> int:
+        client = await _client()
+        query = "RollbackType = 'incident'" + (" AND ExecutionStatus = 'Running'" if only_open else "")
+        rows = []
+        async for execution in client.list_workflows(query, limit=limit):
+            attrs = execution.search_attributes
+            rows.append({"workflow_id": execution.id, "run_id": execution.run_id,
+                         "service": (attrs.get("RollbackService") or [""])[0],
+                         "severity": (attrs.get("RollbackSeverity") or [""])[0],
+                         "phase": (attrs.get("RollbackPhase") or [""])[0],
+                         "status": execution.status.name if execution.status else "",
+                         "started": execution.start_time.isoformat() if execution.start_time else ""})
+        if as_json:
+            print(json.dumps(rows, indent=2))
+        elif not rows:
+            print("no incidents")
+        for row in rows if not as_json else []:
+            print(f"{row['started'][:19]}  {row['workflow_id']:<32} {row['severity']:<3} {row['phase']:<18} "
+                  f"{row['status']}")
+        return 0
+
+    sys.exit(_run(main()))
+
+
+def _incident_update(workflow_id: str, update: str, argument) -> None:
+    async def main() -> int:
+        client = await _client()
+        await _status(client, workflow_id)  # clear error for an unknown ID
+        try:
+            answer = await client.get_workflow_handle(workflow_id).execute_update(update, argument, result_type=str)
+        except WorkflowUpdateFailedError as exc:
+            raise CliError(f"{update} refused: {exc.cause or exc}") from None
+        print(f"{workflow_id}: {answer}")
+        return 0
+
+    sys.exit(_run(main()))
+
+
+@app.command("ack")
+@click.argument("workflow_id")
+@click.option("--as", "by", default=None, help="Who is on it (default: $USER).")
+@click.option("--note", default="", help="Optional note for the timeline.")
+def ack(workflow_id: str, by: Optional[str], note: str) -> None:
+    """Acknowledge an incident: stops its escalation (and acknowledges the PagerDuty page)."""
+    from workflows.models import AcknowledgeInput
+
+    _incident_update(workflow_id, "acknowledge", AcknowledgeInput(by=by or os.environ.get("USER", "cli"), note=note))
+
+
+@app.command("severity")
+@click.argument("workflow_id")
+@click.argument("severity", type=click.Choice(["P0", "P1", "P2", "P3"], case_sensitive=False))
+@click.option("--reason", required=True)
+@click.option("--as", "by", default=None, help="Who decides (default: $USER).")
+def severity(workflow_id: str, severity: str, reason: str, by: Optional[str]) -> None:
+    """Raise or lower an incident's severity (its response time and update cadence follow)."""
+    from workflows.models import SeverityInput
+
+    _incident_update(workflow_id, "set_severity", SeverityInput(severity=severity, reason=reason,
+                                                                by=by or os.environ.get("USER", "cli")))
+
+
+@app.command("resolve")
+@click.argument("workflow_id")
+@click.option("--reason", required=True, help="Why it is over (e.g. fixed forward, false alarm).")
+@click.option("--as", "by", default=None, help="Who resolves (default: $USER).")
+def resolve(workflow_id: str, reason: str, by: Optional[str]) -> None:
+    """Close an incident that needs no (more) rollback: switches back, resolved, post-mortem."""
+    from workflows.models import ResolveInput
+
+    _incident_update(workflow_id, "resolve", ResolveInput(reason=reason, by=by or os.environ.get("USER", "cli")))
+
+
+@app.command("assess")
+@click.argument("service", type=SERVICE)
+@json_option
+def assess(service: str, as_json: bool) -> None:
+    """Runbook 001's status-only assessment, read by the worker; changes nothing."""
+    import uuid
+
+    from workflows import AssessWorkflow
+    from workflows.incident import describe_assessment
+    from workflows.models import AssessReport, ServiceRef
+
+    async def main() -> int:
+        client = await _client()
+        try:
+            report = await client.execute_workflow(
+                AssessWorkflow.run, ServiceRef(service=service), id=f"assess-{service}-{uuid.uuid4().hex[:8]}",
+                task_queue=_task_queue(), result_type=AssessReport)
+        except WorkflowFailureError as exc:
+            raise CliError(cause_message(exc)) from None
+        if as_json:
+            print(report.model_dump_json(indent=2))
+            return 0
+        print(describe_assessment(report))
+        print(f"  health: HTTP {report.health.http_status}, status {report.health.status}, error rate "
+              f"{report.health.error_rate}, answered in {report.response_ms} ms")
+        for endpoint in report.endpoints:
+            print(f"  endpoint {endpoint.url}: {'ok' if endpoint.ok else endpoint.problem}")
+        if report.migrations:
+            pending = [m.version for m in report.migrations.migrations if not m.applied]
+            print(f"  migrations: {report.migrations.tool} at {report.migrations.current}"
+                  f"{' (DIRTY)' if report.migrations.dirty else ''}; pending {', '.join(pending) or 'none'}")
+        for table, count in report.table_counts.items():
+            print(f"  table {table}: {count} rows")
+        for line in report.error_lines:
+            print(f"  log: {line}")
+        return 0
+
+    sys.exit(_run(main()))
 
 
 def _exit_hard(code: int) -> None:

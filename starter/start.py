@@ -9,8 +9,9 @@ from __future__ import annotations
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from workflows import AppRollbackWorkflow
-from workflows.models import AlertNotice, AppRollbackInput
+from workflows import AppRollbackWorkflow, IncidentWorkflow
+from workflows.incident import incident_id
+from workflows.models import AlertNotice, AppRollbackInput, IncidentInput
 
 
 def app_rollback_id(service: str) -> str:
@@ -44,3 +45,32 @@ async def start_or_attach_app_rollback(
         start_signal_args=[notice],
     )
 
+
+
+async def start_incident(client: Client, task_queue: str, request: IncidentInput) -> WorkflowHandle:
+    """Declare an incident; fails with WorkflowAlreadyStartedError while one is open for the service."""
+    return await client.start_workflow(
+        IncidentWorkflow.run,
+        request,
+        id=incident_id(request.service),
+        task_queue=task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+    )
+
+
+async def start_or_signal_incident(
+    client: Client, task_queue: str, request: IncidentInput, notice: AlertNotice
+) -> WorkflowHandle:
+    """For the alert receiver: declare the service's incident with this alert, or count the alert
+    on the one already open (signal-with-start; the open incident's input is left as it is)."""
+    return await client.start_workflow(
+        IncidentWorkflow.run,
+        request,
+        id=incident_id(request.service),
+        task_queue=task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        start_signal="alert",
+        start_signal_args=[notice],
+    )

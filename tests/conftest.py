@@ -32,6 +32,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.common import ConfigSource
 from starter import engines
 from tests.contract.server import serve
+from tests.contract.pagerduty import FakePagerDuty
 from tests.contract.slack import HOOK_PATH, FakeSlack
 from tests.contract.statuspage import FakeStatuspage
 from tests.contract.vercel import FakeVercel
@@ -214,6 +215,16 @@ def statuspage(monkeypatch):
     server = serve(fake.app())
     monkeypatch.setenv("TEST_STATUSPAGE_KEY", fake.api_key)
     fake.url = server.url + "/v1"
+    yield fake
+    server.stop()
+
+
+@pytest.fixture
+def pagerduty(monkeypatch):
+    fake = FakePagerDuty()
+    server = serve(fake.app())
+    monkeypatch.setenv("TEST_PD_ROUTING_KEY", fake.routing_key)
+    fake.url = server.url
     yield fake
     server.stop()
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.assess import AssessActivities
 from activities.capture import CaptureActivities
 from activities.common import ConfigSource
 from activities.config import ConfigActivities
@@ -21,6 +22,7 @@ from activities.health import HealthActivities
 from activities.locks import LockActivities
 from activities.migrations import MigrationActivities
 from activities.notify import NotifyActivities
+from activities.pagerduty import PagerDutyActivities
 from activities.pitr import PitrActivities
 from activities.backups import BackupActivities
 from activities.postgres import PostgresActivities, RestoreActivities
@@ -51,6 +53,8 @@ def activities_for(config: ConfigSource, client: Client) -> list:
         SupabaseActivities(config),
         NotifyActivities(config),
         StatuspageActivities(config),
+        PagerDutyActivities(config),
+        AssessActivities(config),
         CaptureActivities(config),
     ]
     found = []

@@ -56,6 +56,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
     @guarded
     async def run(self, request: AppRollbackInput) -> AppRollbackResult:
         self.start_run(request.service, request.severity, request.automatic)
+        self.public_updates = not request.approved_by  # a parent incident keeps the status page
         self.record(
             EventKind.STARTED,
             f"app rollback of {request.service} requested: {request.reason}",
@@ -136,8 +137,11 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                 f"the service's migration tool, then retry",
             )
 
-        # 5. Approval
-        if plan.needs_approval:
+        # 5. Approval (a parent incident's approval of its plan covers this rollback)
+        if plan.needs_approval and request.approved_by:
+            self.record(EventKind.APPROVED, "app rollback: approved by the parent workflow's checkpoint; "
+                        + "; ".join(plan.approval_reasons), actor=request.approved_by)
+        elif plan.needs_approval:
             decision = await self.wait_for_approval(
                 "app rollback", "; ".join(plan.approval_reasons), request.approval_timeout
             )

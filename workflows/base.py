@@ -132,6 +132,8 @@ class RollbackWorkflowBase:
         self.held: LockRelease | None = None
         self.alert_counts: dict[str, AlertCount] = {}
         self.alerts_received = 0
+        # A child of an incident leaves the public status page to the incident (one incident there).
+        self.public_updates = True
 
     # -- the story --------------------------------------------------------------------------
     def record(self, kind: EventKind, message: str, actor: str = "workflow", **data: Any) -> None:
@@ -180,8 +182,9 @@ class RollbackWorkflowBase:
         self.alerts_received += item.count
         known = self.alert_counts.get(item.fingerprint)
         if known is None:
-            if len(self.alert_counts) < MAX_DISTINCT_ALERTS:
-                self.alert_counts[item.fingerprint] = item.model_copy()
+            if len(self.alert_counts) >= MAX_DISTINCT_ALERTS:
+                return False  # counted in alerts_received only
+            self.alert_counts[item.fingerprint] = item.model_copy()
             return True
         known.count += item.count
         known.status, known.summary = item.status, item.summary or known.summary
@@ -265,41 +268,45 @@ class RollbackWorkflowBase:
 
     @workflow.signal
     def alerts(self, batch: AlertBatch) -> None:
-        """Alerts collected by the receiver while this run is open, counted per fingerprint: one
-        timeline event per batch, however many alerts a storm brings."""
-        if not batch.items:
+        """Alerts the receiver collected while this run is open, counted per fingerprint. Only news
+        goes on the timeline (a new fingerprint, a change of status): each on its own line when
+        there are a few, one line for the lot in a storm; repeats only move the counts."""
+        news = []
+        for item in batch.items:
+            known = self.alert_counts.get(item.fingerprint)
+            before = known.status if known else None
+            if self.count_alert(item) or (known is not None and before != item.status):
+                news.append(item)
+            if item.status == "resolved" and before != "resolved":
+                self.resolved_alerts += 1
+        if len(news) <= FEW_ALERTS:
+            for item in news:
+                self.record(EventKind.SIGNAL, f"{item.status} alert from {item.source}: {item.summary}".rstrip(": "),
+                            actor=item.source, fingerprint=item.fingerprint)
             return
-        new = [item for item in batch.items if self.count_alert(item)]
-        resolved = [item for item in batch.items if item.status == "resolved"]
-        self.resolved_alerts += len(resolved)
-        if len(batch.items) <= FEW_ALERTS:  # the usual case: each alert readable on its own line
-            for item in batch.items:
-                times = f" ({item.count}x)" if item.count > 1 else ""
-                self.record(EventKind.SIGNAL, f"{item.status} alert from {item.source}: {item.summary}{times}"
-                            .rstrip(": "), actor=item.source, fingerprint=item.fingerprint)
-            return
-        total = sum(item.count for item in batch.items)
-        sources = ", ".join(sorted({item.source for item in batch.items}))
-        example = (new or batch.items)[0]
-        self.record(EventKind.SIGNAL,
-                    f"{total} alert(s) from {sources}: {len(batch.items)} fingerprint(s), {len(new)} new, "
-                    f"{len(resolved)} resolved; e.g. {example.status}: {example.summary}".rstrip(": "),
-                    actor=sources, alerts_received=self.alerts_received)
+        sources = ", ".join(sorted({item.source for item in news}))
+        resolved = sum(1 for item in news if item.status == "resolved")
+        self.record(EventKind.SIGNAL, f"{len(news)} new or changed alert(s) from {sources} ({resolved} resolved); "
+                    f"e.g. {news[0].status}: {news[0].summary}".rstrip(": "), actor=sources,
+                    alerts_received=self.alerts_received, alerts_distinct=len(self.alert_counts))
 
     @workflow.signal
     def alert(self, notice: AlertNotice) -> None:
-        """Further alerts for this incident land on the timeline instead of starting rollbacks."""
+        """One alert (the one that started the run, or sent on its own): counted per fingerprint;
+        the first of each goes on the timeline, then only a change of status (a repeat is not news)."""
         if notice.status == "resolved":
             self.resolved_alerts += 1
         now = workflow.now()
-        self.count_alert(AlertCount(fingerprint=notice.fingerprint, source=notice.source, status=notice.status,
-                                    summary=notice.summary, first_seen=now, last_seen=now))
-        self.record(
-            EventKind.SIGNAL,
-            f"{notice.status} alert from {notice.source}: {notice.summary}".rstrip(": "),
-            actor=notice.source,
-            fingerprint=notice.fingerprint,
-        )
+        key = notice.fingerprint or f"{notice.source}:{notice.summary}"
+        known = self.alert_counts.get(key)
+        before = known.status if known else None
+        if self.count_alert(AlertCount(fingerprint=key, source=notice.source, status=notice.status,
+                                       summary=notice.summary, first_seen=now, last_seen=now)):
+            self.record(EventKind.SIGNAL, f"{notice.status} alert from {notice.source}: {notice.summary}".rstrip(": "),
+                        actor=notice.source, fingerprint=key)
+        elif known is not None and before != notice.status:
+            self.record(EventKind.SIGNAL, f"alert {key} is {notice.status} (seen {known.count} times)",
+                        actor=notice.source, fingerprint=key)
 
     async def _best_effort(self, activity_name: str, request, result_type, what: str) -> object | None:
         """Tell people; a failed notice is recorded, never a reason to stop a rollback."""
@@ -320,6 +327,8 @@ class RollbackWorkflowBase:
 
     async def status_page(self, status: str, body: str, impact: str = "minor") -> None:
         """One public incident per run, moved through investigating/identified/resolved."""
+        if not self.public_updates:
+            return
         info = workflow.info()
         request = StatusPageRequest(service=self.service, key=f"{info.workflow_id}/{info.run_id}",
                                     name=f"{self.service}: degraded service", status=status, body=body, impact=impact)

@@ -170,10 +170,47 @@ class StatuspageTarget(_Strict):
     api_url: str = "https://api.statuspage.io/v1"
 
 
+class PagerDutyTarget(_Strict):
+    """PagerDuty Events API v2: pages on-call when an incident is not acknowledged in time."""
+
+    routing_key_env: str
+    api_url: str = "https://events.pagerduty.com"
+
+
 class NotifyConfig(_Strict):
     slack_webhook_env: str | None = None
     escalation_slack_webhook_env: str | None = None
     statuspage: StatuspageTarget | None = None
+    pagerduty: PagerDutyTarget | None = None
+
+
+SEVERITIES = ("P0", "P1", "P2", "P3")
+
+
+class IncidentConfig(_Strict):
+    """Runbook 001's response times and update cadences per severity, and what "assess" and
+    "verify" look at."""
+
+    response_times: dict[Literal["P0", "P1", "P2", "P3"], timedelta] = Field(default_factory=lambda: {
+        "P0": timedelta(minutes=5), "P1": timedelta(minutes=15), "P2": timedelta(hours=1), "P3": timedelta(hours=4)},
+        description="Escalate (escalation Slack webhook, PagerDuty) when nobody acknowledged within this.")
+    update_cadence: dict[Literal["P0", "P1", "P2", "P3"], timedelta] = Field(default_factory=lambda: {
+        "P0": timedelta(minutes=15), "P1": timedelta(minutes=30), "P2": timedelta(hours=1), "P3": timedelta(hours=4)},
+        description="How often the incident posts an update to Slack.")
+    critical_endpoints: list[str] = Field(default_factory=list, description="URLs such as /api/health/db that "
+                                          "assess and verify call; 2xx is healthy.")
+    watch_period: timedelta = Field(default=timedelta(minutes=5), description="After the switches are back: watch "
+                                    "this long before resolving.")
+    slowdown_factor: float = Field(default=3.0, gt=1, description="Verify fails when the health endpoint answers "
+                                   "this many times slower than at the start of the incident.")
+
+    @model_validator(mode="after")
+    def _every_severity(self) -> "IncidentConfig":
+        defaults = IncidentConfig.model_fields
+        for name in ("response_times", "update_cadence"):
+            given = getattr(self, name)
+            setattr(self, name, {**defaults[name].default_factory(), **given})
+        return self
 
 
 class Policy(_Strict):
@@ -238,6 +275,7 @@ class ServiceConfig(_Strict):
     kill_switches: list[KillSwitch] = Field(default_factory=list)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     policy: Policy = Field(default_factory=Policy)
+    incident: IncidentConfig = Field(default_factory=IncidentConfig)
 
     def secret_env_names(self) -> list[str]:
         """Every environment variable this service needs at run time."""
@@ -254,6 +292,8 @@ class ServiceConfig(_Strict):
         names += [self.notify.slack_webhook_env, self.notify.escalation_slack_webhook_env]
         if self.notify.statuspage:
             names.append(self.notify.statuspage.api_key_env)
+        if self.notify.pagerduty:
+            names.append(self.notify.pagerduty.routing_key_env)
         return [n for n in names if n]
 
 

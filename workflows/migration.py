@@ -128,7 +128,11 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
 
         # 5. Approval where policy or the guard asks
         policy = context.config.policy
-        if losing or approval_needed(policy.database_approval, automatic=False):
+        if request.approved_by:  # a parent incident's approval of its plan covers this rollback
+            self.record(EventKind.APPROVED, "run down migrations: approved by the parent workflow's checkpoint"
+                        + (f"; data loss: {_loss_summary(losing)} (exported)" if losing else ""),
+                        actor=request.approved_by)
+        elif losing or approval_needed(policy.database_approval, automatic=False):
             why = f"data loss: {_loss_summary(losing)} (exported)" if losing else "policy requires approval"
             outcome = await self.ask("run down migrations", f"{_version(plan.current)} -> {_version(plan.target)}; "
                                      f"{why}", request.approval_timeout)
@@ -152,7 +156,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
                             seconds=round(done.seconds, 3))
         except ActivityError as exc:
             return await self._compensate(request, result, backup, cause_message(exc), context)
-        problems = await self._verify(request.service, plan, counts_before, context)
+        problems = await self._verify(request.service, plan, counts_before, context, request.verify_app)
         if problems:
             return await self._compensate(request, result, backup, "verification failed: " + "; ".join(problems),
                                           context)
@@ -166,7 +170,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
         return await self.finish(result, "rolled_back", f"rolled back to {_version(plan.target)}")
 
     async def _verify(self, service: str, plan: MigrationPlan, counts_before: dict[str, int],
-                      context: ServiceContext) -> list[str]:
+                      context: ServiceContext, verify_app: bool = True) -> list[str]:
         self.enter(Phase.VERIFYING)
         problems = await workflow.execute_activity(
             "migrations.verify", MigrationVerifyRequest(service=service, target=plan.target),
@@ -174,14 +178,16 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
         bookkeeping = [plan.tracking_table] + [s.table for s in context.config.kill_switches if s.store == "postgres"]
         problems += row_count_problems(counts_before, await self._counts(service), plan.data_loss,
                                        context.config.database.critical_tables, bookkeeping)
-        verdict = await self.verify_app(service, context.config.health)
-        if not verdict.passed:
-            problems.append(f"app health: {verdict.problem}")
+        if verify_app:  # a parent that rolls the broken app back next checks the app itself
+            verdict = await self.verify_app(service, context.config.health)
+            if not verdict.passed:
+                problems.append(f"app health: {verdict.problem}")
         if problems:
             self.record(EventKind.VERIFICATION_FAILED, "; ".join(problems))
         else:
             self.record(EventKind.VERIFIED, f"tracking table at {_version(plan.target)}, row counts as expected, "
-                        f"{len(context.config.database.verify_sql)} SQL check(s) and app health pass")
+                        f"{len(context.config.database.verify_sql)} SQL check(s)"
+                        + (" and app health pass" if verify_app else " pass; the parent verifies the app"))
         return problems
 
     async def _compensate(self, request: MigrationRollbackInput, result: MigrationRollbackResult,

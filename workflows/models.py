@@ -35,6 +35,7 @@ class Outcome(str, Enum):
     NOT_APPROVED = "not_approved"
     COMPENSATED = "compensated"
     FAILED = "failed"
+    RESOLVED = "resolved"  # an incident closed: mitigated and verified, or closed by a person
 
     @classmethod
     def succeeded(cls, outcome: str) -> bool:
@@ -44,7 +45,7 @@ class Outcome(str, Enum):
 
 SUCCESSFUL_OUTCOMES = frozenset({Outcome.ROLLED_BACK, Outcome.RESTORED, Outcome.RECOVERED, Outcome.REPAIRED,
                                  Outcome.CLEANED, Outcome.VERIFIED, Outcome.DRY_RUN, Outcome.NOTHING_TO_DO,
-                                 Outcome.NOT_DIRTY})
+                                 Outcome.NOT_DIRTY, Outcome.RESOLVED})
 
 
 class EventKind(str, Enum):
@@ -65,6 +66,7 @@ class EventKind(str, Enum):
     COMPENSATED = "compensated"
     NOTIFIED = "notified"
     SIGNAL = "signal"
+    ACKNOWLEDGED = "acknowledged"
     FAILED = "failed"
     CANCELLED = "cancelled"
     RESOLVED = "resolved"
@@ -131,6 +133,7 @@ class Phase(str, Enum):
     AWAITING_APPROVAL = "awaiting_approval"
     EXECUTING = "executing"
     VERIFYING = "verifying"
+    MITIGATING = "mitigating"  # an incident whose plan did not (fully) work: a person chooses what next
     COMPENSATING = "compensating"
     DONE = "done"
     FAILED = "failed"
@@ -277,6 +280,8 @@ class AppRollbackInput(BaseModel):
     trigger_rule: str = Field(default="", description="The decision rule that started an automatic rollback.")
     watch: timedelta = Field(default=timedelta(0),
                              description="After a verified rollback, wait this long for the alert to resolve.")
+    approved_by: str | None = Field(default=None, description="Set by a parent workflow (an incident) whose own "
+                                    "approval covered this rollback: it does not ask again.")
 
 
 class RunResult(BaseModel):
@@ -459,6 +464,8 @@ class RestoreInput(BaseModel):
     approval_timeout: timedelta = timedelta(minutes=30)
     approved_by: str | None = Field(default=None, description="Set by a parent workflow whose own approval "
                                     "covered this restore (a failed migration rollback's compensation).")
+    verify_app: bool = Field(default=True, description="False when a parent rolls the app back next and verifies "
+                             "it then (the broken app would fail this run's check).")
     reimport_recent: bool = Field(default=False, description="After the swap, insert the exported newer rows "
                                   "back where the table still fits them (conflicting rows are skipped).")
 
@@ -655,6 +662,10 @@ class MigrationRollbackInput(BaseModel):
     reason: str = "manual migration rollback"
     requested_by: str = "unknown"
     approval_timeout: timedelta = timedelta(minutes=30)
+    approved_by: str | None = Field(default=None, description="Set by a parent workflow (an incident) whose own "
+                                    "approval covered this rollback: it does not ask again.")
+    verify_app: bool = Field(default=True, description="False when a parent rolls the app back next and verifies "
+                             "it then (the broken app would fail this run's check).")
 
 
 class MigrationRollbackResult(RunResult):
@@ -780,3 +791,193 @@ class LockResult(BaseModel):
     resources: list[str] = Field(default_factory=list, description="Held now (when granted)")
     busy: str = Field(default="", description="The resource someone else holds (when refused)")
     holder: LockHolder | None = Field(default=None, description="Who holds it (when refused)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Incidents (runbook 001 end to end)
+
+
+class IncidentInput(BaseModel):
+    """Input of `IncidentWorkflow`. `{"service": "web", "severity": "P0"}` is enough."""
+
+    service: str
+    severity: str | None = Field(default=None, description="P0..P3; None: classified from trigger and error_rate.")
+    reason: str = "incident declared"
+    trigger: str = Field(default="", description="What happened, in the runbooks' words: outage, payments, "
+                         "data_corruption, security, migration_failure, error_rate, degradation, ...")
+    error_rate: float | None = None
+    requested_by: str = "unknown"
+    automatic: bool = False
+    dry_run: bool = False
+    detected_at: datetime | None = Field(default=None, description="When the problem was detected (an alert's "
+                                         "startsAt); default: when the incident starts.")
+    approval_timeout: timedelta = timedelta(minutes=30)
+    watch: timedelta | None = Field(default=None, description="Watch period after recovery; default from config.")
+
+    @field_validator("severity", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() or None if isinstance(value, str) else value
+
+    @field_validator("detected_at", mode="before")
+    @classmethod
+    def _any_iso_time(cls, value: Any) -> Any:
+        return parse_iso_time(value) if isinstance(value, str) else value
+
+
+class AcknowledgeInput(BaseModel):
+    """The `acknowledge` update: who is on it."""
+
+    by: str = ""
+    note: str = ""
+
+
+class SeverityInput(BaseModel):
+    """The `set_severity` update: raise or lower, with a reason."""
+
+    severity: str
+    reason: str = ""
+    by: str = "unknown"
+
+
+class ResolveInput(BaseModel):
+    """The `resolve` update: close an incident that needs no (more) rollback."""
+
+    reason: str = ""
+    by: str = "unknown"
+
+
+class EndpointCheck(BaseModel):
+    url: str
+    http_status: int | None = None
+    ok: bool = False
+    milliseconds: float | None = None
+    problem: str = ""
+
+
+class AssessReport(BaseModel):
+    """Runbook 001 step 2 ("status only"): what is running and how it is doing; reads only."""
+
+    service: str
+    at: datetime
+    health: HealthSnapshot
+    response_ms: float | None = None
+    app: AppVersion | None = None
+    app_error: str = ""
+    migrations: MigrationStatus | None = None
+    migrations_error: str = ""
+    endpoints: list[EndpointCheck] = Field(default_factory=list)
+    error_lines: list[str] = Field(default_factory=list)
+    database_reachable: bool | None = None
+    active_sessions: int | None = None
+    table_counts: dict[str, int] = Field(default_factory=dict, description="The critical tables' row counts.")
+    database_error: str = ""
+
+
+class DataDamage(BaseModel):
+    """An up migration statement a down script cannot undo: the values it destroyed are gone."""
+
+    version: str
+    name: str
+    statement: str = Field(description="update_all | delete_all | drop_column | truncate | type_change")
+    table: str
+    column: str | None = None
+    applied_at: datetime | None = None
+    applied_at_source: str = Field(default="", description="tracking table | deploy ledger")
+
+
+class DamageRequest(BaseModel):
+    service: str
+    since_version: str | None = Field(description="Migrations applied after this version are read.")
+
+
+class IncidentPlan(BaseModel):
+    """What the incident proposes, in order; one approval covers every child it lists."""
+
+    kind: str = Field(description="none | app | app+schema | app+schema+restore | restore ...")
+    steps: list[str] = Field(default_factory=list)
+    app_from: str | None = None
+    app_to: str | None = None
+    app_target: str | None = Field(default=None, description="The target's immutable id, for the child.")
+    migration_target: str | None = None
+    restore_from: str | None = Field(default=None, description="Backup id to restore, when data was destroyed.")
+    damage: list[DataDamage] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class ChildRun(BaseModel):
+    workflow: str
+    workflow_id: str
+    outcome: str = "running"
+    message: str = ""
+
+
+class Milestones(BaseModel):
+    """started -> detected -> acknowledged -> mitigated -> resolved; never backwards."""
+
+    detected: datetime
+    started: datetime
+    acknowledged: datetime | None = None
+    mitigated: datetime | None = None
+    resolved: datetime | None = None
+
+    def durations(self) -> dict[str, float | None]:
+        """Time to detect / acknowledge / mitigate / resolve, in seconds from the detection
+        (to detect: from the problem's start, the alert's startsAt, to the incident)."""
+        def since(moment: datetime | None) -> float | None:
+            return None if moment is None else round((moment - self.detected).total_seconds(), 3)
+        return {"time_to_detect": round((self.started - self.detected).total_seconds(), 3),
+                "time_to_acknowledge": since(self.acknowledged), "time_to_mitigate": since(self.mitigated),
+                "time_to_resolve": since(self.resolved)}
+
+
+class IncidentStatus(RollbackStatus):
+    """The `status` query of an incident: the rollback status plus what an on-call person asks."""
+
+    severity: str = "P1"
+    rule: str = ""
+    acknowledged_by: str | None = None
+    alerts: list[AlertCount] = Field(default_factory=list)
+    plan: IncidentPlan | None = None
+    children: list[ChildRun] = Field(default_factory=list)
+    next_update_at: datetime | None = None
+    milestones: Milestones | None = None
+
+
+class IncidentResult(RunResult):
+    # outcome: resolved | dry_run | failed
+    severity: str = "P1"
+    rule: str = ""
+    plan: IncidentPlan | None = None
+    assessment: AssessReport | None = None
+    children: list[ChildRun] = Field(default_factory=list)
+    emergency_backup: BackupManifest | None = None
+    kill_switches_before: dict[str, str | None] = Field(default_factory=dict)
+    milestones: Milestones | None = None
+    durations: dict[str, float | None] = Field(default_factory=dict)
+    alerts: list[AlertCount] = Field(default_factory=list)
+    postmortem: list[str] = Field(default_factory=list, description="postmortem.md and postmortem.json")
+    artifact_dir: str | None = None
+
+
+class PagerDutyRequest(BaseModel):
+    service: str
+    key: str = Field(description="Idempotency key: one event per key.")
+    action: str = Field(description="trigger | acknowledge | resolve")
+    dedup_key: str
+    summary: str = ""
+    severity: str = Field(default="critical", description="critical | error | warning | info")
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+class IncidentPostmortemRequest(BaseModel):
+    service: str
+    artifact_dir: str
+    incident_id: str
+    title: str
+    summary: dict[str, Any]
+    durations: dict[str, float | None]
+    decisions: list[str]
+    methods: list[str]
+    evidence: list[str]
+    timeline: list[TimelineEvent]

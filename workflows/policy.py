@@ -5,9 +5,21 @@ Deterministic and free of I/O so workflows can call it and unit tests need no Te
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from workflows.config import AlertRule, HealthCheck, Policy
 from workflows.matchers import all_match
-from workflows.models import Alert, AlertDecision, AppVersion, DataLoss, RollbackPlan, SchemaCheck
+from workflows.models import (
+    Alert,
+    AlertDecision,
+    AppVersion,
+    BackupManifest,
+    DataDamage,
+    DataLoss,
+    IncidentPlan,
+    RollbackPlan,
+    SchemaCheck,
+)
 
 EXPECTED_DOWNTIME = {
     "docker": "a few seconds: the container is stopped, recreated on the old image and started",
@@ -196,3 +208,83 @@ def row_count_problems(before: dict[str, int], after: dict[str, int], data_loss:
             problems.append(f"table {table} has {after[table]} rows, expected {expected}")
     problems += [f"critical table {t} does not exist" for t in critical_tables if qualified(t) not in after]
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Incidents: runbook 001's classification and the combination of rollbacks
+
+# Runbook 001's list and runbook 003's decision matrix, in the words alerts and people use.
+P1_TRIGGERS = ("partial_outage", "degradation", "partial_degradation", "migration_rollback_failure",
+               "performance", "high_error_rate")
+P2_TRIGGERS = ("minor_performance", "feature_failure", "single_feature", "migration_validation")
+P3_TRIGGERS = ("cosmetic", "documentation", "non_critical_bug")
+P0_EXTRA = ("migration_failure", "data_loss", "no_webhook_processing")
+
+
+def classify_incident(severity: str | None, trigger: str = "", error_rate: float | None = None) -> tuple[str, str]:
+    """The severity and the rule that gave it: a named P0 trigger always wins (a system down is
+    P0 whatever someone typed), then an explicit severity, then the error rate, then P1."""
+    word = trigger.strip().lower().replace("-", "_").replace(" ", "_")
+    if word in P0_CATEGORIES + P0_EXTRA:
+        return "P0", f"P0: {word.replace('_', ' ')} (runbook 001: outage, data corruption or loss, security, " \
+                     "failed production migration)"
+    if severity in ("P0", "P1", "P2", "P3"):
+        return severity, f"{severity}: declared by whoever started the incident"
+    if error_rate is not None and error_rate > 0.10:
+        return "P1", f"P1: error rate {error_rate:.1%} above 10 % (runbook 001)"
+    for level, words in (("P1", P1_TRIGGERS), ("P2", P2_TRIGGERS), ("P3", P3_TRIGGERS)):
+        if word in words:
+            return level, f"{level}: {word.replace('_', ' ')} (runbook 001)"
+    return "P1", "P1: nothing says otherwise; a person can lower it"
+
+
+def backup_before(manifests: list[BackupManifest], moment) -> BackupManifest | None:
+    """The newest verified backup taken before `moment` (the destructive migration)."""
+    earlier = [m for m in manifests if m.verified and m.created_at < moment]
+    return max(earlier, key=lambda m: m.created_at, default=None)
+
+
+def plan_incident(current: AppVersion | None, target: AppVersion | None, schema: SchemaCheck | None,
+                  damage: list[DataDamage], manifests: list[BackupManifest], data_corruption: bool,
+                  target_error: str = "") -> IncidentPlan:
+    """The combination: app only; app + schema (migration rollback first); and when data was
+    destroyed (a corruption trigger, or an up migration since the target that a down script
+    cannot undo) a restore from the newest verified backup taken before the damage."""
+    plan = IncidentPlan(kind="none")
+    parts: list[str] = []
+    if schema is not None and schema.migration_rollback_needed:
+        plan.migration_target = schema.target_schema_version
+        plan.steps.append(f"roll the schema back from {schema.live_schema_version} to "
+                          f"{schema.target_schema_version} (MigrationRollbackWorkflow)")
+        parts.append("schema")
+    if damage or data_corruption:
+        plan.damage = damage
+        if damage:
+            first = min(damage, key=lambda d: d.applied_at or datetime.max.replace(tzinfo=timezone.utc))
+            described = "; ".join(f"{d.version} ({d.name}): {d.statement.replace('_', ' ')} on {d.table}"
+                                  f"{'.' + d.column if d.column else ''}" for d in damage)
+            plan.notes.append(f"data destroyed by up migration(s) {described}: a down script cannot bring those "
+                              "values back, only a backup taken before can")
+            moment = first.applied_at
+            when = f"before {first.version} was applied ({moment.isoformat()}, from the {first.applied_at_source})" \
+                if moment else "before the damage"
+        else:
+            plan.notes.append("the trigger is data corruption: a down script cannot bring values back")
+            moment, when = None, "before the corruption"
+        chosen = backup_before(manifests, moment) if moment is not None else None
+        if chosen is None:
+            plan.notes.append(f"no verified backup was taken {when}: the data cannot be restored by this plan")
+        else:
+            plan.restore_from = chosen.backup_id
+            plan.steps.append(f"restore backup {chosen.backup_id} (taken {chosen.created_at.isoformat()}, {when}) "
+                              "into a new database, swap it in, re-import the rows newer than it "
+                              "(DatabaseRestoreWorkflow; the current database is kept)")
+            parts.append("restore")
+    if current is not None and target is not None:
+        plan.app_from, plan.app_to, plan.app_target = current.label or current.id, target.label or target.id, target.id
+        plan.steps.append(f"roll the app back from {plan.app_from} to {plan.app_to} (AppRollbackWorkflow)")
+        parts.insert(0, "app")
+    elif target_error:
+        plan.notes.append(f"no app rollback: {target_error}")
+    plan.kind = "+".join(parts) or "none"
+    return plan
