@@ -30,10 +30,9 @@ from starter.flags import flag_routes
 from starter.forwarding import AlertForwarder
 from starter.replay import ReplayStores
 from starter.routing import Verdict, route_and_decide
-from starter.start import app_rollback_id, start_or_attach_app_rollback
+from starter.start import app_rollback_id, incident_id, start_or_attach_app_rollback, start_or_signal_incident
 from workflows.config import RollbackConfig, WebhookSource
-from workflows.models import AlertNotice, AppRollbackInput
-from workflows.policy import INCIDENT_NOTE
+from workflows.models import AlertNotice, AppRollbackInput, IncidentInput
 
 log = logging.getLogger("rollback.webhook")
 TOKENS_ENV = "ROLLBACK_WEBHOOK_TOKENS"  # the generic endpoint's bearer tokens unless the config says otherwise
@@ -103,22 +102,33 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         # Every alert goes on the running incident's timeline, if there is one: queued durably and
         # forwarded in batches (a storm is a few signals, not one per alert); for a rollback
         # decision nothing more to do.
-        workflow_id = app_rollback_id(service_name)
-        outcome["attached"] = await forwarder.is_open(workflow_id)
-        if outcome["attached"]:
-            forwarder.queue(settings.state_dir, workflow_id, notice)
+        for workflow_id in (incident_id(service_name), app_rollback_id(service_name)):
+            outcome["attached"] = await forwarder.is_open(workflow_id)
+            if outcome["attached"]:
+                forwarder.queue(settings.state_dir, workflow_id, notice)
+                break
         if decision.action not in ACTING or outcome["attached"]:
             if outcome["attached"] and decision.action in ACTING:
-                outcome.update(started=True, workflow_id=app_rollback_id(service_name))
+                outcome.update(started=True, workflow_id=workflow_id)
             return outcome
         policy = settings.services[service_name].policy
+        if decision.action == "incident":  # runbook 001 end to end: classify, page, stabilise, plan, ...
+            declared = IncidentInput(
+                service=service_name, severity=decision.severity, reason=f"{alert.source} alert: {alert.summary}",
+                trigger=alert.labels.get("category") or alert.labels.get("issue_type") or "",
+                error_rate=alert.values.get("error_rate"), requested_by=f"webhook:{alert.source}", automatic=True,
+                trigger_rule=decision.rule, dry_run=settings.webhooks.notify_only or not policy.auto_rollback)
+            handle = await start_or_signal_incident(client, task_queue, declared, notice)
+            started.labels(alert.source).inc()
+            outcome.update(started=True, workflow_id=handle.id, dry_run=declared.dry_run)
+            return outcome
         now = datetime.now(timezone.utc)
         in_cooldown = await recent_automatic_rollbacks(client, service_name, now - policy.cooldown)
         in_hour = await recent_automatic_rollbacks(client, service_name, now - timedelta(hours=1))
         reason = f"{alert.source} alert: {alert.summary}"
         request = AppRollbackInput(
             service=service_name, requested_by=f"webhook:{alert.source}", automatic=True,
-            reason=f"{reason} ({INCIDENT_NOTE})" if decision.action == "incident" else reason,
+            reason=reason,
             severity=decision.severity, trigger_rule=decision.rule,
             dry_run=settings.webhooks.notify_only or not policy.auto_rollback,
             require_approval=in_cooldown > 0 or in_hour >= policy.max_auto_rollbacks_per_hour,

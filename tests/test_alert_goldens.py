@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.receiver import receiver, runs_of, signed_headers, started  # noqa: F401 - receiver is a fixture
+from tests.receiver import receiver, signed_headers, started  # noqa: F401 - receiver is a fixture
 from tests.helpers import assert_eventually
 from tests.test_cli import assert_one_line_error, cli
 from tests.unit.test_alerts import PAYLOADS, golden
@@ -56,15 +56,14 @@ async def test_golden_payload_decides_the_same_in_the_cli_and_the_live_receiver(
     (alert,) = answer.json()["alerts"]
     assert {k: alert[k] for k in ("service", "severity", "action", "rule", "labels")} == {
         k: tested[k] for k in ("service", "severity", "action", "rule", "labels")}
-    assert alert["started"] and alert["workflow_id"] == hook.workflow_id
-    if action == "incident":
-        assert "routed to the app rollback" in alert["note"]
+    expected = f"incident-{hook.service}" if action == "incident" else hook.workflow_id  # runbook 001 or an app rollback
+    assert alert["started"] and alert["workflow_id"] == expected
 
     async def listed() -> bool:
-        return await runs_of(client, hook.service) == 1
+        return (await client.count_workflows(f"WorkflowId = '{expected}'")).count == 1
 
     await assert_eventually(listed, message="Temporal lists the started workflow")
-    handle = client.get_workflow_handle(hook.workflow_id)
+    handle = client.get_workflow_handle(expected)
     description = await handle.describe()
     assert description.status.name == "RUNNING"
     start = [e async for e in handle.fetch_history_events()][0].workflow_execution_started_event_attributes

@@ -23,7 +23,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.migration import MigrationRollbackWorkflow
     from workflows.models import (
         AcknowledgeInput,
-        AlertNotice,
         AppRollbackInput,
         AppRollbackResult,
         AppVersion,
@@ -125,6 +124,7 @@ class AssessWorkflow:
 @workflow.defn
 class IncidentWorkflow(RollbackWorkflowBase):
     rollback_type = "incident"
+    locks = ("service", "database")  # its children run under it
 
     def __init__(self) -> None:
         super().__init__()
@@ -226,7 +226,8 @@ class IncidentWorkflow(RollbackWorkflowBase):
         detected = min(request.detected_at or now, now)
         self.milestones = Milestones(detected=detected, started=now)
         self.record(EventKind.STARTED, f"incident declared for {request.service}: {request.reason}",
-                    actor=request.requested_by, dry_run=request.dry_run, severity=self.severity)
+                    actor=request.requested_by, dry_run=request.dry_run, severity=self.severity,
+                    rule=request.trigger_rule)
         self.record(EventKind.DECIDED, f"classified {self.rule}", rule=self.rule)
         context = await self.service_context(request.service)
         config, self.settings = context.config, context.config.incident

@@ -808,6 +808,7 @@ class IncidentInput(BaseModel):
     error_rate: float | None = None
     requested_by: str = "unknown"
     automatic: bool = False
+    trigger_rule: str = Field(default="", description="The alert rule that declared it (set by the receiver).")
     dry_run: bool = False
     detected_at: datetime | None = Field(default=None, description="When the problem was detected (an alert's "
                                          "startsAt); default: when the incident starts.")

@@ -124,8 +124,6 @@ SEVERITY_WORDS = {
 # Issue types the runbooks roll back immediately, whatever the numbers say.
 P0_CATEGORIES = ("outage", "system_down", "service_down", "payments", "payment_failure", "data_corruption",
                  "security")
-INCIDENT_NOTE = ("action incident: routed to the app rollback (roll back now at the rule's severity) until the "
-                 "incident workflow exists")
 
 
 def classify_severity(alert: Alert) -> str:
@@ -161,8 +159,6 @@ def decide(alert: Alert, health: HealthCheck, rules: list[tuple[str, AlertRule]]
         return answer("notify", f"{alert.status} notices are recorded, never acted on")
     for where, rule in rules:
         if all_match(rule.matchers, alert.labels):
-            if rule.action == "incident":
-                notes.append(INCIDENT_NOTE)
             return answer(rule.action, rule_label(where, rule), rule.severity or severity)
     if severity == "P0":
         return answer("rollback", "P0 (outage, payments, data corruption, security): roll back now")

@@ -92,7 +92,6 @@ def test_service_rules_first_then_top_level_first_match_wins():
     incident = judged("api", alertname="Down", severity="page")
     assert incident.action == "incident" and incident.severity == "P0"
     assert incident.rule == 'alerts.rules[1] {severity=~"critical|page"}'  # unnamed: where it is, what it matches
-    assert "routed to the app rollback" in incident.note
     watch = judged("api", alertname="Slow", severity="warning")
     assert (watch.action, watch.severity) == ("watch", "P2")  # no severity in the rule: the source's, mapped
 
