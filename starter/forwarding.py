@@ -24,13 +24,16 @@ from temporalio.service import RPCError, RPCStatusCode
 from workflows.models import AlertBatch, AlertCount, AlertNotice
 
 log = logging.getLogger("rollback.webhook")
-FORWARD_EVERY_SECONDS = 1.0
+# In a storm one signal per run this often: an hour of storm is ~720 signals (~3,000 history
+# events), far from Temporal's limits; the first alert after a quiet spell goes at once.
+FORWARD_EVERY_SECONDS = 5.0
 BATCH_ROWS = 20_000  # rows read per run and round; fingerprints in one signal stay far below 2 MB
-MAX_FINGERPRINTS_PER_SIGNAL = 500
+MAX_FINGERPRINTS_PER_SIGNAL = 200  # itemised per signal; the rest counted
 
 
 class AlertOutbox:
     def __init__(self, path: Path):
+        self.directory = path.parent
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -65,17 +68,20 @@ class AlertOutbox:
             self._db.close()
 
 
-def counted(rows: list[tuple[int, float, AlertNotice]]) -> tuple[AlertBatch, list[int]]:
-    """The rows as one batch, per fingerprint (at most MAX_FINGERPRINTS_PER_SIGNAL), and the row
-    ids it covers; the rest wait for the next round."""
+def counted(rows: list[tuple[int, float, AlertNotice]]) -> tuple[AlertBatch, list[tuple[float, AlertNotice]]]:
+    """The rows as one batch: the first MAX_FINGERPRINTS_PER_SIGNAL fingerprints itemised with
+    their counts, the rest only counted (returned, to be kept beside the outbox)."""
     by_fingerprint: dict[str, AlertCount] = {}
-    covered = []
-    for row_id, at, notice in rows:
+    others: list[tuple[float, AlertNotice]] = []
+    # an alert that resolved is always itemised: a run watching for its alert to resolve must see it
+    changed = {n.fingerprint or n.summary for _, _, n in rows if n.status != "firing"}
+    for _, at, notice in rows:
         seen = datetime.fromtimestamp(at, timezone.utc)
         key = notice.fingerprint or notice.summary
         item = by_fingerprint.get(key)
         if item is None:
-            if len(by_fingerprint) >= MAX_FINGERPRINTS_PER_SIGNAL:
+            if len(by_fingerprint) >= MAX_FINGERPRINTS_PER_SIGNAL and key not in changed:
+                others.append((at, notice))
                 continue
             by_fingerprint[key] = AlertCount(fingerprint=key, source=notice.source, status=notice.status,
                                              summary=notice.summary, count=1, first_seen=seen, last_seen=seen)
@@ -83,8 +89,19 @@ def counted(rows: list[tuple[int, float, AlertNotice]]) -> tuple[AlertBatch, lis
             item.count += 1
             item.status, item.last_seen = notice.status, seen  # the newest state of that alert
             item.summary = notice.summary or item.summary
-        covered.append(row_id)
-    return AlertBatch(items=list(by_fingerprint.values())), covered
+    batch = AlertBatch(items=list(by_fingerprint.values()), others=len(others),
+                       other_fingerprints=len({n.fingerprint or n.summary for _, n in others}))
+    return batch, others
+
+
+def keep(directory: Path, workflow_id: str, alerts: list[tuple[float, AlertNotice]]) -> None:
+    """Alerts a batch only counted, one JSON line each, for the post-mortem and for people."""
+    if not alerts:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / f"{workflow_id}.jsonl").open("a") as fh:
+        for at, notice in alerts:
+            fh.write(f'{{"at": {at}, "alert": {notice.model_dump_json()}}}\n')
 
 
 class AlertForwarder:
@@ -127,9 +144,9 @@ class AlertForwarder:
             self._task = asyncio.create_task(self._forward_until_idle())
 
     async def _forward_until_idle(self) -> None:
-        """The first alert after a quiet spell goes out at once; in a storm, one round a second."""
+        """The first alert after a quiet spell goes out at once; in a storm, one round every few seconds."""
         idle_rounds = 0
-        while idle_rounds < 30:
+        while idle_rounds < 12:  # a minute without alerts: stop until the next one
             await asyncio.sleep(0)  # let the request that queued the alert finish first
             try:
                 sent = await self.forward_once()
@@ -144,7 +161,8 @@ class AlertForwarder:
         handled = 0
         for outbox in list(self._outboxes.values()):
             for workflow_id, rows in (await asyncio.to_thread(outbox.pending)).items():
-                batch, covered = counted(rows)
+                batch, others = counted(rows)
+                covered = [row_id for row_id, _, _ in rows]
                 try:
                     await self._client.get_workflow_handle(workflow_id).signal("alerts", batch)
                 except RPCError as exc:
@@ -153,6 +171,7 @@ class AlertForwarder:
                                     len(covered), workflow_id, exc.message)
                         continue
                     log.warning("dropping %d queued alert(s) for %s: the run has ended", len(covered), workflow_id)
+                await asyncio.to_thread(keep, outbox.directory / "alerts", workflow_id, others)
                 await asyncio.to_thread(outbox.delete, covered)
                 self.forwarded += len(covered)
                 handled += len(covered)

@@ -87,7 +87,17 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
     Gauge("rollback_webhook_alerts_queued", "Alerts for open runs waiting to be forwarded",
           registry=registry).set_function(forwarder.queued)
 
-    async def act(settings: RollbackConfig, verdict: Verdict) -> dict:
+    async def open_run(service: str, known: dict[str, str | None]) -> str | None:
+        """The service's open incident or app rollback, if any (asked once per delivery)."""
+        if service not in known:
+            known[service] = None
+            for workflow_id in (incident_id(service), app_rollback_id(service)):
+                if await forwarder.is_open(workflow_id):
+                    known[service] = workflow_id
+                    break
+        return known[service]
+
+    async def act(settings: RollbackConfig, verdict: Verdict, known: dict[str, str | None]) -> dict:
         alert, decision, service_name = verdict.alert, verdict.decision, verdict.service
         outcome = {**verdict.describe(), "started": False}
         log.info("decision source=%s service=%s action=%s severity=%s rule=%r", alert.source, service_name,
@@ -102,11 +112,10 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         # Every alert goes on the running incident's timeline, if there is one: queued durably and
         # forwarded in batches (a storm is a few signals, not one per alert); for a rollback
         # decision nothing more to do.
-        for workflow_id in (incident_id(service_name), app_rollback_id(service_name)):
-            outcome["attached"] = await forwarder.is_open(workflow_id)
-            if outcome["attached"]:
-                forwarder.queue(settings.state_dir, workflow_id, notice)
-                break
+        workflow_id = await open_run(service_name, known)
+        outcome["attached"] = workflow_id is not None
+        if workflow_id is not None:
+            forwarder.queue(settings.state_dir, workflow_id, notice)
         if decision.action not in ACTING or outcome["attached"]:
             if outcome["attached"] and decision.action in ACTING:
                 outcome.update(started=True, workflow_id=workflow_id)
@@ -119,6 +128,7 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
                 error_rate=alert.values.get("error_rate"), requested_by=f"webhook:{alert.source}", automatic=True,
                 trigger_rule=decision.rule, dry_run=settings.webhooks.notify_only or not policy.auto_rollback)
             handle = await start_or_signal_incident(client, task_queue, declared, notice)
+            known[service_name] = handle.id  # the delivery's other alerts for the service attach to it
             started.labels(alert.source).inc()
             outcome.update(started=True, workflow_id=handle.id, dry_run=declared.dry_run)
             return outcome
@@ -135,6 +145,7 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
             watch=policy.watch_after_rollback,
         )
         handle = await start_or_attach_app_rollback(client, task_queue, request, notice)
+        known[service_name] = handle.id
         started.labels(alert.source).inc()
         outcome.update(started=True, workflow_id=handle.id, dry_run=request.dry_run,
                        needs_approval=request.require_approval)
@@ -173,7 +184,8 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         fresh = [v for v, is_new in zip(verdicts, new) if is_new]
         claimed = [key for key, is_new in zip(keys, new) if key and is_new]
         try:
-            results = [await act(settings, v) for v in fresh]
+            known: dict[str, str | None] = {}
+            results = [await act(settings, v, known) for v in fresh]
         except RPCError as exc:
             store.forget(claimed)  # not acknowledged, so the sender retries; its retry is not a replay
             log.error("could not start or signal a workflow: %s", exc)

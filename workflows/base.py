@@ -95,10 +95,13 @@ def guarded(run):
             self.record(EventKind.CANCELLED, "cancelled")
             raise
         except Exception as exc:
+            # the workflow's own error says what happened and what to do; an activity's or a
+            # child's is read from its innermost cause
+            why = exc.message if isinstance(exc, ApplicationError) else cause_message(exc)
             recorded = bool(self.events) and self.events[-1].kind == EventKind.FAILED
-            await self.switches_after_failure(cause_message(exc))
+            await self.switches_after_failure(why)
             if not recorded:
-                self.record(EventKind.FAILED, cause_message(exc))
+                self.record(EventKind.FAILED, why)
             if self.phase != Phase.FAILED and workflow.patched("failed-phase-on-failure"):
                 self.enter(Phase.FAILED)
             raise
@@ -279,6 +282,11 @@ class RollbackWorkflowBase:
                 news.append(item)
             if item.status == "resolved" and before != "resolved":
                 self.resolved_alerts += 1
+        self.alerts_received += batch.others
+        if batch.others:
+            self.record(EventKind.SIGNAL, f"{batch.others} more alert(s) with {batch.other_fingerprints} other "
+                        "fingerprint(s) in this storm, counted only (the receiver keeps their details)",
+                        alerts_received=self.alerts_received)
         if len(news) <= FEW_ALERTS:
             for item in news:
                 self.record(EventKind.SIGNAL, f"{item.status} alert from {item.source}: {item.summary}".rstrip(": "),
