@@ -68,9 +68,9 @@ class AlertOutbox:
             self._db.close()
 
 
-def counted(rows: list[tuple[int, float, AlertNotice]]) -> tuple[AlertBatch, list[tuple[float, AlertNotice]]]:
+def counted(rows: list[tuple[int, float, AlertNotice]]) -> AlertBatch:
     """The rows as one batch: the first MAX_FINGERPRINTS_PER_SIGNAL fingerprints itemised with
-    their counts, the rest only counted (returned, to be kept beside the outbox)."""
+    their counts (resolved ones always), the rest only counted."""
     by_fingerprint: dict[str, AlertCount] = {}
     others: list[tuple[float, AlertNotice]] = []
     # an alert that resolved is always itemised: a run watching for its alert to resolve must see it
@@ -89,13 +89,13 @@ def counted(rows: list[tuple[int, float, AlertNotice]]) -> tuple[AlertBatch, lis
             item.count += 1
             item.status, item.last_seen = notice.status, seen  # the newest state of that alert
             item.summary = notice.summary or item.summary
-    batch = AlertBatch(items=list(by_fingerprint.values()), others=len(others),
-                       other_fingerprints=len({n.fingerprint or n.summary for _, n in others}))
-    return batch, others
+    return AlertBatch(items=list(by_fingerprint.values()), others=len(others),
+                      other_fingerprints=len({n.fingerprint or n.summary for _, n in others}))
 
 
 def keep(directory: Path, workflow_id: str, alerts: list[tuple[float, AlertNotice]]) -> None:
-    """Alerts a batch only counted, one JSON line each, for the post-mortem and for people."""
+    """Every alert forwarded to a run, one JSON line each: the full record behind the counts the
+    run keeps, for the post-mortem and for people."""
     if not alerts:
         return
     directory.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ class AlertForwarder:
         handled = 0
         for outbox in list(self._outboxes.values()):
             for workflow_id, rows in (await asyncio.to_thread(outbox.pending)).items():
-                batch, others = counted(rows)
+                batch = counted(rows)
                 covered = [row_id for row_id, _, _ in rows]
                 try:
                     await self._client.get_workflow_handle(workflow_id).signal("alerts", batch)
@@ -171,7 +171,8 @@ class AlertForwarder:
                                     len(covered), workflow_id, exc.message)
                         continue
                     log.warning("dropping %d queued alert(s) for %s: the run has ended", len(covered), workflow_id)
-                await asyncio.to_thread(keep, outbox.directory / "alerts", workflow_id, others)
+                await asyncio.to_thread(keep, outbox.directory / "alerts", workflow_id,
+                                        [(at, notice) for _, at, notice in rows])
                 await asyncio.to_thread(outbox.delete, covered)
                 self.forwarded += len(covered)
                 handled += len(covered)

@@ -125,7 +125,7 @@ class AlertBatch(BaseModel):
     fingerprint: one signal for a storm, not one per alert."""
 
     items: list[AlertCount] = Field(default_factory=list)
-    others: int = Field(default=0, description="Further alerts in this batch, only counted (their details are "
+    others: int = Field(default=0, description="Further alerts in this batch, only counted (every alert is "
                         "in the receiver's state dir, webhook/alerts/<workflow id>.jsonl)")
     other_fingerprints: int = 0
 
