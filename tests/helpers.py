@@ -104,3 +104,28 @@ async def assert_redeploy_waits_for_approval(client, task_queue: str, config, se
         result = await handle.result()
     assert result.outcome == "rejected"
     unchanged()
+
+
+async def roll_back_twice(client, task_queue: str, config, service: str):
+    """The same default `rollback app SERVICE` twice in a row: the first result, and why the
+    second was refused (it must never redeploy what the first rolled back from)."""
+    import uuid
+
+    from temporalio.client import WorkflowFailureError
+
+    from tests.conftest import running_worker
+    from workflows import AppRollbackWorkflow
+    from workflows.models import AppRollbackInput, AppRollbackResult
+
+    async with running_worker(client, config, task_queue):
+        first = await client.execute_workflow(
+            AppRollbackWorkflow.run, AppRollbackInput(service=service), id=f"wf-{uuid.uuid4()}",
+            task_queue=task_queue, result_type=AppRollbackResult)
+        assert first.outcome == "rolled_back", first.message
+        try:
+            second = await client.execute_workflow(
+                AppRollbackWorkflow.run, AppRollbackInput(service=service), id=f"wf-{uuid.uuid4()}",
+                task_queue=task_queue, result_type=AppRollbackResult)
+        except WorkflowFailureError as failure:
+            return first, str(failure.cause.cause)
+    raise AssertionError(f"the second rollback ran: {second.outcome} to {second.to_version}")

@@ -82,20 +82,12 @@ async def test_compose_unhealthy_target_goes_back(client, task_queue, compose_si
 
 async def test_a_second_compose_rollback_never_puts_the_bad_image_back(client, task_queue, compose_site,
                                                                        docker_engine):
-    from tests.helpers import assert_redeploy_waits_for_approval
+    from tests.helpers import assert_redeploy_waits_for_approval, roll_back_twice
 
     config, running, port = compose_site
-    async with running_worker(client, config, task_queue):
-        first = await client.execute_workflow(
-            AppRollbackWorkflow.run, AppRollbackInput(service="web"), id=f"wf-{uuid.uuid4()}",
-            task_queue=task_queue, result_type=AppRollbackResult)
-        assert first.outcome == "rolled_back"
-        serving = running().id
-        with pytest.raises(WorkflowFailureError) as failure:
-            await client.execute_workflow(
-                AppRollbackWorkflow.run, AppRollbackInput(service="web"), id=f"wf-{uuid.uuid4()}",
-                task_queue=task_queue, result_type=AppRollbackResult)
-    assert "no earlier image recorded" in str(failure.value.cause.cause)
+    _, refused = await roll_back_twice(client, task_queue, config, "web")
+    assert "no earlier image recorded" in refused
+    serving = running().id
 
     def unchanged() -> None:
         assert running().id == serving and running().attrs["Image"] == docker_engine.images["v1"]

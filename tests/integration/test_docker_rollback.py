@@ -182,20 +182,12 @@ async def test_deploy_ledger_skips_images_rolled_back_from(tmp_path):
 
 
 async def test_a_second_rollback_never_puts_the_bad_image_back(client, task_queue, make_deployed, docker_engine):
-    from tests.helpers import assert_redeploy_waits_for_approval
+    from tests.helpers import assert_redeploy_waits_for_approval, roll_back_twice
 
     site = make_deployed()
-    async with running_worker(client, site.config, task_queue):
-        first = await client.execute_workflow(
-            AppRollbackWorkflow.run, AppRollbackInput(service="web"), id=f"wf-{uuid.uuid4()}",
-            task_queue=task_queue, result_type=AppRollbackResult)
-        assert first.outcome == "rolled_back" and site.version() == "v1"
-        serving = site.container().id
-        with pytest.raises(WorkflowFailureError) as failure:
-            await client.execute_workflow(
-                AppRollbackWorkflow.run, AppRollbackInput(service="web"), id=f"wf-{uuid.uuid4()}",
-                task_queue=task_queue, result_type=AppRollbackResult)
-    assert "no earlier image recorded" in str(failure.value.cause.cause)
+    _, refused = await roll_back_twice(client, task_queue, site.config, "web")
+    assert "no earlier image recorded" in refused and site.version() == "v1"
+    serving = site.container().id
 
     def unchanged() -> None:
         assert site.container().id == serving and site.version() == "v1"
