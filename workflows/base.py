@@ -328,7 +328,9 @@ class RollbackWorkflowBase:
             return None
 
     async def notify(self, text: str, key: str, escalation: bool = False, **fields: str) -> None:
-        request = NotifyRequest(service=self.service, key=f"{workflow.info().workflow_id}:{key}", text=text,
+        # keyed by run: workflow IDs are reused per service, and a later run's messages are new ones
+        info = workflow.info()
+        request = NotifyRequest(service=self.service, key=f"{info.workflow_id}/{info.run_id}:{key}", text=text,
                                 fields=fields, escalation=escalation)
         if await self._best_effort("notify.slack", request, bool, "Slack notification"):
             self.record(EventKind.NOTIFIED, f"Slack: {text}")

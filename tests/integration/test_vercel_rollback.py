@@ -130,3 +130,20 @@ async def test_a_second_rollback_never_promotes_the_bad_deployment(client, task_
         assert fake.production["prj_shop"] == second.plan.target.id and fake.count("POST", "/") == posts
 
     await assert_redeploy_waits_for_approval(client, task_queue, config, "shop", "dpl_badprodzzz", unchanged)
+
+
+async def test_each_run_of_a_reused_workflow_id_posts_its_own_messages(client, task_queue, vercel, write_config,
+                                                                      monkeypatch, slack):
+    """`app-rollback-<service>` is reused: the second run's "rolled back" message is its own,
+    not taken for a retry of the first's."""
+    from starter.start import start_app_rollback
+
+    realistic(vercel)
+    monkeypatch.setenv("TEST_VERCEL_TOKEN", vercel.token)
+    config = write_config({"shop": vercel_service(vercel, notify={"slack_webhook_env": "TEST_SLACK_WEBHOOK"})})
+    async with running_worker(client, config, task_queue):
+        for _ in range(2):
+            handle = await start_app_rollback(client, task_queue, AppRollbackInput(service="shop"))
+            assert (await handle.result()).outcome == "rolled_back"
+    rolled_back = [m["text"] for m in slack.messages if m["text"].startswith("shop rolled back:")]
+    assert len(rolled_back) == 2 and rolled_back[0] != rolled_back[1], rolled_back
