@@ -300,21 +300,11 @@ class RollbackWorkflowBase:
 
     @workflow.signal
     def alert(self, notice: AlertNotice) -> None:
-        """One alert (the one that started the run, or sent on its own): counted per fingerprint;
-        the first of each goes on the timeline, then only a change of status (a repeat is not news)."""
-        if notice.status == "resolved":
-            self.resolved_alerts += 1
+        """One alert (the one that started the run, or sent on its own), counted like a batch of one."""
         now = workflow.now()
-        key = notice.fingerprint or f"{notice.source}:{notice.summary}"
-        known = self.alert_counts.get(key)
-        before = known.status if known else None
-        if self.count_alert(AlertCount(fingerprint=key, source=notice.source, status=notice.status,
-                                       summary=notice.summary, first_seen=now, last_seen=now)):
-            self.record(EventKind.SIGNAL, f"{notice.status} alert from {notice.source}: {notice.summary}".rstrip(": "),
-                        actor=notice.source, fingerprint=key)
-        elif known is not None and before != notice.status:
-            self.record(EventKind.SIGNAL, f"alert {key} is {notice.status} (seen {known.count} times)",
-                        actor=notice.source, fingerprint=key)
+        self.alerts(AlertBatch(items=[AlertCount(
+            fingerprint=notice.fingerprint or f"{notice.source}:{notice.summary}", source=notice.source,
+            status=notice.status, summary=notice.summary, first_seen=now, last_seen=now)]))
 
     async def _best_effort(self, activity_name: str, request, result_type, what: str) -> object | None:
         """Tell people; a failed notice is recorded, never a reason to stop a rollback."""
