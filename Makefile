@@ -24,7 +24,7 @@ up: install
 	$(VENV)/bin/rollback up
 
 test: install .tools/node_modules/.bin/vercel
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
 	$(VENV)/bin/python bench/app_rollback_downtime.py

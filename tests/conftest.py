@@ -84,9 +84,38 @@ def temporal_address(env) -> str:
     return env.client.service_client.config.target_host
 
 
-@pytest.fixture
-def task_queue() -> str:
-    return f"tq-{uuid.uuid4()}"
+@pytest_asyncio.fixture
+async def task_queue(request):
+    """A fresh task queue per test. With `--record-history`, the histories of the workflows the
+    test ran there are added to the replay corpus afterwards (tests/histories)."""
+    queue = f"tq-{uuid.uuid4()}"
+    yield queue
+    if request.config.getoption("--record-history") and "env" in request.fixturenames:
+        await record_histories(request.getfixturevalue("env").client, queue)
+
+
+HISTORIES = ROOT / "tests" / "histories"
+PER_KIND = 8  # distinct branches kept per workflow type and ending (a branch: its sequence of events)
+
+
+async def record_histories(client, queue: str) -> None:
+    """Keep one history per distinct branch (the workflow type, how it closed and the sequence
+    of events it made) of the closed workflows on `queue`."""
+    import hashlib
+
+    from temporalio.client import WorkflowExecutionStatus
+
+    async for execution in client.list_workflows(f"TaskQueue = '{queue}'"):
+        if execution.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.TERMINATED,
+                                WorkflowExecutionStatus.CONTINUED_AS_NEW, None):
+            continue  # only what ended by itself replays to its end
+        history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+        shape = ",".join(str(event.event_type) for event in history.events)
+        digest = hashlib.sha256(shape.encode()).hexdigest()[:10]
+        kind = f"{execution.workflow_type}-{execution.status.name.lower()}"
+        path = HISTORIES / f"{kind}-{digest}.json"
+        if not path.exists() and len(list(HISTORIES.glob(f"{kind}-*.json"))) < PER_KIND:
+            path.write_text(history.to_json())
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
