@@ -7,6 +7,7 @@ so a missing install step can never pass as skipped tests.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,6 +96,7 @@ async def task_queue(request):
 
 
 HISTORIES = ROOT / "tests" / "histories"
+HISTORY_IDS = HISTORIES / "workflow_ids.json"
 PER_KIND = 8  # distinct branches kept per workflow type and ending (a branch: its sequence of events)
 
 
@@ -116,6 +118,9 @@ async def record_histories(client, queue: str) -> None:
         path = HISTORIES / f"{kind}-{digest}.json"
         if not path.exists() and len(list(HISTORIES.glob(f"{kind}-*.json"))) < PER_KIND:
             path.write_text(history.to_json())
+            # a replay needs the run's own workflow ID: child workflow IDs are derived from it
+            ids = json.loads(HISTORY_IDS.read_text()) if HISTORY_IDS.exists() else {}
+            HISTORY_IDS.write_text(json.dumps({**ids, path.name: execution.id}, indent=1, sort_keys=True) + "\n")
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
