@@ -470,6 +470,8 @@ def load_config(path: str | os.PathLike | None = None, require_services: bool = 
     # `rollback up` points these at its data directory, whatever the file says.
     config.state_dir = str((base / os.environ.get("ROLLBACK_STATE_DIR", config.state_dir)).resolve())
     config.artifact_dir = str((base / os.environ.get("ROLLBACK_ARTIFACT_DIR", config.artifact_dir)).resolve())
+    if config.audit_log:
+        config.audit_log = str((base / config.audit_log).resolve())
     for service in config.services.values():
         # Directories the worker writes and the CLI lists resolve alike, whatever each one's cwd.
         if service.database and service.database.backup_dir:

@@ -133,6 +133,7 @@ class ApprovalDecision(BaseModel):
     approver: str
     reason: str
     at: datetime
+    still_needed: int = Field(default=0, description="Further approvers the step waits for (a P0 restore).")
 
 
 class AlertNotice(BaseModel):
@@ -270,6 +271,9 @@ class NotifyRequest(BaseModel):
     text: str
     fields: dict[str, str] = Field(default_factory=dict)
     escalation: bool = False
+    approval_for: str | None = Field(default=None, description="Workflow id: the message carries Approve / "
+                                     "Reject buttons for its waiting step (Slack interactivity).")
+    approval_step: str | None = None
 
 
 class PostmortemRequest(BaseModel):
