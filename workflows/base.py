@@ -97,7 +97,7 @@ def guarded(run):
             await self.take_lock(request)
             self.audit("started", actor=self.requested_by, reason=getattr(request, "reason", ""),
                        service=getattr(request, "service", ""), dry_run=getattr(request, "dry_run", False))
-            await self.flush_audit()
+            await self.flush_audit(wait=False)
             return await run(self, request)
         except asyncio.CancelledError:
             await self.switches_after_failure("the run was cancelled")
@@ -157,6 +157,7 @@ class RollbackWorkflowBase:
         self.approvers_needed = 1
         self.approvals_given: list[str] = []
         self.audit_pending: list[AuditEntry] = []
+        self.audit_writes: list[asyncio.Future] = []
         self.audit_count = 0
 
     # -- the story --------------------------------------------------------------------------
@@ -312,11 +313,16 @@ class RollbackWorkflowBase:
             workflow_type=info.workflow_type, actor=actor, channel=channel, step=step, reason=reason,
             detail={k: v for k, v in detail.items() if v not in (None, "")}))
 
-    async def flush_audit(self) -> None:
-        if not self.audit_pending or not workflow.patched("audit-log"):
-            return
-        batch, self.audit_pending = AuditBatch(entries=self.audit_pending), []
-        await self._best_effort("audit.append", batch, int, "audit log")
+    async def flush_audit(self, wait: bool = True) -> None:
+        """Write the queued audit lines. `wait=False` lets the run go on meanwhile (its start
+        must not delay the first step); the end of the run waits for every write."""
+        if self.audit_pending and workflow.patched("audit-log"):
+            batch, self.audit_pending = AuditBatch(entries=self.audit_pending), []
+            self.audit_writes.append(asyncio.ensure_future(
+                self._best_effort("audit.append", batch, int, "audit log")))
+        if wait and self.audit_writes:
+            writes, self.audit_writes = self.audit_writes, []
+            await asyncio.gather(*writes)
 
     @workflow.update
     def approve(self, decision: ApprovalInput) -> ApprovalDecision:
