@@ -44,7 +44,8 @@ def append_audit(path: Path, entries: list[AuditEntry]) -> int:
 
 
 def read_audit(path: Path, service: str | None = None, since: datetime | None = None) -> list[AuditEntry]:
-    """The log's entries, oldest first, filtered; a line that does not parse is skipped."""
+    """The log's entries by time, filtered; a line that does not parse is skipped. (A run's
+    lines are appended at its checkpoints, so the file's order is not quite the time order.)"""
     if not path.exists():
         return []
     found = []
@@ -55,7 +56,7 @@ def read_audit(path: Path, service: str | None = None, since: datetime | None = 
             continue
         if (service is None or entry.service == service) and (since is None or entry.at >= since):
             found.append(entry)
-    return found
+    return sorted(found, key=lambda e: e.at)
 
 
 class AuditActivities:

@@ -15,7 +15,7 @@ DURATION_NAMES = {"time_to_detect": "Time to detect (MTTD)", "time_to_acknowledg
                   "time_to_mitigate": "Time to mitigate (MTTM)", "time_to_resolve": "Time to resolve (MTTR)"}
 
 
-MARKDOWN_SPECIAL = "\\`*_[]<>()!#|~"
+MARKDOWN_SPECIAL = "\\`*_[]<>|#"
 
 
 def md(text: object) -> str:
