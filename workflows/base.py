@@ -97,7 +97,8 @@ def guarded(run):
             await self.take_lock(request)
             self.audit("started", actor=self.requested_by, reason=getattr(request, "reason", ""),
                        service=getattr(request, "service", ""), dry_run=getattr(request, "dry_run", False))
-            await self.flush_audit(wait=False)
+            # written at the first checkpoint or the end, with the rest: an activity here would
+            # delay the first step (the incident's clock starts there)
             return await run(self, request)
         except asyncio.CancelledError:
             await self.switches_after_failure("the run was cancelled")
