@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import HEARTBEAT_SECONDS, ConfigSource, fail, with_heartbeats, write_json_atomic
+from activities.common import HEARTBEAT_SECONDS, ConfigSource, fail, inside, with_heartbeats, write_json_atomic
 from activities.postgres import connect_to, libpq_env, on_loopback_port, service_dsn, table_counts
 from workflows.iso_time import TimeFormatError, parse_iso_time
-from workflows.models import ArchiveRequest, BackupManifest, BackupRequest, ServiceRef
+from workflows.models import ArchiveRequest, BackupManifest, BackupRequest, ServiceRef, check_backup_id
 
 def major(version: str) -> int:
     """15 from '15.18 (Debian 15.18-0+deb12u1)'."""
@@ -187,17 +187,25 @@ class BackupActivities:
         directory = self.backup_dir(request.service)
         if request.archive.startswith("latest-before:"):
             request = ArchiveRequest(service=request.service, archive=await self._latest_before(request))
-        candidate = Path(request.archive)
-        manifest_file = (directory / f"{request.archive}.manifest.json" if not candidate.suffix
-                         else candidate.with_suffix(".manifest.json"))
+        # An id, never a path: the manifest and the archive it names must both lie (symlinks
+        # resolved) inside the service's backup directory, whatever the input or the manifest says.
+        try:
+            check_backup_id(request.archive)
+        except ValueError as exc:
+            raise fail(f"{exc}; nothing was changed", kind="BackupInvalid") from None
+        manifest_file = directory / f"{request.archive}.manifest.json"
         if not manifest_file.exists():
             raise fail(f"no manifest for {request.archive!r} in {directory}: only archives this system wrote "
                        "can be restored (see `rollback backups list`)", kind="BackupInvalid")
+        manifest_file = inside(directory, manifest_file, "manifest")
         try:
             manifest = BackupManifest.model_validate_json(manifest_file.read_text())
         except ValidationError:
             raise fail(f"manifest {manifest_file} is not readable", kind="BackupInvalid") from None
-        archive = Path(manifest.archive)
+        if manifest.backup_id != request.archive or manifest.service != request.service:
+            raise fail(f"manifest {manifest_file} describes {manifest.backup_id} of {manifest.service}, not "
+                       f"{request.archive} of {request.service}; nothing was changed", kind="BackupInvalid")
+        archive = inside(directory, Path(manifest.archive), "archive")
         if not archive.exists():
             raise fail(f"archive {archive} is missing", kind="BackupInvalid")
         actual = await hashed(archive)

@@ -15,6 +15,15 @@ DURATION_NAMES = {"time_to_detect": "Time to detect (MTTD)", "time_to_acknowledg
                   "time_to_mitigate": "Time to mitigate (MTTM)", "time_to_resolve": "Time to resolve (MTTR)"}
 
 
+MARKDOWN_SPECIAL = "\\`*_[]<>|#"
+
+
+def md(text: object) -> str:
+    """Text from outside (alert labels and summaries, reasons people typed) as literal Markdown:
+    no links, images, HTML or table breaks can be injected into a post-mortem."""
+    return "".join("\\" + c if c in MARKDOWN_SPECIAL else c for c in str(text)).replace("\n", " ")
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "n/a"
@@ -26,17 +35,16 @@ def _duration(seconds: float | None) -> str:
 
 def render_incident_postmortem(request: IncidentPostmortemRequest) -> str:
     """Runbook 001's post-mortem template, filled from the incident's timeline."""
-    lines = [f"# Post-Mortem: {request.title}", "", "## Summary", ""]
-    lines += [f"- **{key}**: {value}" for key, value in request.summary.items()]
+    lines = [f"# Post-Mortem: {md(request.title)}", "", "## Summary", ""]
+    lines += [f"- **{key}**: {md(value)}" for key, value in request.summary.items()]
     lines += ["", "## Durations", ""]
     lines += [f"- **{DURATION_NAMES[k]}**: {_duration(v)}" for k, v in request.durations.items()]
     lines += ["", "## Timeline", "", "| time (UTC) | event | actor | what happened |", "| --- | --- | --- | --- |"]
     for event in request.timeline:
-        message = event.message.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {event.at:%Y-%m-%d %H:%M:%S} | {event.kind.value} | {event.actor} | {message} |")
-    lines += ["", "## Decisions", ""] + [f"- {d}" for d in request.decisions or ["none recorded"]]
-    lines += ["", "## Resolution", ""] + [f"- {m}" for m in request.methods or ["no rollback was needed"]]
-    lines += ["", "## Evidence", ""] + [f"- {e}" for e in request.evidence or ["none captured"]]
+        lines.append(f"| {event.at:%Y-%m-%d %H:%M:%S} | {event.kind.value} | {md(event.actor)} | {md(event.message)} |")
+    lines += ["", "## Decisions", ""] + [f"- {md(d)}" for d in request.decisions or ["none recorded"]]
+    lines += ["", "## Resolution", ""] + [f"- {md(m)}" for m in request.methods or ["no rollback was needed"]]
+    lines += ["", "## Evidence", ""] + [f"- {md(e)}" for e in request.evidence or ["none captured"]]
     lines += ["", "## Root Cause", "", "_to be written_", "", "## Impact Assessment", "",
               "- **Users Affected**: _to be written_", "- **Revenue Impact**: _to be written_", "",
               "## Lessons Learned", "", "_to be written_", "", "## Action Items", "",
@@ -46,18 +54,16 @@ def render_incident_postmortem(request: IncidentPostmortemRequest) -> str:
 
 def render_postmortem(request: PostmortemRequest) -> str:
     """Runbook 004's post-mortem template, with what the workflow already knows filled in."""
-    lines = [f"# {request.title}", ""]
-    lines += [f"- **{key}**: {value}" for key, value in request.summary.items()]
+    lines = [f"# {md(request.title)}", ""]
+    lines += [f"- **{key}**: {md(value)}" for key, value in request.summary.items()]
     lines += ["", "## Timeline", "", "| time (UTC) | event | actor | what happened |", "| --- | --- | --- | --- |"]
     for event in request.timeline:
-        message = event.message.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {event.at:%Y-%m-%d %H:%M:%S} | {event.kind.value} | {event.actor} | {message} |")
+        lines.append(f"| {event.at:%Y-%m-%d %H:%M:%S} | {event.kind.value} | {md(event.actor)} | {md(event.message)} |")
     if request.alerts:
         lines += ["", "## Alerts", "", "| alert | source | status | count | first seen | last seen |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for alert in request.alerts:
-            summary = (alert.summary or alert.fingerprint).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {summary} | {alert.source} | {alert.status} | {alert.count} | "
+            lines.append(f"| {md(alert.summary or alert.fingerprint)} | {md(alert.source)} | {alert.status} | {alert.count} | "
                          f"{alert.first_seen or ''} | {alert.last_seen or ''} |")
     lines += ["", "## Root cause", "", "_to be written_", "", "## Action items", "", "- [ ] _to be written_", ""]
     return "\n".join(lines)

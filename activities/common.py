@@ -206,3 +206,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def inside(directory: Path, path: Path, what: str) -> Path:
+    """`path` with every symlink resolved, refused unless it lies inside `directory` (resolved too):
+    restores read only what this system wrote into the service's own backup directory."""
+    base, resolved = directory.resolve(), path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise fail(f"{what} {path} is outside the backup directory {base}: only archives this system wrote "
+                   "there can be restored; nothing was changed", kind="BackupInvalid")
+    return resolved

@@ -7,6 +7,7 @@ from pathlib import Path
 from temporalio import activity
 
 from activities.common import ConfigSource
+from workflows.approvals import resolve_rules
 from workflows.models import ServiceContext, ServiceRef
 
 
@@ -19,4 +20,5 @@ class ConfigActivities:
         service = self._config.service(request.service)
         info = activity.info()
         artifact_dir = Path(self._config.config.artifact_dir) / request.service / info.workflow_id / info.workflow_run_id
-        return ServiceContext(service=request.service, config=service, artifact_dir=str(artifact_dir))
+        return ServiceContext(service=request.service, config=service, artifact_dir=str(artifact_dir),
+                              approvers=resolve_rules(self._config.config, request.service))

@@ -23,10 +23,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backups import sha256_of
-from activities.common import (ConfigSource, beating, fail, in_thread, read_json, redact_env_list, write_artifact,
-                               write_json_atomic)
+from activities.common import (ConfigSource, beating, fail, in_thread, inside, read_json, redact_env_list,
+                               write_artifact, write_json_atomic)
 from workflows.config import ComposeTarget, DockerTarget
 from workflows.models import (
+    check_backup_id,
     AppVersion,
     ArchiveRequest,
     CaptureRequest,
@@ -476,12 +477,20 @@ class DockerActivities(_EngineActivities):
             return self._volume_backup(request)
 
     def _volume_validate(self, service: str, backup_id: str) -> VolumeManifest:
-        manifest_file = self.volume_dir(service) / f"{Path(backup_id).name}.json"
+        try:
+            check_backup_id(backup_id)
+        except ValueError as exc:
+            raise fail(f"{exc}; nothing was changed", kind="BackupInvalid") from None
+        directory = self.volume_dir(service)
+        manifest_file = directory / f"{backup_id}.json"
         if not manifest_file.exists():
             raise fail(f"no volume backup {backup_id!r} in {manifest_file.parent} (see `rollback volume list`)",
                        kind="BackupInvalid")
-        manifest = VolumeManifest.model_validate_json(manifest_file.read_text())
-        archive = Path(manifest.archive)
+        manifest = VolumeManifest.model_validate_json(inside(directory, manifest_file, "manifest").read_text())
+        if manifest.backup_id != backup_id or manifest.service != service:
+            raise fail(f"manifest {manifest_file} describes {manifest.backup_id} of {manifest.service}, not "
+                       f"{backup_id}; nothing was changed", kind="BackupInvalid")
+        archive = inside(directory, Path(manifest.archive), "volume archive")
         if not archive.exists() or sha256_of(archive) != manifest.sha256:
             raise fail(f"volume backup {archive} is missing or does not match its sha256; nothing was changed",
                        kind="BackupInvalid")

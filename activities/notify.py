@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import httpx
@@ -12,13 +13,27 @@ from activities.common import ConfigSource, fail, read_json, resolve_secret, wri
 from workflows.models import NotifyRequest
 
 
+def escape_mrkdwn(text: str) -> str:
+    """Slack's three control characters as entities: text from alerts (labels, summaries) cannot
+    ping <!channel>, mention people or make links."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_payload(request: NotifyRequest) -> dict:
-    blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": request.text}}]
+    text = escape_mrkdwn(request.text)
+    blocks: list[dict] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
     if request.fields:
-        blocks.append(
-            {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in request.fields.items()]}
-        )
-    return {"text": request.text, "blocks": blocks}
+        blocks.append({"type": "section", "fields": [
+            {"type": "mrkdwn", "text": f"*{escape_mrkdwn(k)}*\n{escape_mrkdwn(v)}"} for k, v in request.fields.items()]})
+    if request.approval_for:
+        # Block Kit buttons; the receiver's /slack/actions turns a press into the approve/reject Update
+        value = json.dumps({"workflow_id": request.approval_for, "step": request.approval_step or ""})
+        blocks.append({"type": "actions", "block_id": "approval", "elements": [
+            {"type": "button", "action_id": "approve", "style": "primary", "value": value,
+             "text": {"type": "plain_text", "text": "Approve"}},
+            {"type": "button", "action_id": "reject", "style": "danger", "value": value,
+             "text": {"type": "plain_text", "text": "Reject"}}]})
+    return {"text": text, "blocks": blocks}
 
 
 class NotifyActivities:

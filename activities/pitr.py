@@ -20,7 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backups import run_tool
-from activities.common import HEARTBEAT_SECONDS, ConfigSource, fail, with_heartbeats, write_json_atomic
+from activities.common import HEARTBEAT_SECONDS, ConfigSource, fail, inside, with_heartbeats, write_json_atomic
 from activities.postgres import connect_to, libpq_env, on_loopback_port, service_dsn, with_database
 from workflows.config import PitrConfig
 from workflows.models import BaseBackup, PitrRecovery, PitrRequest, ServiceRef
@@ -107,7 +107,9 @@ class PitrActivities:
         await self._stop(pitr, data)  # an earlier attempt's server
         shutil.rmtree(data, ignore_errors=True)
         data.parent.mkdir(parents=True, exist_ok=True)
-        await with_heartbeats(asyncio.to_thread(shutil.copytree, base.path, data), {"copying": base.backup_id})
+        # the base backup's manifest names its path: only one inside base_backup_dir is used
+        source = inside(Path(pitr.base_backup_dir), Path(base.path), "base backup")
+        await with_heartbeats(asyncio.to_thread(shutil.copytree, source, data), {"copying": base.backup_id})
         port = _free_port()
         (data / "recovery.signal").write_text("")
         with (data / "postgresql.auto.conf").open("a") as conf:

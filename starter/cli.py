@@ -618,15 +618,61 @@ def _decide(workflow_id: str, reason: str, approver: str | None, update: str) ->
         client = await _client()
         await _status(client, workflow_id)  # clear error for an unknown ID
         handle = client.get_workflow_handle(workflow_id)
-        decision = ApprovalInput(approver=approver or os.environ.get("USER", "cli"), reason=reason)
+        decision = ApprovalInput(approver=approver or os.environ.get("USER", "cli"), reason=reason, channel="cli")
         try:
             await handle.execute_update(update, decision)
         except WorkflowUpdateFailedError as exc:
+            if getattr(exc.cause, "type", "") != "NotAllowed":  # the workflow records its own policy refusals
+                _audit_refusal(workflow_id, update, decision, str(exc.cause or exc))
             raise CliError(f"{update} refused: {exc.cause or exc}") from None
         print(f"{DECIDED[update]} {workflow_id} as {decision.approver}")
         return 0
 
     sys.exit(_run(main()))
+
+
+def _audit_refusal(workflow_id: str, update: str, decision: ApprovalInput, why: str) -> None:
+    """A refusal the workflow could not record (its validator refused): into the audit log, when
+    the config is readable here."""
+    import uuid
+    from datetime import datetime
+
+    from activities.audit import append_audit, audit_path
+    from workflows.models import AuditEntry
+
+    try:
+        path = audit_path(load_config())
+        append_audit(path, [AuditEntry(id=str(uuid.uuid4()), at=datetime.now(timezone.utc), event="refused",
+                                       workflow_id=workflow_id, actor=decision.approver, channel="cli",
+                                       reason=decision.reason, detail={"decision": update, "why": why})])
+    except (ConfigError, OSError):
+        pass  # the refusal itself is what the user must see
+
+
+@app.command("audit")
+@click.option("--service", default=None, help="Only this service's entries.")
+@click.option("--since", default=None, help="Only entries at or after this ISO 8601 time.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--config", type=click.Path(path_type=Path), default=None)
+def audit(service: Optional[str], since: Optional[str], as_json: bool, config: Optional[Path]) -> None:
+    """The audit log: starts, approvals, rejections, refusals and endings, with who and how."""
+    from activities.audit import audit_path, read_audit
+    from workflows.iso_time import TimeFormatError, parse_iso_time
+
+    try:
+        settings = load_config(config)
+        moment = parse_iso_time(since) if since else None
+    except (ConfigError, TimeFormatError) as exc:
+        raise CliError(str(exc)) from None
+    for entry in read_audit(audit_path(settings), service, moment):
+        if as_json:
+            print(entry.model_dump_json())
+            continue
+        what = " ".join(x for x in (entry.step and f"[{entry.step}]", entry.reason,
+                                    entry.detail.get("why", "")) if x)
+        print(f"{entry.at:%Y-%m-%d %H:%M:%S} {entry.event:<9} {entry.service or '-':<12} {entry.workflow_id} "
+              f"by {entry.actor or '-'} via {entry.channel or '-'}{': ' + what if what else ''}")
+    sys.exit(0)
 
 
 @app.command("approve")

@@ -29,6 +29,7 @@ from starter.alerts import SOURCES, Refused, authenticate, parse
 from starter.flags import flag_routes
 from starter.forwarding import AlertForwarder
 from starter.replay import ReplayStores
+from starter.slack_actions import slack_routes
 from starter.routing import Verdict, route_and_decide
 from starter.start import app_rollback_id, incident_id, start_or_attach_app_rollback, start_or_signal_incident
 from workflows.config import RollbackConfig, WebhookSource
@@ -228,5 +229,6 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         stores.close()
 
     routes = [Route(f"/alerts/{source}", make_endpoint(source), methods=["POST"]) for source in SOURCES]
-    return Starlette(routes=[*routes, *flag_routes(config), Route("/healthz", healthz), Route("/metrics", metrics)],
+    return Starlette(routes=[*routes, *flag_routes(config), *slack_routes(client, config), Route("/healthz", healthz),
+                             Route("/metrics", metrics)],
                      lifespan=lifespan)

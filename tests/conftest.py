@@ -238,6 +238,7 @@ def vercel():
 def slack(monkeypatch):
     fake = FakeSlack()
     server = serve(fake.app())
+    fake.url = server.url
     monkeypatch.setenv("TEST_SLACK_WEBHOOK", server.url + HOOK_PATH)
     yield fake
     server.stop()

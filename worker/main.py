@@ -11,6 +11,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.audit import AuditActivities
 from activities.assess import AssessActivities
 from activities.capture import CaptureActivities
 from activities.common import ConfigSource
@@ -56,6 +57,7 @@ def activities_for(config: ConfigSource, client: Client) -> list:
         PagerDutyActivities(config),
         AssessActivities(config),
         CaptureActivities(config),
+        AuditActivities(config),
     ]
     found = []
     for obj in objects:

@@ -12,8 +12,12 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.approvals import STEP_KIND, refusal
     from workflows.config import HealthCheck, KillSwitch
     from workflows.models import (
+        AuditBatch,
+        AuditEntry,
+        ApproverRules,
         AlertBatch,
         AlertCount,
         AlertNotice,
@@ -87,12 +91,19 @@ def guarded(run):
 
     @functools.wraps(run)
     async def guarded_run(self: "RollbackWorkflowBase", request):
+        self.requested_by = getattr(request, "requested_by", "unknown")
+        ending = "ended"
         try:
             await self.take_lock(request)
+            self.audit("started", actor=self.requested_by, reason=getattr(request, "reason", ""),
+                       service=getattr(request, "service", ""), dry_run=getattr(request, "dry_run", False))
+            # written at the first checkpoint or the end, with the rest: an activity here would
+            # delay the first step (the incident's clock starts there)
             return await run(self, request)
         except asyncio.CancelledError:
             await self.switches_after_failure("the run was cancelled")
             self.record(EventKind.CANCELLED, "cancelled")
+            ending = "cancelled"
             raise
         except Exception as exc:
             # the workflow's own error says what happened and what to do; an activity's or a
@@ -104,8 +115,11 @@ def guarded(run):
                 self.record(EventKind.FAILED, why)
             if self.phase != Phase.FAILED and workflow.patched("failed-phase-on-failure"):
                 self.enter(Phase.FAILED)
+            ending = "failed"
             raise
         finally:
+            self.audit(ending, phase=self.phase.value)
+            await self.flush_audit()
             await self.release_lock()
 
     return guarded_run
@@ -137,6 +151,15 @@ class RollbackWorkflowBase:
         self.alerts_received = 0
         # A child of an incident leaves the public status page to the incident (one incident there).
         self.public_updates = True
+        # The approver policy (from the config, at the start) and what the checkpoint asks of it.
+        self.requested_by = "unknown"
+        self.approvers: ApproverRules | None = None
+        self.awaiting_kinds: list[str] = []
+        self.approvers_needed = 1
+        self.approvals_given: list[str] = []
+        self.audit_pending: list[AuditEntry] = []
+        self.audit_writes: list[asyncio.Future] = []
+        self.audit_count = 0
 
     # -- the story --------------------------------------------------------------------------
     def record(self, kind: EventKind, message: str, actor: str = "workflow", **data: Any) -> None:
@@ -242,16 +265,65 @@ class RollbackWorkflowBase:
         # runs, so the handler checks again, first and synchronously: one decision per approval.
         if workflow.patched("one-decision-per-approval"):
             self._refuse_second_decision()
+        step = self.awaiting_step or ""
+        # The approver policy is applied here, in the handler, and not in the validator: a
+        # validator's refusal leaves no trace in history, and a refused attempt must be on the
+        # timeline (and from there in the audit log). The price is that a refused Update is
+        # accepted into history (one event pair), which only someone Temporal's own authorization
+        # lets send Updates can cause. Nothing else changes: no decision is taken.
+        why = refusal(self.approvers, self.awaiting_kinds, decision.approver, self.requested_by, approved,
+                      self.approvals_given)
+        if why is not None:
+            self.record(EventKind.REFUSED, f"{step}: {'approval' if approved else 'rejection'} by "
+                        f"{decision.approver} refused: {why}", actor=decision.approver, channel=decision.channel)
+            self.audit("refused", actor=decision.approver, channel=decision.channel, step=step,
+                       reason=decision.reason, why=why, decision="approve" if approved else "reject")
+            raise ApplicationError(why, type="NotAllowed", non_retryable=True)
+        self.audit("approved" if approved else "rejected", actor=decision.approver, channel=decision.channel,
+                   step=step, reason=decision.reason, slack_user=decision.slack_user)
+        if approved and len(self.approvals_given) + 1 < self.approvers_needed:
+            # one of several approvers (a P0 restore): recorded, the checkpoint waits for the rest
+            self.approvals_given.append(decision.approver)
+            count = len(self.approvals_given)
+            self.record(EventKind.APPROVED, f"{step}: approval {count} of {self.approvers_needed} "
+                        f"({decision.reason}); waiting for another approver", actor=decision.approver,
+                        channel=decision.channel)
+            return ApprovalDecision(step=step, approved=True, approver=decision.approver, reason=decision.reason,
+                                    at=workflow.now(), still_needed=self.approvers_needed - count)
         self.decision = ApprovalDecision(
-            step=self.awaiting_step or "",
+            step=step,
             approved=approved,
             approver=decision.approver,
             reason=decision.reason,
             at=workflow.now(),
         )
         kind = EventKind.APPROVED if approved else EventKind.REJECTED
-        self.record(kind, f"{self.decision.step}: {kind.value} ({decision.reason})", actor=decision.approver)
+        self.record(kind, f"{self.decision.step}: {kind.value} ({decision.reason})", actor=decision.approver,
+                    channel=decision.channel)
         return self.decision
+
+    def audit(self, event: str, actor: str = "", channel: str = "workflow", step: str = "", reason: str = "",
+              service: str = "", **detail) -> None:
+        """Queue one audit line; `flush_audit` writes the queue through an activity (workflows
+        cannot write files), at the start, after each checkpoint and at the end."""
+        info = workflow.info()
+        self.audit_count += 1
+        self.audit_pending.append(AuditEntry(
+            id=f"{info.workflow_id}/{info.run_id}/{self.audit_count}", at=workflow.now(), event=event,
+            service=service or self.service, workflow_id=info.workflow_id, run_id=info.run_id,
+            workflow_type=info.workflow_type, actor=actor, channel=channel, step=step, reason=reason,
+            detail={k: v for k, v in detail.items() if v not in (None, "")}))
+
+    async def flush_audit(self, wait: bool = True) -> None:
+        """Write the queued audit lines. `wait=False` lets the run go on meanwhile (its start
+        must not delay the first step); the end of the run waits for every write."""
+        if self.audit_pending and workflow.patched("audit-log"):
+            batch, self.audit_pending = AuditBatch(entries=self.audit_pending), []
+            self.audit_writes.append(asyncio.ensure_future(
+                self._best_effort("audit.append", batch, int, "audit log")))
+        if wait and self.audit_writes:
+            writes, self.audit_writes = self.audit_writes, []
+            await asyncio.gather(*writes)
 
     @workflow.update
     def approve(self, decision: ApprovalInput) -> ApprovalDecision:
@@ -317,11 +389,14 @@ class RollbackWorkflowBase:
             self.record(EventKind.NOTIFIED, f"{what} failed: {exc}")
             return None
 
-    async def notify(self, text: str, key: str, escalation: bool = False, **fields: str) -> None:
-        # keyed by run: workflow IDs are reused per service, and a later run's messages are new ones
+    async def notify(self, text: str, key: str, escalation: bool = False, buttons: str | None = None,
+                     **fields: str) -> None:
+        """`buttons`: an approval step; the message carries Approve / Reject buttons for it. Keyed
+        by run: workflow IDs are reused per service, and a later run's messages are new ones."""
         info = workflow.info()
         request = NotifyRequest(service=self.service, key=f"{info.workflow_id}/{info.run_id}:{key}", text=text,
-                                fields=fields, escalation=escalation)
+                                fields=fields, escalation=escalation,
+                                approval_for=info.workflow_id if buttons else None, approval_step=buttons)
         if await self._best_effort("notify.slack", request, bool, "Slack notification"):
             self.record(EventKind.NOTIFIED, f"Slack: {text}")
 
@@ -336,17 +411,23 @@ class RollbackWorkflowBase:
         if incident:
             self.record(EventKind.NOTIFIED, f"status page incident {incident}: {status}")
 
-    async def wait_for_approval(self, step: str, summary: str, timeout: timedelta) -> ApprovalDecision | None:
-        """Block until someone approves or rejects `step`.
+    async def wait_for_approval(self, step: str, summary: str, timeout: timedelta, kinds: list[str] | None = None,
+                                approvers_needed: int = 1) -> ApprovalDecision | None:
+        """Block until someone the approver policy admits approves or rejects `step` (of `kinds`,
+        by default the step name's kind); `approvers_needed` distinct approvals make it approved.
 
         On timeout it escalates (timeline + escalation notice) and waits one more period; after
         that it returns None and the caller must not proceed.
         """
         self.awaiting_step, self.decision = step, None
+        self.awaiting_kinds = kinds or [STEP_KIND.get(step, "database")]
+        self.approvers_needed, self.approvals_given = max(1, approvers_needed), []
         previous_phase = self.phase
         self.enter(Phase.AWAITING_APPROVAL)
-        self.record(EventKind.APPROVAL_REQUESTED, f"{step}: {summary}", timeout=str(timeout))
-        await self.notify(f"Approval needed for {self.service}: {step}. {summary}", key=f"approval:{step}")
+        self.record(EventKind.APPROVAL_REQUESTED, f"{step}: {summary}", timeout=str(timeout),
+                    **({"approvers_needed": self.approvers_needed} if self.approvers_needed > 1 else {}))
+        await self.notify(f"Approval needed for {self.service}: {step}. {summary}", key=f"approval:{step}",
+                          buttons=step)
         try:
             for round_ in range(2):
                 try:
@@ -365,6 +446,7 @@ class RollbackWorkflowBase:
         finally:
             self.awaiting_step = None
             self.enter(previous_phase)
+            await self.flush_audit()
 
     # -- the app: health and kill switches -------------------------------------------------------
     async def verify_app(self, service: str, check: HealthCheck, expected_version: str | None = None) -> VerifyResult:
@@ -435,18 +517,22 @@ class RollbackWorkflowBase:
             f"{k}={v if v is not None else '(not set)'}" for k, v in previous.items()))
         return True
 
-    async def ask(self, step: str, summary: str, timeout: timedelta) -> str | None:
+    async def ask(self, step: str, summary: str, timeout: timedelta, kinds: list[str] | None = None,
+                  approvers_needed: int = 1) -> str | None:
         """Wait for a decision on `step`: None when approved, else the outcome to end with."""
-        decision = await self.wait_for_approval(step, summary, timeout)
+        decision = await self.wait_for_approval(step, summary, timeout, kinds, approvers_needed)
         if decision is None:
             return "not_approved"
         return None if decision.approved else "rejected"
 
     async def service_context(self, service: str) -> ServiceContext:
-        """The service's config (secret names only) and this run's artifact directory."""
-        return await workflow.execute_activity(
+        """The service's config (secret names only), this run's artifact directory, and the
+        approver policy its Update handlers enforce from now on."""
+        context = await workflow.execute_activity(
             "config.service", ServiceRef(service=service), result_type=ServiceContext,
             start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY)
+        self.approvers = context.approvers
+        return context
 
     def close(self, result, outcome: str, message: str, succeeded: bool):
         """Mark the final phase and fill the fields every result model has."""

@@ -263,6 +263,43 @@ class AlertsConfig(ServiceAlerts):
                                                     "percent: 23 is 23 %. A value ending in % is always percent.")
 
 
+STEP_KINDS = ("app", "database", "repair", "key_rotation", "incident")
+
+
+class Approvers(_Strict):
+    """Who may decide one kind of step: people by name, and everyone in the named groups."""
+
+    people: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+
+class ApprovalPolicy(_Strict):
+    """Approvers per step kind. A kind without an entry here (nor at the top level) is open to
+    anyone named; a configured kind admits only its people and groups."""
+
+    app: Approvers | None = None
+    database: Approvers | None = None
+    repair: Approvers | None = None
+    key_rotation: Approvers | None = None
+    incident: Approvers | None = None
+    four_eyes: list[Literal["app", "database", "repair", "key_rotation", "incident"]] | None = Field(
+        default=None, description="Kinds the person who requested the run may not approve (default: database, "
+        "repair, key_rotation).")
+    min_approvers_p0_restore: int | None = Field(default=None, ge=1, le=5, description="Distinct approvers a "
+                                                 "restore at severity P0 needs (default 1).")
+
+
+class Person(_Strict):
+    slack: str | None = Field(default=None, description="Slack user ID (U…), for approvals from Slack buttons.")
+    groups: list[str] = Field(default_factory=list)
+
+
+class SlackApp(_Strict):
+    """The Slack app whose Approve / Reject buttons reach the receiver's /slack/actions."""
+
+    signing_secret_env: str = "SLACK_SIGNING_SECRET"
+
+
 class ServiceConfig(_Strict):
     alert_match: dict[str, str] = Field(
         default_factory=dict,
@@ -276,6 +313,8 @@ class ServiceConfig(_Strict):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     policy: Policy = Field(default_factory=Policy)
     incident: IncidentConfig = Field(default_factory=IncidentConfig)
+    approvals: ApprovalPolicy | None = Field(default=None, description="Per step kind, overrides the top-level "
+                                             "`approvals`; filled in from it when loaded.")
 
     def secret_env_names(self) -> list[str]:
         """Every environment variable this service needs at run time."""
@@ -330,6 +369,38 @@ class RollbackConfig(_Strict):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     flags: FlagEndpoint = Field(default_factory=FlagEndpoint)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    people: dict[str, Person] = Field(default_factory=dict, description="Who may be named as an approver.")
+    approvals: ApprovalPolicy | None = None
+    slack: SlackApp | None = None
+    audit_log: str | None = Field(default=None, description="JSON-lines audit file; default <state_dir>/audit.jsonl.")
+
+    @model_validator(mode="after")
+    def _approvers_known(self) -> "RollbackConfig":
+        groups = {g for person in self.people.values() for g in person.groups}
+        policies = [("approvals", self.approvals)] + [(f"services.{name}.approvals", s.approvals)
+                                                       for name, s in self.services.items()]
+        for where, policy in policies:
+            for kind in STEP_KINDS:
+                allowed = getattr(policy, kind) if policy else None
+                for name in allowed.people if allowed else []:
+                    if name not in self.people:
+                        raise ValueError(f"{where}.{kind}: unknown person {name!r} (add them under `people:`)")
+                for group in allowed.groups if allowed else []:
+                    if group not in groups:
+                        raise ValueError(f"{where}.{kind}: no person is in group {group!r}")
+        slack_ids = [p.slack for p in self.people.values() if p.slack]
+        if len(slack_ids) != len(set(slack_ids)):
+            raise ValueError("people: a Slack user ID is given to two people")
+        return self
+
+    def approver_policy(self, service: str) -> "ApprovalPolicy | None":
+        """The service's policy, each kind and setting falling back to the top level's."""
+        own, top = self.services[service].approvals, self.approvals
+        if own is None and top is None:
+            return None
+        merged = {field: getattr(own, field, None) if getattr(own, field, None) is not None else getattr(top, field, None)
+                  for field in ApprovalPolicy.model_fields}
+        return ApprovalPolicy(**merged)
 
     def service_for(self, labels: dict[str, str]) -> str | None:
         """The service an alert belongs to, by each service's label matchers (or service=<name>)."""
@@ -399,6 +470,8 @@ def load_config(path: str | os.PathLike | None = None, require_services: bool = 
     # `rollback up` points these at its data directory, whatever the file says.
     config.state_dir = str((base / os.environ.get("ROLLBACK_STATE_DIR", config.state_dir)).resolve())
     config.artifact_dir = str((base / os.environ.get("ROLLBACK_ARTIFACT_DIR", config.artifact_dir)).resolve())
+    if config.audit_log:
+        config.audit_log = str((base / config.audit_log).resolve())
     for service in config.services.values():
         # Directories the worker writes and the CLI lists resolve alike, whatever each one's cwd.
         if service.database and service.database.backup_dir:

@@ -269,8 +269,13 @@ class IncidentWorkflow(RollbackWorkflowBase):
         # 4. One approval for the whole plan; it acknowledges too
         problem = None
         if self.plan.steps:
+            # the plan's database steps need approvers the database policy admits too (and four eyes)
+            database = self.plan.migration_target is not None or self.plan.restore_from is not None
+            p0_restore = self.severity == "P0" and self.plan.restore_from is not None
             outcome = await self.ask("incident plan", "; ".join(self.plan.steps + self.plan.notes),
-                                     request.approval_timeout)
+                                     request.approval_timeout, kinds=["incident", "database"] if database else ["incident"],
+                                     approvers_needed=self.approvers.min_approvers_p0_restore
+                                     if p0_restore and self.approvers else 1)
             if self.decision is not None and self.decision.approved:
                 self._acknowledge(self.decision.approver, "approved the plan")
             if outcome is None:

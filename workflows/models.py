@@ -7,6 +7,7 @@ short JSON document such as ``{"service": "web"}``.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -70,6 +71,7 @@ class EventKind(str, Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     RESOLVED = "resolved"
+    REFUSED = "refused"  # a decision by someone the approver policy does not admit
 
 
 class TimelineEvent(BaseModel):
@@ -83,10 +85,44 @@ class TimelineEvent(BaseModel):
 
 
 class ApprovalInput(BaseModel):
-    """What an approver sends with the `approve` or `reject` update."""
+    """What an approver sends with the `approve` or `reject` update. `channel` says how the
+    identity was established: `slack` (a signed button press, mapped to a person by the receiver),
+    `cli` or `ui` (a name typed by someone Temporal's own authorization let send Updates)."""
 
     approver: str = ""
     reason: str = ""
+    channel: str = "ui"
+    slack_user: str | None = None
+
+
+class ApproverRules(BaseModel):
+    """The approver policy a run enforces, resolved from the config when it starts (validators
+    cannot read files): per step kind the names allowed (groups expanded); kinds absent are open."""
+
+    allowed: dict[str, list[str]] = Field(default_factory=dict)
+    four_eyes: list[str] = Field(default_factory=lambda: ["database", "repair", "key_rotation"])
+    min_approvers_p0_restore: int = 1
+
+
+class AuditEntry(BaseModel):
+    """One line of the audit log: who did what to which run, through which channel."""
+
+    id: str = Field(description="Unique per event; a retried append skips lines already written.")
+    at: datetime
+    event: str = Field(description="started | approved | rejected | refused | cancelled | ended")
+    service: str = ""
+    workflow_id: str = ""
+    run_id: str = ""
+    workflow_type: str = ""
+    actor: str = ""
+    channel: str = ""
+    step: str = ""
+    reason: str = ""
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditBatch(BaseModel):
+    entries: list[AuditEntry]
 
 
 class ApprovalDecision(BaseModel):
@@ -97,6 +133,7 @@ class ApprovalDecision(BaseModel):
     approver: str
     reason: str
     at: datetime
+    still_needed: int = Field(default=0, description="Further approvers the step waits for (a P0 restore).")
 
 
 class AlertNotice(BaseModel):
@@ -234,6 +271,9 @@ class NotifyRequest(BaseModel):
     text: str
     fields: dict[str, str] = Field(default_factory=dict)
     escalation: bool = False
+    approval_for: str | None = Field(default=None, description="Workflow id: the message carries Approve / "
+                                     "Reject buttons for its waiting step (Slack interactivity).")
+    approval_step: str | None = None
 
 
 class PostmortemRequest(BaseModel):
@@ -324,6 +364,7 @@ class ServiceContext(BaseModel):
     service: str
     config: ServiceConfig
     artifact_dir: str
+    approvers: ApproverRules | None = Field(default=None, description="None: no approver policy configured.")
 
 
 class SchemaVersion(BaseModel):
@@ -451,6 +492,20 @@ class ArchiveRequest(BaseModel):
     archive: str
 
 
+def check_backup_id(value: str, special: tuple[str, ...] = ()) -> str:
+    """A backup id names a file inside the service's backup directory, nothing else: no path
+    separators, no `..`, no leading dot or dash. `special` forms (`pitr`, `latest-before:`) pass."""
+    if any(value == form or (form.endswith(":") and value.startswith(form)) for form in special):
+        return value
+    if not BACKUP_ID.fullmatch(value) or ".." in value:
+        raise ValueError(f"{value!r} is not a backup id: ids are letters, digits, '.', '_', '-' and ':' (no path "
+                         "separators, no '..'); see `rollback backups list`")
+    return value
+
+
+BACKUP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}")
+
+
 class RestoreInput(BaseModel):
     """Input of `DatabaseRestoreWorkflow`: `service` and `source`: a backup id, `latest-before:<time>`,
     or `pitr` with `target_time`."""
@@ -471,6 +526,12 @@ class RestoreInput(BaseModel):
                              "it then (the broken app would fail this run's check).")
     reimport_recent: bool = Field(default=False, description="After the swap, insert the exported newer rows "
                                   "back where the table still fits them (conflicting rows are skipped).")
+    severity: str = Field(default="P1", description="P0: the restore needs the policy's min_approvers_p0_restore.")
+
+    @field_validator("source")
+    @classmethod
+    def _our_backup(cls, value: str) -> str:
+        return check_backup_id(value, special=("pitr", "latest-before:"))
 
     @field_validator("target_time", mode="before")
     @classmethod
@@ -741,6 +802,11 @@ class VolumeRestoreInput(BaseModel):
     reason: str = "manual volume restore"
     requested_by: str = "unknown"
     approval_timeout: timedelta = timedelta(minutes=30)
+
+    @field_validator("source")
+    @classmethod
+    def _our_backup(cls, value: str) -> str:
+        return check_backup_id(value)
 
 
 class VolumeRestoreRequest(BaseModel):

@@ -237,7 +237,8 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             self.record(EventKind.APPROVED, f"{step}: approved by the parent workflow's checkpoint; {summary}",
                         actor=request.approved_by)
             return None
-        return await self.ask(step, summary, request.approval_timeout)
+        needed = self.approvers.min_approvers_p0_restore if request.severity == "P0" and self.approvers else 1
+        return await self.ask(step, summary, request.approval_timeout, approvers_needed=needed)
 
     async def _resume(self, request: RestoreInput, result: RestoreResult, context: ServiceContext, done: str,
                       kept: str) -> RestoreResult:

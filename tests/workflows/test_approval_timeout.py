@@ -15,6 +15,7 @@ from tests.helpers import kinds
 from workflows import AppRollbackWorkflow
 from workflows.config import ServiceConfig
 from workflows.models import (
+    AuditBatch,
     AppRollbackInput,
     AppRollbackResult,
     AppVersion,
@@ -83,7 +84,11 @@ def stand_ins(executed: list, notices: list) -> list:
     async def release(request: LockRelease) -> None:
         return None
 
-    return [service, assess, current, capture, select, execute, slack, postmortem, acquire, release]
+    @activity.defn(name="audit.append")
+    async def audit(batch: AuditBatch) -> int:
+        return len(batch.entries)
+
+    return [service, assess, current, capture, select, execute, slack, postmortem, acquire, release, audit]
 
 
 async def test_approval_timeout_escalates_and_never_proceeds(skipping_env):

@@ -6,6 +6,7 @@ provider and assess steps are stand-ins (registered under the real names)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -129,7 +130,9 @@ async def test_escalation_cadence_and_statuspage_over_hours(skipping_env, tmp_pa
     assert incident["status"] == "resolved" and statuspage.components["cmp_web"] == "operational"
     assert [u["status"] for u in incident["incident_updates"]] == ["investigating", "resolved"]
     resolved = next(t for t in texts(slack) if t.startswith("✅ INCIDENT RESOLVED ✅"))
-    assert "Duration: 3 hours 2 minutes" in resolved and "On-call: alice" in resolved
+    # 182 minutes slept; the time-skipping server also moves time while activities run, so the
+    # measured duration lands on either side of the minute
+    assert re.search(r"Duration: 3 hours [12] minutes", resolved) and "On-call: alice" in resolved
     assert result.durations["time_to_acknowledge"] == pytest.approx(61 * 60, abs=60)
     assert result.durations["time_to_resolve"] == pytest.approx(182 * 60, abs=60)
     assert kinds(result.timeline).count("resolved") == 1
