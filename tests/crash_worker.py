@@ -1,14 +1,15 @@
 """A test-only worker process: the real worker (`worker.main.build_worker`) plus an activity
 interceptor that SIGKILLs its own process at the start or at the end of an activity.
 
-    python -m tests.crash_worker --config C --task-queue Q --ledger FILE --at start|end [--standby]
+    python -m tests.crash_worker --config C --task-queue Q --ledger FILE --at start|beat|end [--standby]
 
 It crashes at the first activity call not yet listed in the ledger (a JSON line per crash, naming
 every call that died), so the test can fail those attempts by ID and a new worker, started next,
 crashes at the next call. "start" kills
 before the activity runs (the retry starts from scratch); "end" kills after it did its work and
 before Temporal hears of it, the case that proves a step idempotent: the retry runs it a second
-time on a world where it already happened. `--standby` imports everything, then waits for a line
+time on a world where it already happened; "beat" kills at a call's first heartbeat, half-way
+through a long step (only steps that heartbeat crash in that pass). `--standby` imports everything, then waits for a line
 on stdin before connecting: the test keeps one warm so a restart takes a fraction of a second.
 
 The hook lives here, never in production code.
@@ -25,7 +26,8 @@ import sys
 from pathlib import Path
 
 from temporalio import activity
-from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
+from temporalio.worker import (ActivityInboundInterceptor, ActivityOutboundInterceptor, ExecuteActivityInput,
+                               Interceptor)
 
 from activities.common import ConfigSource
 from worker.main import build_worker
@@ -69,6 +71,10 @@ class CrashAt(Interceptor):
             except Exception:  # noqa: BLE001 - a step without heartbeats; the test fails the attempt anyway
                 pass
             await asyncio.sleep(0.05)
+        self.die()
+
+    def die(self) -> None:
+        """Log every call this process runs (they all die), then SIGKILL it."""
         entry = {"at": self.at, "calls": [{"key": k, "workflow_id": i.workflow_id, "run_id": i.workflow_run_id,
                                            "activity_id": i.activity_id, "activity": i.activity_type,
                                            "workflow_type": i.workflow_type, "attempt": i.attempt}
@@ -84,6 +90,9 @@ class _Crashing(ActivityInboundInterceptor):
     def __init__(self, next: ActivityInboundInterceptor, plan: CrashAt) -> None:
         super().__init__(next)
         self.plan = plan
+
+    def init(self, outbound: ActivityOutboundInterceptor) -> None:
+        super().init(_BeatCrashing(outbound, self.plan))
 
     async def execute_activity(self, input: ExecuteActivityInput):
         info = activity.info()
@@ -106,7 +115,7 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--ledger", required=True, type=Path)
-    parser.add_argument("--at", choices=("start", "end"), default="start")
+    parser.add_argument("--at", choices=("start", "beat", "end"), default="start")
     parser.add_argument("--standby", action="store_true")
     args = parser.parse_args(argv)
     if args.standby and not await asyncio.to_thread(sys.stdin.readline):
@@ -123,3 +132,17 @@ async def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+
+
+class _BeatCrashing(ActivityOutboundInterceptor):
+    """--at beat: die at a call's first heartbeat, in the middle of its work (a container half
+    recreated, a volume half filled, a dump half written), whatever else runs beside it."""
+
+    def __init__(self, next: ActivityOutboundInterceptor, plan: CrashAt) -> None:
+        super().__init__(next)
+        self.plan = plan
+
+    def heartbeat(self, *details) -> None:
+        if self.plan.at == "beat" and call_key(activity.info()) not in self.plan.done:
+            self.plan.die()
+        super().heartbeat(*details)
