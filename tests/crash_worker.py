@@ -110,6 +110,20 @@ class _Crashing(ActivityInboundInterceptor):
             self.plan.running.pop(key, None)
 
 
+class _BeatCrashing(ActivityOutboundInterceptor):
+    """--at beat: die at a call's first heartbeat, in the middle of its work (a container half
+    recreated, a volume half filled, a dump half written), whatever else runs beside it."""
+
+    def __init__(self, next: ActivityOutboundInterceptor, plan: CrashAt) -> None:
+        super().__init__(next)
+        self.plan = plan
+
+    def heartbeat(self, *details) -> None:
+        if self.plan.at == "beat" and call_key(activity.info()) not in self.plan.done:
+            self.plan.die()
+        super().heartbeat(*details)
+
+
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
@@ -133,16 +147,3 @@ async def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     asyncio.run(main())
 
-
-class _BeatCrashing(ActivityOutboundInterceptor):
-    """--at beat: die at a call's first heartbeat, in the middle of its work (a container half
-    recreated, a volume half filled, a dump half written), whatever else runs beside it."""
-
-    def __init__(self, next: ActivityOutboundInterceptor, plan: CrashAt) -> None:
-        super().__init__(next)
-        self.plan = plan
-
-    def heartbeat(self, *details) -> None:
-        if self.plan.at == "beat" and call_key(activity.info()) not in self.plan.done:
-            self.plan.die()
-        super().heartbeat(*details)
