@@ -1,7 +1,8 @@
 """A test-only worker process: the real worker (`worker.main.build_worker`) plus an activity
 interceptor that SIGKILLs its own process at the start or at the end of an activity.
 
-    python -m tests.crash_worker --config C --task-queue Q --ledger FILE --at start|beat|end [--standby]
+    python -m tests.crash_worker --config C --task-queue Q --ledger FILE --at start|beat|end [--only ACTIVITY]
+                                 [--standby]
 
 It crashes at the first activity call not yet listed in the ledger (a JSON line per crash, naming
 every call that died), so the test can fail those attempts by ID and a new worker, started next,
@@ -54,11 +55,16 @@ class CrashAt(Interceptor):
     failed once, and no step's retry budget is spent on the matrix's bookkeeping.
     """
 
-    def __init__(self, ledger: Path, at: str) -> None:
+    def __init__(self, ledger: Path, at: str, only: str | None = None) -> None:
         self.ledger, self.at = ledger, at
         self.done = {call["key"] for crash in crashes(ledger) for call in crash["calls"]}
+        self.only = only
         self.running: dict[str, activity.Info] = {}
         self.parked: set[str] = set()
+
+    def due(self, info: activity.Info) -> bool:
+        """Crash at this call: not crashed at yet (and of the one activity asked for, if any)."""
+        return call_key(info) not in self.done and self.only in (None, info.activity_type)
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _Crashing(next, self)
@@ -97,7 +103,7 @@ class _Crashing(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput):
         info = activity.info()
         key = call_key(info)
-        crash_here = key not in self.plan.done
+        crash_here = self.plan.due(info)
         self.plan.running[key] = info
         try:
             if crash_here and self.plan.at == "start":
@@ -119,7 +125,7 @@ class _BeatCrashing(ActivityOutboundInterceptor):
         self.plan = plan
 
     def heartbeat(self, *details) -> None:
-        if self.plan.at == "beat" and call_key(activity.info()) not in self.plan.done:
+        if self.plan.at == "beat" and self.plan.due(activity.info()):
             self.plan.die()
         super().heartbeat(*details)
 
@@ -130,6 +136,7 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--ledger", required=True, type=Path)
     parser.add_argument("--at", choices=("start", "beat", "end"), default="start")
+    parser.add_argument("--only", help="crash only at calls of this activity type")
     parser.add_argument("--standby", action="store_true")
     args = parser.parse_args(argv)
     if args.standby and not await asyncio.to_thread(sys.stdin.readline):
@@ -138,7 +145,7 @@ async def main(argv: list[str] | None = None) -> None:
     # No workflow cache: no sticky queue on a worker that is about to die, and every workflow task
     # replays the whole history on the next worker (a determinism check for free).
     worker = build_worker(client, ConfigSource(Path(args.config)), args.task_queue,
-                          interceptors=[CrashAt(args.ledger, args.at)], max_cached_workflows=0)
+                          interceptors=[CrashAt(args.ledger, args.at, args.only)], max_cached_workflows=0)
     async with worker:
         print("crash worker started", flush=True)
         await asyncio.Event().wait()

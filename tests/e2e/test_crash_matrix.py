@@ -45,20 +45,21 @@ from workflows.models import (AppRollbackInput, AppRollbackResult, ApprovalInput
                               VolumeInput, VolumeManifest, VolumeRestoreInput, VolumeRestoreResult)
 
 ROOT = Path(__file__).resolve().parents[2]
-CRASH_POINTS = ("start", "beat", "end")
-pytestmark = pytest.mark.parametrize("at", CRASH_POINTS)
+each_point = pytest.mark.parametrize("at", ("start", "beat", "end"))
 
 
 class CrashingWorkers:
     """A chain of crash workers on one task queue: each dies at the next activity call not yet
     crashed at; its dead attempts are failed by ID and a warm standby takes over at once."""
 
-    def __init__(self, client: Client, address: str, config_path: Path, task_queue: str, at: str, directory: Path):
+    def __init__(self, client: Client, address: str, config_path: Path, task_queue: str, at: str, directory: Path,
+                 only: str | None = None):
         self.client, self.task_queue, self.at = client, task_queue, at
         self.ledger = directory / f"crashes-{task_queue}.jsonl"
         self.log = directory / f"workers-{task_queue}.log"
         self.command = [sys.executable, "-m", "tests.crash_worker", "--config", str(config_path), "--task-queue",
-                        task_queue, "--ledger", str(self.ledger), "--at", at, "--standby"]
+                        task_queue, "--ledger", str(self.ledger), "--at", at, "--standby",
+                        *(["--only", only] if only else [])]
         self.env = {**os.environ, "TEMPORAL_ADDRESS": address, "PYTHONPATH": str(ROOT)}
         self.current = self.standby = None
         self.supervisor: asyncio.Task | None = None
@@ -205,6 +206,7 @@ def start(client: Client, workflow, request, task_queue: str, result_type, workf
 # ---------------------------------------------------------------------------------------------
 
 
+@each_point
 @pytest.mark.docker
 async def test_app_rollback_on_docker(at, client, temporal_address, task_queue, docker_engine, write_config, slack,
                                       statuspage, tmp_path):
@@ -235,6 +237,7 @@ async def test_app_rollback_on_docker(at, client, temporal_address, task_queue, 
     await assert_crashed_everywhere(client, workers, [handle.id])
 
 
+@each_point
 @pytest.mark.postgres
 async def test_migration_rollback(at, client, temporal_address, task_queue, postgres, write_config, platform, slack,
                                   monkeypatch, tmp_path):
@@ -279,9 +282,8 @@ async def test_migration_rollback(at, client, temporal_address, task_queue, post
     await assert_crashed_everywhere(client, workers, [handle.id, f"{handle.id}-emergency-backup"])
 
 
-@pytest.mark.postgres
-async def test_database_restore(at, client, temporal_address, task_queue, postgres, write_config, platform, slack,
-                                monkeypatch, tmp_path):
+async def damaged_shop(client, task_queue, postgres, write_config, platform, monkeypatch, tmp_path):
+    """A shop database with a verified backup, then five new orders and thirty deleted ones."""
     name, dsn = create_database(postgres, "shop")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL)")
@@ -305,6 +307,15 @@ async def test_database_restore(at, client, temporal_address, task_queue, postgr
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO orders (id, user_id, total) SELECT g, 1, 9.99 FROM generate_series(1001, 1005) g")
         conn.execute("DELETE FROM orders WHERE id BETWEEN 21 AND 50")  # the incident
+    return name, dsn, backups, config, source
+
+
+@each_point
+@pytest.mark.postgres
+async def test_database_restore(at, client, temporal_address, task_queue, postgres, write_config, platform, slack,
+                                monkeypatch, tmp_path):
+    name, dsn, backups, config, source = await damaged_shop(client, task_queue, postgres, write_config, platform,
+                                                            monkeypatch, tmp_path)
 
     async with CrashingWorkers(client, temporal_address, config._path, task_queue, at, tmp_path) as workers:
         handle = await start(client, DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source=source.backup_id),
@@ -326,6 +337,7 @@ async def test_database_restore(at, client, temporal_address, task_queue, postgr
     await assert_crashed_everywhere(client, workers, [handle.id, f"{handle.id}-safety-backup"])
 
 
+@each_point
 @pytest.mark.docker
 async def test_volume_backup_and_restore(at, client, temporal_address, task_queue, docker_engine, write_config, slack,
                                          tmp_path):
@@ -363,3 +375,31 @@ async def test_volume_backup_and_restore(at, client, temporal_address, task_queu
     assert_each_message_once(slack)
     assert half_made_files(tmp_path) == []
     await assert_crashed_everywhere(client, workers, [backup.id, handle.id])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("at", ("start", "end"))  # a re-import of five rows never heartbeats
+async def test_reimport_is_never_run_twice(at, client, temporal_address, task_queue, postgres, write_config, platform,
+                                           slack, monkeypatch, tmp_path):
+    """postgres.reimport_rows allows one attempt (a blind second one could double rows): a worker
+    dying in it ends the run failed, the rows in at most once, and the switches off, said loudly."""
+    name, dsn, backups, config, source = await damaged_shop(client, task_queue, postgres, write_config, platform,
+                                                            monkeypatch, tmp_path)
+    async with CrashingWorkers(client, temporal_address, config._path, task_queue, at, tmp_path,
+                               only="postgres.reimport_rows") as workers:
+        handle = await start(client, DatabaseRestoreWorkflow.run,
+                             RestoreInput(service="shop", source=source.backup_id, reimport_recent=True),
+                             task_queue, RestoreResult)
+        with pytest.raises(AssertionError, match="the run failed") as failure:
+            await workers.run(handle, approvals=1)
+        status = await handle.query(DatabaseRestoreWorkflow.status)
+    crashed = [c["activity"] for crash in workers.crashes() for c in crash["calls"]]
+    assert crashed == ["postgres.reimport_rows"], failure.value
+    reimported = 5 if at == "end" else 0  # the dead attempt's transaction committed, or never began
+    assert count(dsn, "orders") == 50 + reimported and count(dsn, "users") == 100
+    assert flag(dsn, "MAINTENANCE_MODE") == "on"  # processing stays stopped ...
+    escalations = [e.message for e in status.timeline if e.kind.value == "escalated"]
+    assert escalations and "MAINTENANCE_MODE (was off)" in escalations[-1]  # ... and says so
+    assert databases(postgres, f"{name}_restore_") == set()
+    assert len(databases(postgres, f"{name}_before_restore_")) == 1
+    assert any("processing stays stopped" in m["text"] for m in slack.messages)
