@@ -1,8 +1,9 @@
 """Crash matrix: the worker is SIGKILLed at every activity call of every destructive workflow (app
-rollback on Docker, migration rollback, database restore, volume backup + restore), once at the
-start of the call and, in a second pass, once at its end (the work done, Temporal not told), and a
-new worker takes over each time. The runs must end as they would without crashes, with every
-side effect once, the old state kept, nothing half-made and no kill switch left off.
+rollback on Docker, migration rollback, database restore, volume backup + restore), in three
+passes: at the start of each call; half-way, at each call's first heartbeat (only long steps
+beat); at its end (the work done, Temporal not told). A new worker takes over each time. The runs
+must end as they would without crashes, with every side effect once, the old state kept, nothing
+half-made and no kill switch left off.
 
 Each case is one run through a chain of workers (tests/crash_worker.py): worker n dies at the n-th
 call, its dead attempts are failed by ID (what Temporal does by itself once the activity's
@@ -27,6 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.backups import sha256_of
 from activities.docker import DeployLedger, deploy
+from activities.migrations import apply_up
 from starter import engines
 from tests.conftest import running_worker
 from tests.crash_worker import crashes
@@ -36,7 +38,6 @@ from tests.integration.test_migrations import flag
 from tests.integration.test_restore import count, databases
 from tests.integration.test_volume import read, volume_of
 from tests.migration_sets import columns, tables, tracking, write_migrations
-from activities.migrations import apply_up
 from workflows import (AppRollbackWorkflow, BackupWorkflow, DatabaseRestoreWorkflow, MigrationRollbackWorkflow,
                        VolumeBackupWorkflow, VolumeRestoreWorkflow)
 from workflows.base import PHASE_KEY
