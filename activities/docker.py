@@ -515,6 +515,15 @@ class DockerActivities(_EngineActivities):
                         "aside_name": aside_name(target.container, request.rollback_key)}
         except NotFound:
             pass
+        # A worker killed mid-fill leaves its helper container holding the half-filled volume: the
+        # volume cannot be removed (409 "in use") nor the helper's name reused, so every retry
+        # failed and the run ended with both left behind. Ours (by the key label) goes first.
+        try:
+            stale = client.containers.get(f"{request.new_volume}-fill")
+            if stale.labels.get("io.rollback.helper") == request.rollback_key:
+                stale.remove(force=True)
+        except NotFound:
+            pass
         try:
             client.volumes.get(request.new_volume).remove()  # half-filled by an earlier attempt
         except NotFound:

@@ -68,8 +68,10 @@ def activities_for(config: ConfigSource, client: Client) -> list:
     return found
 
 
-def build_worker(client: Client, config: ConfigSource, task_queue: str, replace: list | None = None) -> Worker:
-    """The worker; `replace` swaps activities for stand-ins registered under the same names (tests)."""
+def build_worker(client: Client, config: ConfigSource, task_queue: str, replace: list | None = None,
+                 **options) -> Worker:
+    """The worker; `replace` swaps activities for stand-ins registered under the same names, and
+    `options` go to temporalio's Worker as they are (tests: interceptors, no workflow cache)."""
     replaced = {fn.__temporal_activity_definition.name for fn in replace or []}
     activities = [fn for fn in activities_for(config, client) if fn.__temporal_activity_definition.name not in replaced]
     return Worker(
@@ -81,6 +83,7 @@ def build_worker(client: Client, config: ConfigSource, task_queue: str, replace:
         activity_executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="activity"),
         # Activities that are mid-step when SIGTERM arrives get this long to finish or heartbeat out.
         graceful_shutdown_timeout=timedelta(seconds=30),
+        **options,
     )
 
 
