@@ -215,29 +215,32 @@ def test_signed_timestamps_within_five_minutes_either_way():
 
 
 def test_hmac_sources_accept_any_rotated_secret_and_refuse_forgeries(monkeypatch):
-    monkeypatch.setenv("SENTRY_SECRETS", "old-secret,new-secret")
+    monkeypatch.setenv("SENTRY_SECRETS", "old-secret,mid-secret,new-secret")
     raw = golden("sentry_issue_alert.json")
     config = WebhookSource(secret_env="SENTRY_SECRETS")
-    authenticate("sentry", config, {"sentry-hook-signature": sign("new-secret", raw)}, raw)
+    for secret in ("old-secret", "mid-secret", "new-secret"):  # any configured one, not only the last
+        authenticate("sentry", config, {"sentry-hook-signature": sign(secret, raw)}, raw)
     for forged in (sign("other", raw), sign("new-secret", raw + b" "), ""):
         with pytest.raises(Refused):
             authenticate("sentry", config, {"sentry-hook-signature": forged}, raw)
-    monkeypatch.setenv("PD_SECRETS", "pd-1,pd-2")
+    monkeypatch.setenv("PD_SECRETS", "pd-1,pd-2,pd-3")
     pd = WebhookSource(secret_env="PD_SECRETS")
-    authenticate("pagerduty", pd, {"x-pagerduty-signature": f"v1={sign('zzz', raw)},v1={sign('pd-2', raw)}"}, raw)
+    for secret in ("pd-1", "pd-2", "pd-3"):
+        authenticate("pagerduty", pd, {"x-pagerduty-signature": f"v1={sign('zzz', raw)},v1={sign(secret, raw)}"}, raw)
     with pytest.raises(Refused):
         authenticate("pagerduty", pd, {"x-pagerduty-signature": f"v1={sign('zzz', raw)}"}, raw)
 
 
 def test_bearer_basic_shared_header_and_fail_closed(monkeypatch):
-    monkeypatch.setenv("AM_TOKENS", "t1")
+    monkeypatch.setenv("AM_TOKENS", "t1,t2,t3")  # during a rotation: every listed token works
     monkeypatch.setenv("AM_BASIC", "alertmanager:pw")
     config = WebhookSource(bearer_env="AM_TOKENS", basic_env="AM_BASIC")
-    authenticate("alertmanager", config, {"authorization": "Bearer t1"}, b"")
+    for token in ("t1", "t2", "t3"):
+        authenticate("alertmanager", config, {"authorization": f"Bearer {token}"}, b"")
     basic = base64.b64encode(b"alertmanager:pw").decode()
     authenticate("alertmanager", config, {"authorization": f"Basic {basic}"}, b"")
     with pytest.raises(Refused):
-        authenticate("alertmanager", config, {"authorization": "Bearer t2"}, b"")
+        authenticate("alertmanager", config, {"authorization": "Bearer t4"}, b"")
     monkeypatch.setenv("DD_SECRET", "dd")
     authenticate("datadog", WebhookSource(secret_env="DD_SECRET", header="X-Hook"), {"x-hook": "dd"}, b"")
     with pytest.raises(Refused) as unconfigured:
