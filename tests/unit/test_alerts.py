@@ -62,7 +62,10 @@ def test_alertmanager_grouped_alerts_are_each_an_alert():
 def test_grafana_values_map_and_value_string():
     alert = only(parse("grafana", golden("grafana_firing.json"), {}))
     assert alert.values == {"error_rate": 0.23} and alert.labels["grafana_folder"] == "Shop"
-    assert "http://127.0.0.1:3000/d/shop-red?orgId=1" in alert.links
+    # the rule, the dashboard and the panel, where Grafana puts them (silenceURL is not evidence)
+    assert alert.links == ["http://127.0.0.1:3000/alerting/grafana/eds8ub2d0fnr4b/view?orgId=1",
+                           "http://127.0.0.1:3000/d/shop-red?orgId=1",
+                           "http://127.0.0.1:3000/d/shop-red?orgId=1&viewPanel=2"]
     body = json.loads(golden("grafana_firing.json"))
     del body["alerts"][0]["values"]  # older Grafana: only valueString
     alert = only(parse("grafana", json.dumps(body).encode(), {}))
