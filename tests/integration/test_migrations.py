@@ -8,6 +8,7 @@ import asyncio
 import csv
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities import migrations as migration_activities
 from activities.common import ConfigSource
 from activities.migrations import MigrationActivities, advisory_lock_id, apply_up
 from starter.flags import flag_routes
@@ -307,14 +309,18 @@ async def test_dropping_a_critical_table_is_refused(migrated):
         MigrationActivities(config).plan(MigrationPlanRequest(service="billing", target="0"))
 
 
-async def test_another_migrator_holding_the_lock_is_waited_for_then_refused(migrated):
+async def test_another_migrator_holding_the_lock_is_waited_for_then_refused(migrated, monkeypatch):
+    monkeypatch.setattr(migration_activities, "LOCK_WAIT_SECONDS", 2)
     dsn, versions, config = migrated("golang-migrate")
     step = MigrationStep(version="3", name="bad_release", previous="2", down_file="unused")
     with psycopg.connect(dsn, autocommit=True) as other:  # golang-migrate's own lock id: `migrate` is running
         other.execute("SELECT pg_advisory_lock(%s)", (advisory_lock_id(other.info.dbname, "schema_migrations"),))
+        started = time.monotonic()
         with pytest.raises(ApplicationError, match="another migration holds the migration lock"):
             ActivityEnvironment().run(MigrationActivities(config).down_step,
                                       DownStepRequest(service="billing", step=step))
+        waited = time.monotonic() - started
+    assert 2 <= waited < 5, f"refused after {waited:.1f} s; the wait is 2 s"  # waited, then gave up
     assert tracking(dsn, "golang-migrate") == [(3, False)]
     result = ActivityEnvironment().run(MigrationActivities(config).down_step,
                                        DownStepRequest(service="billing", step=step))
