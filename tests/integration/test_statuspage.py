@@ -32,7 +32,11 @@ async def test_rollback_opens_and_resolves_one_incident(client, task_queue, verc
     assert result.outcome == "rolled_back"
     (incident,) = statuspage.incidents.values()
     assert [u["status"] for u in incident["incident_updates"]] == ["identified", "resolved"]
-    assert incident["status"] == "resolved" and statuspage.components["cmp_web"] == "operational"
+    assert incident["status"] == "resolved"
+    # down while we roll back, operational once verified (the component starts operational, so the
+    # end state alone would prove nothing)
+    assert statuspage.component_history["cmp_web"] == ["partial_outage", "operational"]
+    assert statuspage.components["cmp_web"] == "operational"
 
 
 async def test_retry_after_a_crash_updates_the_same_incident(statuspage, write_config, monkeypatch):
@@ -50,3 +54,15 @@ async def test_retry_after_a_crash_updates_the_same_incident(statuspage, write_c
         service="web", key="wf/run", name="web down", status="resolved", body="fixed"))
     assert again == opened and len(statuspage.incidents) == 1
     assert statuspage.incidents[opened]["status"] == "resolved"
+
+
+def test_contract_refuses_a_create_without_a_name(statuspage):
+    import httpx
+
+    auth = {"Authorization": f"OAuth {statuspage.api_key}"}
+    url = f"{statuspage.url}/pages/{statuspage.page_id}/incidents"
+    nameless = httpx.post(url, json={"incident": {"status": "investigating", "body": "?"}}, headers=auth)
+    assert nameless.status_code == 422 and nameless.json() == {"error": ["Name can't be blank"]}
+    assert statuspage.incidents == {}
+    named = httpx.post(url, json={"incident": {"name": "web down", "status": "investigating"}}, headers=auth)
+    assert named.status_code == 201 and named.json()["name"] == "web down"
