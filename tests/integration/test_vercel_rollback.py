@@ -130,3 +130,17 @@ async def test_a_second_rollback_never_promotes_the_bad_deployment(client, task_
         assert fake.production["prj_shop"] == second.plan.target.id and fake.count("POST", "/") == posts
 
     await assert_redeploy_waits_for_approval(client, task_queue, config, "shop", "dpl_badprodzzz", unchanged)
+
+
+def test_contract_refuses_what_vercel_refuses(vercel):
+    import httpx
+
+    realistic(vercel)
+    auth = {"Authorization": f"Bearer {vercel.token}"}
+    url = f"{vercel.url}/v9/projects/prj_shop/rollback"
+    # READY production, but not a rollback candidate (Vercel keeps only some): refused, nothing moves
+    refused = httpx.post(f"{url}/dpl_nocand0000", json={}, headers=auth)
+    assert refused.status_code == 400 and "not a rollback candidate" in refused.json()["error"]["message"]
+    bad_json = httpx.post(f"{url}/dpl_goodprodzz", content=b"{not json", headers=auth)
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "bad_request"
+    assert vercel.production["prj_shop"] == "dpl_badprodzzz"
