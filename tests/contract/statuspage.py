@@ -10,6 +10,7 @@ recovery.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections import deque
@@ -33,6 +34,7 @@ class FakeStatuspage:
     components: dict[str, str] = field(default_factory=lambda: {"cmp_web": "operational"})
     component_history: dict[str, list[str]] = field(default_factory=dict)
     inject: deque = field(default_factory=deque)
+    create_delay: float = 0.0  # seconds between storing a new incident and answering: room for a crash
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def app(self) -> Starlette:
@@ -67,6 +69,8 @@ class FakeStatuspage:
                             "metadata": body.get("metadata") or {}}
                 self.incidents[incident_id] = incident
                 status_code = 201
+                if self.create_delay:
+                    await asyncio.sleep(self.create_delay)
             elif request.method == "PATCH" and rest in self.incidents:
                 incident = self.incidents[rest]
                 incident.update({k: body[k] for k in ("name", "status") if k in body})
