@@ -18,12 +18,17 @@ $(VENV)/.installed: pyproject.toml
 .tools/node_modules/.bin/vercel:
 	npm install --prefix .tools --no-audit --no-fund --loglevel=error vercel@48
 
+# The real dbmate binary (npm's `dbmate` ships the linux-x64 build), for the migration tests that
+# check our tracking-table writes against the tool itself.
+.tools/node_modules/.bin/dbmate:
+	npm install --prefix .tools --no-audit --no-fund --loglevel=error dbmate@2
+
 install: system-deps $(VENV)/.installed
 
 up: install
 	$(VENV)/bin/rollback up
 
-test: install .tools/node_modules/.bin/vercel
+test: install .tools/node_modules/.bin/vercel .tools/node_modules/.bin/dbmate
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install

@@ -275,9 +275,18 @@ class Platform:
     serving: str = ""
     hooks: list[str] = field(default_factory=list)
     broken_deploys: set[int] = field(default_factory=set)  # 1-based hook calls whose deploy is unhealthy
+    # deploy hooks (Vercel, Render, Netlify) carry their secret in the URL path: a wrong one deploys nothing
+    hook_secret: str = field(default_factory=lambda: f"dh_{uuid.uuid4().hex}")
+    refused: int = 0
 
     def app(self) -> Starlette:
         async def hook(request: Request):
+            if request.path_params["secret"] != self.hook_secret:
+                self.refused += 1
+                return JSONResponse({"error": {"code": "not_found", "message": "Deploy hook not found"}},
+                                    status_code=404)
+            if "sha" not in request.query_params:
+                return JSONResponse({"error": {"code": "bad_request", "message": "sha is required"}}, status_code=400)
             self.hooks.append(request.query_params["sha"])
             self.serving = request.query_params["sha"]
             return JSONResponse({"job": {"id": f"job{len(self.hooks)}", "state": "PENDING"}}, status_code=201)
@@ -290,7 +299,7 @@ class Platform:
         async def version(_: Request):
             return PlainTextResponse(self.serving)
 
-        return Starlette(routes=[Route("/hook", hook, methods=["POST"]), Route("/health", health),
+        return Starlette(routes=[Route("/hooks/{secret}", hook, methods=["POST"]), Route("/health", health),
                                  Route("/version", version)])
 
 
@@ -317,7 +326,7 @@ def repo(tmp_path):
 def platform(monkeypatch):
     fake = Platform()
     server = serve(fake.app())
-    monkeypatch.setenv("TEST_DEPLOY_HOOK", server.url + "/hook")
+    monkeypatch.setenv("TEST_DEPLOY_HOOK", f"{server.url}/hooks/{fake.hook_secret}")
     fake.url = server.url
     yield fake
     server.stop()

@@ -24,6 +24,7 @@ from activities.common import ConfigSource
 from starter import engines
 from starter.start import app_rollback_id
 from starter.webhook import TOKENS_ENV, create_app
+from workflows.incident import incident_id
 from tests.contract.vercel import realistic
 from tests.integration.test_vercel_rollback import vercel_service
 
@@ -140,13 +141,16 @@ async def runs_of(client, service: str) -> int:
 
 
 async def started(client, service: str) -> bool:
-    """Whether Temporal has the service's rollback workflow (strongly consistent, unlike a list)."""
+    """Whether Temporal has any workflow for the service: the receiver's own IDs (rollback,
+    incident) by describe, which is strongly consistent, and any other ID by the service's search
+    attribute in a visibility count."""
     from temporalio.service import RPCError, RPCStatusCode
 
-    try:
-        await client.get_workflow_handle(app_rollback_id(service)).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
+    for workflow_id in (app_rollback_id(service), incident_id(service)):
+        try:
+            await client.get_workflow_handle(workflow_id).describe()
+            return True
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+    return (await client.count_workflows(f"RollbackService = '{service}'")).count > 0

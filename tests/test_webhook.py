@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from starter.webhook import TOKENS_ENV
+from starter.webhook import TOKENS_ENV, create_app
 from tests.conftest import running_worker
 from tests.helpers import assert_eventually, kinds, wait_for_phase
 from tests.receiver import receiver, signed_headers, started  # noqa: F401 - receiver is a fixture
@@ -68,21 +68,47 @@ async def test_unknown_service_watch_and_resolved_start_nothing(receiver, client
     assert not await started(client, receiver.service)
 
 
+class HeldStarts:
+    """The receiver's Temporal client, holding each start once Temporal has accepted it, until the
+    test lets it go: the test can look while the HTTP exchange is still open."""
+
+    def __init__(self, client):
+        self._client = client
+        self.accepted, self.release = asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    async def start_workflow(self, *args, **kwargs):
+        handle = await self._client.start_workflow(*args, **kwargs)
+        self.accepted.set()
+        await self.release.wait()
+        return handle
+
+
 async def test_signed_sentry_alert_starts_before_the_answer_and_replays_are_ignored(receiver, client, vercel):
-    http = receiver(policy={"app_approval": "automatic"}).asgi()
+    hook = receiver(policy={"app_approval": "automatic"})
+    held = HeldStarts(client)
     body = json.loads(golden("sentry_issue_alert.json"))
     body["data"]["event"]["tags"].append(["category", "payments"])  # P0: roll back now
     raw = json.dumps(body).encode()
     headers = signed_headers("sentry", raw, **{"Request-ID": "req-42", "Sentry-Hook-Resource": "event_alert"})
-    first = await http.post("/alerts/sentry", content=raw, headers=headers)
-    assert first.status_code == 202, first.text
-    (result,) = first.json()["alerts"]
-    assert result["started"] and result["action"] == "rollback" and result["rule"].startswith("P0")
-    # started before we answered: the workflow exists the moment the response is in
-    description = await client.get_workflow_handle(result["workflow_id"]).describe()
-    assert description.status.name == "RUNNING"
-    replay = await http.post("/alerts/sentry", content=raw, headers=headers)
-    assert replay.status_code == 200 and replay.json()["duplicate"] is True
+    async with hook.http(create_app(held, hook.config, hook.task_queue)) as http:  # real HTTP, real uvicorn
+        answer = asyncio.create_task(http.post("/alerts/sentry", content=raw, headers=headers))
+        await asyncio.wait_for(held.accepted.wait(), timeout=30)
+        # the workflow runs in Temporal while the sender is still waiting for its answer
+        description = await client.get_workflow_handle(hook.workflow_id).describe()
+        assert description.status.name == "RUNNING" and not answer.done()
+        await asyncio.sleep(0.3)
+        assert not answer.done()  # the receiver answers only after the start
+        held.release.set()
+        first = await answer
+        assert first.status_code == 202, first.text
+        (result,) = first.json()["alerts"]
+        assert result["started"] and result["action"] == "rollback" and result["rule"].startswith("P0")
+        assert result["workflow_id"] == hook.workflow_id
+        replay = await http.post("/alerts/sentry", content=raw, headers=headers)
+        assert replay.status_code == 200 and replay.json()["duplicate"] is True
     await client.get_workflow_handle(result["workflow_id"]).terminate("test over")
 
 

@@ -3,11 +3,14 @@
 `Authorization: OAuth <api_key>`; create `POST /v1/pages/{page}/incidents`, update
 `PATCH /v1/pages/{page}/incidents/{id}`, list `GET /v1/pages/{page}/incidents/unresolved`, with
 bodies `{"incident": {...}}`. Errors: 401 bad key, 404 unknown page or incident, 422 invalid
-status, 429 with Retry-After when a test queues one.
+status or a create without `name`, 429 with Retry-After when a test queues one. Every component
+status an incident sets is kept in `component_history`, so a test sees the outage as well as the
+recovery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections import deque
@@ -29,7 +32,9 @@ class FakeStatuspage:
     page_id: str = "page1"
     incidents: dict[str, dict] = field(default_factory=dict)
     components: dict[str, str] = field(default_factory=lambda: {"cmp_web": "operational"})
+    component_history: dict[str, list[str]] = field(default_factory=dict)
     inject: deque = field(default_factory=deque)
+    create_delay: float = 0.0  # seconds between storing a new incident and answering: room for a crash
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def app(self) -> Starlette:
@@ -55,13 +60,17 @@ class FakeStatuspage:
                     return JSONResponse({"error": f"Invalid component {component}"}, status_code=422)
             now = datetime.now(timezone.utc).isoformat()
             if request.method == "POST" and not rest:
+                if not str(body.get("name") or "").strip():
+                    return JSONResponse({"error": ["Name can't be blank"]}, status_code=422)
                 incident_id = f"inc{next(self.ids)}"
-                incident = {"id": incident_id, "page_id": page, "name": body.get("name", ""),
+                incident = {"id": incident_id, "page_id": page, "name": body["name"],
                             "status": body.get("status", "investigating"), "impact": body.get("impact_override", "none"),
                             "created_at": now, "updated_at": now, "incident_updates": [],
                             "metadata": body.get("metadata") or {}}
                 self.incidents[incident_id] = incident
                 status_code = 201
+                if self.create_delay:
+                    await asyncio.sleep(self.create_delay)
             elif request.method == "PATCH" and rest in self.incidents:
                 incident = self.incidents[rest]
                 incident.update({k: body[k] for k in ("name", "status") if k in body})
@@ -71,7 +80,9 @@ class FakeStatuspage:
                 return JSONResponse({"error": "Incident not found"}, status_code=404)
             incident["incident_updates"].append({"status": incident["status"], "body": body.get("body", ""),
                                                  "created_at": now})
-            self.components.update(body.get("components") or {})
+            for component, state in (body.get("components") or {}).items():
+                self.components[component] = state
+                self.component_history.setdefault(component, []).append(state)
             return JSONResponse(incident, status_code=status_code)
 
         return Starlette(routes=[

@@ -156,6 +156,11 @@ class FakeVercel:
         parts = path.strip("/").split("/")
         if self.team_id and query.get("teamId") not in (None, self.team_id) and parts[:1] != ["v2"]:
             return _error(403, "forbidden", "You don't have permission to access this team")
+        if method == "POST" and body.strip():
+            try:
+                json.loads(body)
+            except ValueError:
+                return _error(400, "bad_request", "Invalid JSON body")
         if method == "GET" and path == "/v2/user":
             return JSONResponse({"user": {"id": "user_1", "username": "dev", "email": "dev@example.com",
                                           "name": "Dev", "defaultTeamId": self.team_id}})
@@ -179,8 +184,6 @@ class FakeVercel:
                 return JSONResponse(self._public_project(project))
             if method == "POST" and len(parts) == 5 and (parts[0], parts[3]) in (
                     ("v1", "rollback"), ("v9", "rollback"), ("v10", "promote")):
-                if body.strip() not in (b"", b"{}") and parts[3] == "promote":
-                    json.loads(body)
                 return self._alias(project, parts[4], parts[3])
         return _error(404, "not_found", "The requested path was not found")
 
@@ -219,6 +222,8 @@ class FakeVercel:
             return _error(404, "not_found", "Deployment not found")
         if target["readyState"] != "READY" or target["target"] != "production":
             return _error(400, "bad_request", "Only READY production deployments can be used")
+        if kind == "rollback" and not target["isRollbackCandidate"]:
+            return _error(400, "bad_request", "This deployment is not a rollback candidate")
         project["lastAliasRequest"] = {
             "fromDeploymentId": self.production.get(project["id"]), "toDeploymentId": target["uid"],
             "jobStatus": "pending", "requestedAt": int(time.time() * 1000), "type": kind,

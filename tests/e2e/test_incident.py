@@ -175,6 +175,7 @@ async def test_full_emergency_from_alert_to_postmortem(client, task_queue, produ
     assert [e["event_action"] for e in site.pagerduty.events] == ["trigger", "resolve"]
     (incident,) = site.statuspage.incidents.values()
     assert [u["status"] for u in incident["incident_updates"]] == ["investigating", "monitoring", "resolved"]
+    assert site.statuspage.component_history["cmp_web"] == ["partial_outage", "degraded_performance", "operational"]
     texts = [m["text"] for m in site.slack.messages]
     assert texts[0].startswith("🚨 PRODUCTION INCIDENT DECLARED") and any("INCIDENT RESOLVED" in t for t in texts)
     # the post-mortem: four durations, markdown and JSON

@@ -11,12 +11,12 @@ import httpx
 import pytest
 from temporalio.client import WorkflowFailureError
 
-from activities.docker import DeployLedger, deploy
+from activities.docker import DeployLedger, deploy, select_from_ledger, version_of
 from starter import engines
 from tests.conftest import running_worker
 from tests.helpers import kinds, wait_for_phase
 from workflows import AppRollbackWorkflow
-from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput
+from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput, TargetRequest
 
 pytestmark = pytest.mark.docker
 
@@ -179,6 +179,21 @@ async def test_deploy_ledger_skips_images_rolled_back_from(tmp_path):
     entries = ledger.entries()
     assert [e["image_id"] for e in entries] == ["sha256:a", "sha256:b", "sha256:a"]
     assert [e["bad"] for e in entries] == [False, True, False]
+
+
+async def test_default_target_skips_images_rolled_back_from(tmp_path, docker_engine):
+    v1, v2, v3 = (docker_engine.images[v] for v in ("v1", "v2", "v3-broken"))
+    ledger = DeployLedger(tmp_path / "ledger.json")
+    for image_id, ref in ((v1, "demo-web:v1"), (v2, "demo-web:v2"), (v3, "demo-web:v3-broken")):
+        ledger.record(image_id, ref)
+    current = version_of(docker_engine.client, v3)
+    request = TargetRequest(service="web", current=current)
+    assert select_from_ledger(docker_engine.client, ledger, request, "web").id == v2  # the previous deploy
+    ledger.mark_bad(v2)  # an earlier rollback moved away from v2
+    chosen = select_from_ledger(docker_engine.client, ledger, request, "web")
+    assert chosen.id == v1 and not chosen.rolled_back_from
+    explicit = select_from_ledger(docker_engine.client, ledger, request.model_copy(update={"explicit": v2}), "web")
+    assert explicit.id == v2 and explicit.rolled_back_from  # allowed, but the plan asks for approval
 
 
 async def test_a_second_rollback_never_puts_the_bad_image_back(client, task_queue, make_deployed, docker_engine):

@@ -47,6 +47,20 @@ async def test_retried_execute_neither_reverts_nor_deploys_twice(repo, platform,
     assert count == "4"  # three releases + one revert
 
 
+async def test_a_deploy_hook_with_the_wrong_secret_deploys_nothing(repo, platform, write_config, monkeypatch):
+    from temporalio.exceptions import ApplicationError
+
+    remote, commits = repo
+    activities = GitActivities(write_config({"web": git_service(remote, platform)}))
+    monkeypatch.setenv("TEST_DEPLOY_HOOK", f"{platform.url}/hooks/dh_wrong")
+    request = ExecuteRequest(service="web", current=AppVersion(provider="git", id=commits["bad2"]),
+                             target=AppVersion(provider="git", id=commits["good"], label="good"),
+                             rollback_key="wf-2/run-1")
+    with pytest.raises(ApplicationError, match="deploy hook answered HTTP 404"):
+        await ActivityEnvironment().run(activities.execute, request)
+    assert platform.refused == 1 and platform.hooks == [] and platform.serving == ""
+
+
 async def test_target_not_in_history_is_refused(client, task_queue, repo, platform, write_config):
     from temporalio.client import WorkflowFailureError
 

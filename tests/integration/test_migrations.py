@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import shutil
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -15,10 +18,11 @@ from temporalio.client import WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities import migrations as migration_activities
 from activities.common import ConfigSource
 from activities.migrations import MigrationActivities, advisory_lock_id, apply_up
 from starter.flags import flag_routes
-from tests.conftest import running_worker
+from tests.conftest import ROOT, running_worker, unavailable
 from tests.contract.server import serve
 from tests.helpers import create_database, kinds, set_postgres_flag, wait_for_phase
 from tests.migration_sets import (
@@ -65,6 +69,10 @@ def migrated(postgres, write_config, monkeypatch, tmp_path, platform):
         if tool == "alembic":
             versions = write_alembic(directory)
             alembic_upgrade(directory, dsn)
+        elif tool == "dbmate":  # the real binary creates and fills its own tracking table
+            versions = write_migrations(tool, directory, migrations)
+            up = dbmate(dsn, directory, "up")
+            assert up.returncode == 0, up.stderr
         else:
             versions = write_migrations(tool, directory, migrations)
             assert apply_up(dsn, tool, directory) == versions
@@ -84,6 +92,16 @@ def migrated(postgres, write_config, monkeypatch, tmp_path, platform):
         return dsn, versions, config
 
     return make
+
+
+def dbmate(dsn: str, directory: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real dbmate (npm `dbmate@2`, installed into .tools/ by `make test`)."""
+    binary = next((str(c) for c in (ROOT / ".tools" / "node_modules" / ".bin" / "dbmate", shutil.which("dbmate"))
+                   if c and Path(c).exists()), None)
+    if binary is None:
+        unavailable("dbmate is not installed: make .tools/node_modules/.bin/dbmate")
+    return subprocess.run([binary, "--url", f"{dsn}?sslmode=disable", "--migrations-dir", str(directory),
+                           "--no-dump-schema", *args], capture_output=True, text=True, timeout=60)
 
 
 async def start(client, task_queue, target: str, dry_run: bool = False) -> WorkflowHandle:
@@ -133,6 +151,64 @@ async def test_rollback_to_first_version_with_data_loss_guard(tool, client, task
     assert status.current == versions[0] and [m.applied for m in status.migrations] == [True, False, False]
     assert status.last_stable == versions[0]
     assert kinds(result.timeline).index("captured") < kinds(result.timeline).index("approval_requested")
+
+
+async def rollback_to_first(client, task_queue, config, versions) -> MigrationRollbackResult:
+    async with running_worker(client, config, task_queue):
+        handle = await start(client, task_queue, versions[0])
+        await wait_for_phase(handle, "awaiting_approval", timeout=60)  # the data-loss checkpoint
+        await handle.execute_update("approve", APPROVAL)
+        result = await handle.result()
+    assert result.outcome == "rolled_back", result.message
+    return result
+
+
+async def test_real_dbmate_sees_the_rolled_back_migrations_as_pending_and_reapplies_them(
+        client, task_queue, migrated, tmp_path):
+    dsn, versions, config = migrated("dbmate")  # applied by `dbmate up` itself
+    directory = tmp_path / "migrations"
+    await rollback_to_first(client, task_queue, config, versions)
+
+    status = dbmate(dsn, directory, "status")
+    applied = [line.split()[-1] for line in status.stdout.splitlines() if line.startswith("[X]")]
+    pending = [line.split()[-1] for line in status.stdout.splitlines() if line.startswith("[ ]")]
+    assert applied == [f"{versions[0]}_create_accounts.sql"], status.stdout
+    assert pending == [f"{versions[1]}_add_plan.sql", f"{versions[2]}_bad_release.sql"], status.stdout
+    up = dbmate(dsn, directory, "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert columns(dsn, "accounts") == ["id", "email", "plan", "score"] and "audit" in tables(dsn)
+    assert tracking(dsn, "dbmate") == versions
+    assert "Pending: 0" in dbmate(dsn, directory, "status").stdout
+
+
+async def test_real_alembic_sees_the_rolled_back_revisions_as_pending_and_reapplies_them(
+        client, task_queue, migrated, tmp_path, postgres):
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+
+    dsn, versions, config = migrated("alembic")  # upgraded by alembic itself
+    directory = tmp_path / "migrations"
+    await rollback_to_first(client, task_queue, config, versions)
+
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+            alembic_config = Config(str(directory / "alembic.ini"))
+            script = ScriptDirectory.from_config(alembic_config)
+            pending = [r.revision for r in script.iterate_revisions("heads", current)]
+            assert current == versions[0]
+            assert list(reversed(pending)) == versions[1:]  # what `alembic upgrade head` will run
+            alembic_config.attributes["connection"] = connection
+            command.upgrade(alembic_config, "head")
+            connection.commit()
+            assert MigrationContext.configure(connection).get_current_revision() == versions[2]
+    finally:
+        engine.dispose()
+    assert columns(dsn, "accounts") == ["id", "email", "plan", "score"] and "audit" in tables(dsn)
 
 
 async def test_one_step_without_data_loss_needs_no_approval(client, task_queue, migrated):
@@ -233,14 +309,18 @@ async def test_dropping_a_critical_table_is_refused(migrated):
         MigrationActivities(config).plan(MigrationPlanRequest(service="billing", target="0"))
 
 
-async def test_another_migrator_holding_the_lock_is_waited_for_then_refused(migrated):
+async def test_another_migrator_holding_the_lock_is_waited_for_then_refused(migrated, monkeypatch):
+    monkeypatch.setattr(migration_activities, "LOCK_WAIT_SECONDS", 2)
     dsn, versions, config = migrated("golang-migrate")
     step = MigrationStep(version="3", name="bad_release", previous="2", down_file="unused")
     with psycopg.connect(dsn, autocommit=True) as other:  # golang-migrate's own lock id: `migrate` is running
         other.execute("SELECT pg_advisory_lock(%s)", (advisory_lock_id(other.info.dbname, "schema_migrations"),))
+        started = time.monotonic()
         with pytest.raises(ApplicationError, match="another migration holds the migration lock"):
             ActivityEnvironment().run(MigrationActivities(config).down_step,
                                       DownStepRequest(service="billing", step=step))
+        waited = time.monotonic() - started
+    assert 2 <= waited < 5, f"refused after {waited:.1f} s; the wait is 2 s"  # waited, then gave up
     assert tracking(dsn, "golang-migrate") == [(3, False)]
     result = ActivityEnvironment().run(MigrationActivities(config).down_step,
                                        DownStepRequest(service="billing", step=step))

@@ -147,3 +147,17 @@ async def test_each_run_of_a_reused_workflow_id_posts_its_own_messages(client, t
             assert (await handle.result()).outcome == "rolled_back"
     rolled_back = [m["text"] for m in slack.messages if m["text"].startswith("shop rolled back:")]
     assert len(rolled_back) == 2 and rolled_back[0] != rolled_back[1], rolled_back
+
+
+def test_contract_refuses_what_vercel_refuses(vercel):
+    import httpx
+
+    realistic(vercel)
+    auth = {"Authorization": f"Bearer {vercel.token}"}
+    url = f"{vercel.url}/v9/projects/prj_shop/rollback"
+    # READY production, but not a rollback candidate (Vercel keeps only some): refused, nothing moves
+    refused = httpx.post(f"{url}/dpl_nocand0000", json={}, headers=auth)
+    assert refused.status_code == 400 and "not a rollback candidate" in refused.json()["error"]["message"]
+    bad_json = httpx.post(f"{url}/dpl_goodprodzz", content=b"{not json", headers=auth)
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "bad_request"
+    assert vercel.production["prj_shop"] == "dpl_badprodzzz"

@@ -62,7 +62,10 @@ def test_alertmanager_grouped_alerts_are_each_an_alert():
 def test_grafana_values_map_and_value_string():
     alert = only(parse("grafana", golden("grafana_firing.json"), {}))
     assert alert.values == {"error_rate": 0.23} and alert.labels["grafana_folder"] == "Shop"
-    assert "http://127.0.0.1:3000/d/shop-red?orgId=1" in alert.links
+    # the rule, the dashboard and the panel, where Grafana puts them (silenceURL is not evidence)
+    assert alert.links == ["http://127.0.0.1:3000/alerting/grafana/eds8ub2d0fnr4b/view?orgId=1",
+                           "http://127.0.0.1:3000/d/shop-red?orgId=1",
+                           "http://127.0.0.1:3000/d/shop-red?orgId=1&viewPanel=2"]
     body = json.loads(golden("grafana_firing.json"))
     del body["alerts"][0]["values"]  # older Grafana: only valueString
     alert = only(parse("grafana", json.dumps(body).encode(), {}))
@@ -215,29 +218,32 @@ def test_signed_timestamps_within_five_minutes_either_way():
 
 
 def test_hmac_sources_accept_any_rotated_secret_and_refuse_forgeries(monkeypatch):
-    monkeypatch.setenv("SENTRY_SECRETS", "old-secret,new-secret")
+    monkeypatch.setenv("SENTRY_SECRETS", "old-secret,mid-secret,new-secret")
     raw = golden("sentry_issue_alert.json")
     config = WebhookSource(secret_env="SENTRY_SECRETS")
-    authenticate("sentry", config, {"sentry-hook-signature": sign("new-secret", raw)}, raw)
+    for secret in ("old-secret", "mid-secret", "new-secret"):  # any configured one, not only the last
+        authenticate("sentry", config, {"sentry-hook-signature": sign(secret, raw)}, raw)
     for forged in (sign("other", raw), sign("new-secret", raw + b" "), ""):
         with pytest.raises(Refused):
             authenticate("sentry", config, {"sentry-hook-signature": forged}, raw)
-    monkeypatch.setenv("PD_SECRETS", "pd-1,pd-2")
+    monkeypatch.setenv("PD_SECRETS", "pd-1,pd-2,pd-3")
     pd = WebhookSource(secret_env="PD_SECRETS")
-    authenticate("pagerduty", pd, {"x-pagerduty-signature": f"v1={sign('zzz', raw)},v1={sign('pd-2', raw)}"}, raw)
+    for secret in ("pd-1", "pd-2", "pd-3"):
+        authenticate("pagerduty", pd, {"x-pagerduty-signature": f"v1={sign('zzz', raw)},v1={sign(secret, raw)}"}, raw)
     with pytest.raises(Refused):
         authenticate("pagerduty", pd, {"x-pagerduty-signature": f"v1={sign('zzz', raw)}"}, raw)
 
 
 def test_bearer_basic_shared_header_and_fail_closed(monkeypatch):
-    monkeypatch.setenv("AM_TOKENS", "t1")
+    monkeypatch.setenv("AM_TOKENS", "t1,t2,t3")  # during a rotation: every listed token works
     monkeypatch.setenv("AM_BASIC", "alertmanager:pw")
     config = WebhookSource(bearer_env="AM_TOKENS", basic_env="AM_BASIC")
-    authenticate("alertmanager", config, {"authorization": "Bearer t1"}, b"")
+    for token in ("t1", "t2", "t3"):
+        authenticate("alertmanager", config, {"authorization": f"Bearer {token}"}, b"")
     basic = base64.b64encode(b"alertmanager:pw").decode()
     authenticate("alertmanager", config, {"authorization": f"Basic {basic}"}, b"")
     with pytest.raises(Refused):
-        authenticate("alertmanager", config, {"authorization": "Bearer t2"}, b"")
+        authenticate("alertmanager", config, {"authorization": "Bearer t4"}, b"")
     monkeypatch.setenv("DD_SECRET", "dd")
     authenticate("datadog", WebhookSource(secret_env="DD_SECRET", header="X-Hook"), {"x-hook": "dd"}, b"")
     with pytest.raises(Refused) as unconfigured:

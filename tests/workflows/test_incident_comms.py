@@ -128,6 +128,7 @@ async def test_escalation_cadence_and_statuspage_over_hours(skipping_env, tmp_pa
     assert pagerduty.alerts["incident-web"] == "resolved"
     assert [e["event_action"] for e in pagerduty.events] == ["trigger", "acknowledge", "resolve"]
     assert incident["status"] == "resolved" and statuspage.components["cmp_web"] == "operational"
+    assert statuspage.component_history["cmp_web"] == ["partial_outage", "operational"]  # down, then back
     assert [u["status"] for u in incident["incident_updates"]] == ["investigating", "resolved"]
     resolved = next(t for t in texts(slack) if t.startswith("✅ INCIDENT RESOLVED ✅"))
     # 182 minutes slept; the time-skipping server also moves time while activities run, so the
