@@ -36,7 +36,10 @@ class AlertOutbox:
         self.directory = path.parent
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+        # WAL + synchronous=NORMAL, as the replay store: a commit survives the receiver's crash
+        # without an fsync per alert on the request path (a power cut may lose the last ones)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, workflow_id TEXT NOT NULL, "
                          "at REAL NOT NULL, notice TEXT NOT NULL)")
         self._lock = threading.Lock()
