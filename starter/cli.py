@@ -229,6 +229,22 @@ def app_rollback(service: str, to: Optional[str], dry_run: bool, wait: bool, rea
     sys.exit(_run(main()))
 
 
+async def _read_through_worker(workflow_run, service: str, prefix: str, result_type):
+    """Run a read-only workflow for `service` (the worker holds the secrets it needs) and return
+    its result; its failure is one error line."""
+    import uuid
+
+    from workflows.models import ServiceRef
+
+    client = await _client()
+    try:
+        return await client.execute_workflow(workflow_run, ServiceRef(service=service),
+                                             id=f"{prefix}-{service}-{uuid.uuid4().hex[:8]}",
+                                             task_queue=_task_queue(), result_type=result_type)
+    except WorkflowFailureError as exc:
+        raise CliError(cause_message(exc)) from None
+
+
 async def _start_and_maybe_follow(workflow_run, request, workflow_id: str, wait: bool, as_json: bool) -> int:
     from temporalio.common import WorkflowIDConflictPolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -492,19 +508,11 @@ def migrations_group() -> None:
 @json_option
 def migrations_status(service: str, as_json: bool) -> None:
     """Applied, pending and dirty migrations, read by the worker (which holds the DSN)."""
-    import uuid
-
     from workflows import MigrationStatusWorkflow
-    from workflows.models import MigrationStatus, ServiceRef
+    from workflows.models import MigrationStatus
 
     async def main() -> int:
-        client = await _client()
-        try:
-            status = await client.execute_workflow(
-                MigrationStatusWorkflow.run, ServiceRef(service=service), id=f"migrations-status-{service}-"
-                f"{uuid.uuid4().hex[:8]}", task_queue=_task_queue(), result_type=MigrationStatus)
-        except WorkflowFailureError as exc:
-            raise CliError(cause_message(exc)) from None
+        status = await _read_through_worker(MigrationStatusWorkflow.run, service, "migrations-status", MigrationStatus)
         if as_json:
             print(status.model_dump_json(indent=2))
             return 0
@@ -1013,20 +1021,12 @@ def resolve(workflow_id: str, reason: str, by: Optional[str]) -> None:
 @json_option
 def assess(service: str, as_json: bool) -> None:
     """Runbook 001's status-only assessment, read by the worker; changes nothing."""
-    import uuid
-
     from workflows import AssessWorkflow
     from workflows.incident import describe_assessment
-    from workflows.models import AssessReport, ServiceRef
+    from workflows.models import AssessReport
 
     async def main() -> int:
-        client = await _client()
-        try:
-            report = await client.execute_workflow(
-                AssessWorkflow.run, ServiceRef(service=service), id=f"assess-{service}-{uuid.uuid4().hex[:8]}",
-                task_queue=_task_queue(), result_type=AssessReport)
-        except WorkflowFailureError as exc:
-            raise CliError(cause_message(exc)) from None
+        report = await _read_through_worker(AssessWorkflow.run, service, "assess", AssessReport)
         if as_json:
             print(report.model_dump_json(indent=2))
             return 0
