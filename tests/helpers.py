@@ -129,3 +129,15 @@ async def roll_back_twice(client, task_queue: str, config, service: str):
         except WorkflowFailureError as failure:
             return first, str(failure.cause.cause)
     raise AssertionError(f"the second rollback ran: {second.outcome} to {second.to_version}")
+
+
+def shop_service(platform, backup_dir, **extra) -> dict:
+    """The database service the restore tests use: its DSN in TEST_SHOP_DSN, maintenance mode as
+    a PostgreSQL kill switch, the app's health on the `platform` fake."""
+    return {
+        "app": {"provider": "docker", "docker": {"container": "unused"}},
+        "health": {"url": f"{platform.url}/health", "consecutive_checks": 1, "interval_seconds": 0.1},
+        "kill_switches": [{"name": "MAINTENANCE_MODE", "store": "postgres", "off_value": "on"}],
+        "database": {"dsn_env": "TEST_SHOP_DSN", "backup_dir": str(backup_dir)},
+        **extra,
+    }

@@ -32,7 +32,7 @@ from activities.migrations import apply_up
 from starter import engines
 from tests.conftest import running_worker
 from tests.crash_worker import crashes
-from tests.helpers import create_database, set_postgres_flag
+from tests.helpers import create_database, set_postgres_flag, shop_service
 from tests.integration.test_docker_rollback import docker_service
 from tests.integration.test_migrations import flag
 from tests.integration.test_restore import count, databases
@@ -295,13 +295,8 @@ async def damaged_shop(client, task_queue, postgres, write_config, platform, mon
     set_postgres_flag(dsn, "MAINTENANCE_MODE", "off")
     monkeypatch.setenv("TEST_SHOP_DSN", dsn)
     backups = tmp_path / "backups"
-    config = write_config({"shop": {
-        "app": {"provider": "docker", "docker": {"container": "unused"}},
-        "health": {"url": f"{platform.url}/health", "consecutive_checks": 1, "interval_seconds": 0.1},
-        "kill_switches": [{"name": "MAINTENANCE_MODE", "store": "postgres", "off_value": "on"}],
-        "database": {"dsn_env": "TEST_SHOP_DSN", "backup_dir": str(backups)},
-        "notify": {"slack_webhook_env": "TEST_SLACK_WEBHOOK"},
-    }})
+    config = write_config({"shop": shop_service(platform, backups,
+                                                notify={"slack_webhook_env": "TEST_SLACK_WEBHOOK"})})
     async with running_worker(client, config, task_queue):
         source = await client.execute_workflow(BackupWorkflow.run, BackupInput(service="shop"), id=f"wf-{uuid.uuid4()}",
                                                task_queue=task_queue, result_type=BackupManifest)

@@ -24,7 +24,7 @@ from activities.backups import sha256_of
 from activities.docker import DeployLedger, deploy
 from starter import engines
 from tests.conftest import running_worker
-from tests.helpers import assert_eventually, create_database, set_postgres_flag, wait_for_phase
+from tests.helpers import assert_eventually, create_database, set_postgres_flag, shop_service, wait_for_phase
 from tests.integration.test_docker_rollback import docker_service
 from tests.integration.test_migrations import flag
 from tests.integration.test_restore import count, databases
@@ -180,12 +180,7 @@ def shop(cluster: Cluster, write_config, monkeypatch, tmp_path, platform, rows: 
         conn.execute("CREATE INDEX events_payload ON events (payload)")
     set_postgres_flag(dsn, "MAINTENANCE_MODE", "off")
     monkeypatch.setenv("TEST_SHOP_DSN", dsn)
-    config = write_config({"shop": {
-        "app": {"provider": "docker", "docker": {"container": "unused"}},
-        "health": {"url": f"{platform.url}/health", "consecutive_checks": 1, "interval_seconds": 0.1},
-        "kill_switches": [{"name": "MAINTENANCE_MODE", "store": "postgres", "off_value": "on"}],
-        "database": {"dsn_env": "TEST_SHOP_DSN", "backup_dir": str(tmp_path / "backups")},
-    }})
+    config = write_config({"shop": shop_service(platform, tmp_path / "backups")})
     return name, dsn, config
 
 

@@ -12,7 +12,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from tests.conftest import running_worker
-from tests.helpers import create_database, kinds, set_postgres_flag, wait_for_phase
+from tests.helpers import create_database, kinds, set_postgres_flag, shop_service, wait_for_phase
 from workflows import BackupWorkflow, DatabaseRestoreWorkflow
 from workflows.models import ApprovalInput, BackupInput, BackupManifest, RestoreInput, RestoreResult
 
@@ -30,12 +30,7 @@ def shop_db(postgres, write_config, monkeypatch, tmp_path, platform):
         conn.execute("INSERT INTO orders SELECT g, 1 + g % 100, g * 1.5 FROM generate_series(1, 50) g")
     set_postgres_flag(dsn, "MAINTENANCE_MODE", "off")
     monkeypatch.setenv("TEST_SHOP_DSN", dsn)
-    config = write_config({"shop": {
-        "app": {"provider": "docker", "docker": {"container": "unused"}},
-        "health": {"url": f"{platform.url}/health", "consecutive_checks": 1, "interval_seconds": 0.1},
-        "kill_switches": [{"name": "MAINTENANCE_MODE", "store": "postgres", "off_value": "on"}],
-        "database": {"dsn_env": "TEST_SHOP_DSN", "backup_dir": str(tmp_path / "backups")},
-    }})
+    config = write_config({"shop": shop_service(platform, tmp_path / "backups")})
     return name, dsn, postgres, config
 
 
