@@ -29,7 +29,11 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 @dataclass
 class FakeVercel:
     token: str = "vercelTestToken0123"
-    team_id: str | None = None
+    team_id: str | None = None  # the team that owns the projects; None: the token owner's personal account
+    # The token owner's default scope (`/v2/user` `defaultTeamId`): a request without `teamId` acts in
+    # it. Real Vercel refuses a team's resources without `teamId` unless that team is the default scope
+    # (the Vercel CLI relies on this: most of its calls carry no `teamId`).
+    default_team_id: str | None = None
     job_seconds: float = 0.6
     next_job_outcome: str = "succeeded"
     projects: dict[str, dict] = field(default_factory=dict)
@@ -154,8 +158,10 @@ class FakeVercel:
 
     def _dispatch(self, method: str, path: str, query: dict, body: bytes) -> Response:
         parts = path.strip("/").split("/")
-        if self.team_id and query.get("teamId") not in (None, self.team_id) and parts[:1] != ["v2"]:
-            return _error(403, "forbidden", "You don't have permission to access this team")
+        if self.team_id and parts[:1] != ["v2"] and parts[:1] != ["teams"]:
+            scope = query.get("teamId") or self.default_team_id
+            if scope != self.team_id:
+                return _error(403, "forbidden", "You don't have permission to access this team")
         if method == "POST" and body.strip():
             try:
                 json.loads(body)
@@ -163,7 +169,7 @@ class FakeVercel:
                 return _error(400, "bad_request", "Invalid JSON body")
         if method == "GET" and path == "/v2/user":
             return JSONResponse({"user": {"id": "user_1", "username": "dev", "email": "dev@example.com",
-                                          "name": "Dev", "defaultTeamId": self.team_id}})
+                                          "name": "Dev", "defaultTeamId": self.default_team_id}})
         if method == "GET" and parts[0] == "teams" and len(parts) == 2:
             if parts[1] != self.team_id:
                 return _error(404, "not_found", "Team not found")

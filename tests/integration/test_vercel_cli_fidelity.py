@@ -26,7 +26,8 @@ def vercel_cli() -> str:
 
 @pytest.fixture
 def linked(tmp_path):
-    fake = FakeVercel(team_id="team_acme")
+    # the CLI sends `teamId` on its polls only, so the token's default scope must be the team
+    fake = FakeVercel(team_id="team_acme", default_team_id="team_acme")
     realistic(fake)
     server = serve(fake.app())
     (tmp_path / ".vercel").mkdir()

@@ -161,3 +161,27 @@ def test_contract_refuses_what_vercel_refuses(vercel):
     bad_json = httpx.post(f"{url}/dpl_goodprodzz", content=b"{not json", headers=auth)
     assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "bad_request"
     assert vercel.production["prj_shop"] == "dpl_badprodzzz"
+
+
+async def test_a_team_project_needs_its_team_id(client, task_queue, vercel, write_config, monkeypatch):
+    """A project owned by a team that is not the token's default scope: every call must carry
+    `teamId` (Vercel answers 403 otherwise). Without `team:` the rollback stops with a clear error and
+    moves nothing; with it, every call we make names the team and the rollback goes through."""
+    vercel.team_id = "team_acme"
+    realistic(vercel)
+    monkeypatch.setenv("TEST_VERCEL_TOKEN", vercel.token)
+    without_team = write_config({"shop": vercel_service(vercel)})
+    with pytest.raises(WorkflowFailureError) as failure:
+        await run(client, task_queue, without_team)
+    assert "Vercel refused the token (403)" in str(failure.value.cause.cause)
+    assert "team access" in str(failure.value.cause.cause)
+    assert vercel.production["prj_shop"] == "dpl_badprodzzz" and vercel.count("POST", "") == 0
+
+    service = vercel_service(vercel)
+    service["app"]["vercel"]["team"] = "team_acme"
+    vercel.calls.clear()
+    result = await run(client, task_queue, write_config({"shop": service}))
+    assert result.outcome == "rolled_back"
+    assert vercel.production["prj_shop"] == "dpl_goodprodzz"
+    api_calls = [(m, p, q) for m, p, q, _ in vercel.calls if not p.startswith("/_site/")]
+    assert api_calls and all(q.get("teamId") == "team_acme" for _, _, q in api_calls), api_calls
