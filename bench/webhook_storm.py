@@ -40,8 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from activities.common import ConfigSource  # noqa: E402
 from starter import engines  # noqa: E402
 from starter.webhook import create_app  # noqa: E402
-from tests.contract.server import serve  # noqa: E402
-from tests.contract.vercel import FakeVercel  # noqa: E402
 from worker.main import build_worker  # noqa: E402
 from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
 from workflows.models import RollbackStatus  # noqa: E402
@@ -54,14 +52,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def vercel_services(fake: FakeVercel | None, url: str, names: list[str], approval: str) -> dict:
+def vercel_in_own_process(names: list[str]) -> tuple[subprocess.Popen, str]:
+    """The Vercel contract server (one project per name) in its own process: in ours it would
+    compete with the receiver for the GIL, and the benchmark would measure itself."""
+    port = engines.free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.contract.vercel", str(port), *names],
+                               cwd=Path(__file__).resolve().parent.parent)
+    engines.wait_for(lambda: engines.port_open("127.0.0.1", port), 30, "Vercel contract server", process)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def vercel_services(url: str, names: list[str], approval: str) -> dict:
     services = {}
-    for i, name in enumerate(names):
+    for name in names:
         project = f"prj_{name}"
-        if fake is not None:
-            fake.add_project(project, name)
-            fake.add_deployment(project, f"dpl_{name}_good", 1_000 + i * 10)
-            fake.add_deployment(project, f"dpl_{name}_bad", 2_000 + i * 10)
         services[name] = {
             "app": {"provider": "vercel", "vercel": {"project": project, "token_env": "BENCH_VERCEL_TOKEN",
                                                      "api_url": url, "poll_interval_seconds": 1}},
@@ -90,14 +94,8 @@ async def run_receiver(env, services: dict, workdir: Path, task_queue: str, sour
 
 async def latency(env, workdir: Path) -> None:
     names = [f"svc{i:03d}" for i in range(200)]
-    # The Vercel contract server runs in its own process: in ours it would compete with the
-    # worker and receiver for the GIL and measure itself.
-    port = engines.free_port()
-    fake_process = subprocess.Popen([sys.executable, "-m", "tests.contract.vercel", str(port), *names],
-                                    cwd=Path(__file__).resolve().parent.parent)
-    url_base = f"http://127.0.0.1:{port}"
-    engines.wait_for(lambda: engines.port_open("127.0.0.1", port), 30, "Vercel contract server", fake_process)
-    services = vercel_services(None, url_base, names, "never")
+    fake_process, url_base = vercel_in_own_process(names)
+    services = vercel_services(url_base, names, "never")
     queue = f"bench-{uuid.uuid4()}"
     config, url, server, task = await run_receiver(env, services, workdir, queue)
     sent: dict[str, float] = {}
@@ -192,11 +190,10 @@ def generate_load(url: str, names: list[str], total: int, seconds: float, result
 
 
 async def storm(env, workdir: Path) -> None:
-    fake = FakeVercel(token="benchVercelToken")
-    site = serve(fake.app())
     names = [f"storm{i}" for i in range(10)]
+    fake_process, site_url = vercel_in_own_process(names)
     queue = f"bench-{uuid.uuid4()}"
-    config, url, server, task = await run_receiver(env, vercel_services(fake, site.url, names, "always"), workdir,
+    config, url, server, task = await run_receiver(env, vercel_services(site_url, names, "always"), workdir,
                                                    queue, source="alertmanager")
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
@@ -230,7 +227,7 @@ async def storm(env, workdir: Path) -> None:
         worker.wait(30)
     server.should_exit = True
     await task
-    site.stop()
+    fake_process.terminate()
     timings = report["timings"]
     if "--per-second" in sys.argv:
         for second in range(11):

@@ -10,10 +10,10 @@ config unavailable) that asks the sender to retry.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -69,12 +69,6 @@ def replay_key(source: str, occurrence: str, status: str) -> str:
     return f"{source}:{occurrence}:{status}"
 
 
-async def recent_automatic_rollbacks(client: Client, service: str, since: datetime) -> int:
-    query = (f"RollbackService = '{service}' AND RollbackTrigger = 'automatic' "
-             f"AND StartTime > '{since.strftime('%Y-%m-%dT%H:%M:%SZ')}'")
-    return (await client.count_workflows(query)).count
-
-
 def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlette:
     registry = CollectorRegistry()
     received = Counter("rollback_webhook_received", "Alert deliveries received", ["source"], registry=registry)
@@ -88,14 +82,23 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
     Gauge("rollback_webhook_alerts_queued", "Alerts for open runs waiting to be forwarded",
           registry=registry).set_function(forwarder.queued)
 
+    lookups: dict[str, asyncio.Future] = {}  # service -> the lookup in flight
+
+    async def look_up(service: str) -> str | None:
+        candidates = (incident_id(service), app_rollback_id(service))  # an incident takes the alerts first
+        found = await asyncio.gather(*(forwarder.is_open(workflow_id) for workflow_id in candidates))
+        return next((workflow_id for workflow_id, is_open in zip(candidates, found) if is_open), None)
+
     async def open_run(service: str, known: dict[str, str | None]) -> str | None:
-        """The service's open incident or app rollback, if any (asked once per delivery)."""
+        """The service's open incident or app rollback, if any: asked once per delivery, both IDs at
+        once, and shared by the deliveries for the same service that arrive while it is being asked
+        (in a storm, one lookup answers many; no answer older than the request that waits for it)."""
         if service not in known:
-            known[service] = None
-            for workflow_id in (incident_id(service), app_rollback_id(service)):
-                if await forwarder.is_open(workflow_id):
-                    known[service] = workflow_id
-                    break
+            pending = lookups.get(service)
+            if pending is None:
+                pending = lookups[service] = asyncio.ensure_future(look_up(service))
+                pending.add_done_callback(lambda _: lookups.pop(service, None))
+            known[service] = await asyncio.shield(pending)
         return known[service]
 
     async def act(settings: RollbackConfig, verdict: Verdict, known: dict[str, str | None]) -> dict:
@@ -133,23 +136,19 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
             started.labels(alert.source).inc()
             outcome.update(started=True, workflow_id=handle.id, dry_run=declared.dry_run)
             return outcome
-        now = datetime.now(timezone.utc)
-        in_cooldown = await recent_automatic_rollbacks(client, service_name, now - policy.cooldown)
-        in_hour = await recent_automatic_rollbacks(client, service_name, now - timedelta(hours=1))
         reason = f"{alert.source} alert: {alert.summary}"
         request = AppRollbackInput(
             service=service_name, requested_by=f"webhook:{alert.source}", automatic=True,
             reason=reason,
             severity=decision.severity, trigger_rule=decision.rule,
             dry_run=settings.webhooks.notify_only or not policy.auto_rollback,
-            require_approval=in_cooldown > 0 or in_hour >= policy.max_auto_rollbacks_per_hour,
             watch=policy.watch_after_rollback,
         )
         handle = await start_or_attach_app_rollback(client, task_queue, request, notice)
         known[service_name] = handle.id
         started.labels(alert.source).inc()
-        outcome.update(started=True, workflow_id=handle.id, dry_run=request.dry_run,
-                       needs_approval=request.require_approval)
+        # the cooldown and the hourly cap are checked by the rollback itself (not on this request's path)
+        outcome.update(started=True, workflow_id=handle.id, dry_run=request.dry_run)
         return outcome
 
     async def receive(source: str, request: Request) -> Response:

@@ -30,6 +30,7 @@ from activities.postgres import PostgresActivities, RestoreActivities
 from activities.statuspage import StatuspageActivities
 from activities.supabase import SupabaseActivities
 from activities.vercel import VercelActivities
+from activities.visibility import VisibilityActivities
 from workflows import WORKFLOWS
 
 log = logging.getLogger("rollback.worker")
@@ -58,6 +59,7 @@ def activities_for(config: ConfigSource, client: Client) -> list:
         AssessActivities(config),
         CaptureActivities(config),
         AuditActivities(config),
+        VisibilityActivities(client, config),
     ]
     found = []
     for obj in objects:

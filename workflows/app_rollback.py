@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         Outcome,
         Phase,
         PostmortemRequest,
+        RecentRollbacks,
         SchemaRequest,
         SchemaVersion,
         ServiceRef,
@@ -93,8 +94,13 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             )
             self.record(EventKind.CAPTURED, f"state captured in {context.artifact_dir}", files=captured.files)
 
-        # 3. Target and schema check
+        # 3. Target and schema check (and, for an alert's rollback, the cooldown, meanwhile)
         self.enter(Phase.PLANNING)
+        cooldown_check = None
+        if request.automatic and not request.require_approval and workflow.patched("cooldown-in-workflow"):
+            cooldown_check = asyncio.ensure_future(workflow.execute_activity(
+                "visibility.recent_automatic_rollbacks", ServiceRef(service=request.service),
+                result_type=RecentRollbacks, start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY))
         target = await self._provider(
             provider, "select_target",
             TargetRequest(service=request.service, current=current, explicit=request.target), AppVersion,
@@ -107,8 +113,11 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             schema = compare_schema(target.schema_version, live.version, live.error)
         else:
             schema = compare_schema(target.schema_version, None, "service has no database configured")
+        within_cooldown = request.require_approval
+        if cooldown_check is not None:
+            within_cooldown = (await cooldown_check).limit_reached
         plan = plan_app_rollback(request.service, current, target, schema, config.policy, request.automatic,
-                                 within_cooldown=request.require_approval)
+                                 within_cooldown=within_cooldown)
         result.plan, result.to_version = plan, target.label or target.id
         self.record(
             EventKind.PLANNED,

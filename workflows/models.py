@@ -213,6 +213,15 @@ class ServiceRef(BaseModel):
     service: str
 
 
+class RecentRollbacks(BaseModel):
+    """Other automatic rollbacks of a service lately: past the cooldown or the hourly cap, the next
+    automatic one waits for a person."""
+
+    in_cooldown: int
+    in_hour: int
+    limit_reached: bool
+
+
 class TargetRequest(BaseModel):
     service: str
     current: AppVersion
@@ -319,7 +328,8 @@ class AppRollbackInput(BaseModel):
     automatic: bool = False
     approval_timeout: timedelta = timedelta(minutes=30)
     severity: str = "P1"
-    require_approval: bool = Field(default=False, description="Set by the alert receiver past the cooldown/cap.")
+    require_approval: bool = Field(default=False, description="Wait for approval whatever the policy says. (Automatic rollbacks check "
+                                    "the cooldown and hourly cap themselves.)")
     trigger_rule: str = Field(default="", description="The decision rule that started an automatic rollback.")
     watch: timedelta = Field(default=timedelta(0),
                              description="After a verified rollback, wait this long for the alert to resolve.")
