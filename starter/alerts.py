@@ -423,8 +423,11 @@ def parse_pagerduty(body: dict, headers: dict[str, str], values: ValueReader) ->
     urgency = _text(data.get("urgency"))
     own = {k: v for k, v in (("priority", priority), ("urgency", urgency)) if v}
     labels = _normalised(own, data.get("title"), _dict(data.get("service")).get("summary"), priority or urgency)
-    status = "resolved" if kind == "incident.resolved" else "firing" if kind in PAGERDUTY_FIRING else "info"
-    return [Alert(source="pagerduty", status=status,  # acknowledged, annotated, …: recorded, never acted on
+    status = ("resolved" if kind == "incident.resolved" else "firing" if kind in PAGERDUTY_FIRING
+              else "acknowledged" if kind == "incident.acknowledged" else "info")  # annotated, …: recorded only
+    return [Alert(source="pagerduty", status=status,
+                  acknowledged_by=_text(_dict(event.get("agent")).get("summary")) or "someone in PagerDuty"
+                  if status == "acknowledged" else "",
                   fingerprint=_text(data.get("incident_key")) or _text(data.get("id")) or "",
                   severity=labels["severity"] or None, summary=_text(data.get("title")) or "", labels=labels,
                   links=[url] if (url := _text(data.get("html_url"))) else [],

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from activities.common import ConfigSource
@@ -33,7 +33,7 @@ from starter.slack_actions import slack_routes
 from starter.routing import Verdict, route_and_decide
 from starter.start import app_rollback_id, incident_id, start_or_attach_app_rollback, start_or_signal_incident
 from workflows.config import RollbackConfig, WebhookSource
-from workflows.models import AlertNotice, AppRollbackInput, IncidentInput
+from workflows.models import AcknowledgeInput, Alert, AlertNotice, AppRollbackInput, IncidentInput
 
 log = logging.getLogger("rollback.webhook")
 TOKENS_ENV = "ROLLBACK_WEBHOOK_TOKENS"  # the generic endpoint's bearer tokens unless the config says otherwise
@@ -101,6 +101,18 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
             known[service] = await asyncio.shield(pending)
         return known[service]
 
+    async def acknowledge(workflow_id: str, alert: Alert) -> bool:
+        """The page was acknowledged in PagerDuty: so is the incident (its response-time escalation
+        stops). Already acknowledged, or still starting: nothing to do, said in the log."""
+        who = f"{alert.acknowledged_by} (via {alert.source})"
+        try:
+            await client.get_workflow_handle(workflow_id).execute_update(
+                "acknowledge", AcknowledgeInput(by=who, note=f"acknowledged in {alert.source}"), result_type=str)
+        except WorkflowUpdateFailedError as exc:
+            log.info("%s not acknowledged by %s: %s", workflow_id, who, exc.cause or exc)
+            return False
+        return True
+
     async def act(settings: RollbackConfig, verdict: Verdict, known: dict[str, str | None]) -> dict:
         alert, decision, service_name = verdict.alert, verdict.decision, verdict.service
         outcome = {**verdict.describe(), "started": False}
@@ -120,6 +132,8 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         outcome["attached"] = workflow_id is not None
         if workflow_id is not None:
             forwarder.queue(settings.state_dir, workflow_id, notice)
+        if decision.action == "acknowledge" and workflow_id == incident_id(service_name):
+            outcome["acknowledged"] = await acknowledge(workflow_id, alert)
         if decision.action not in ACTING or outcome["attached"]:
             if outcome["attached"] and decision.action in ACTING:
                 outcome.update(started=True, workflow_id=workflow_id)

@@ -281,3 +281,39 @@ async def test_client_disconnecting_mid_body_is_one_log_line_and_counted(receive
         lines = [r for r in caplog.records if r.name == "rollback.webhook"]
         assert len(lines) == 1 and "disconnected" in lines[0].getMessage() and not lines[0].exc_info
         assert (await http.get("/healthz")).json() == {"status": "ok"}  # still up
+
+
+async def test_a_page_acknowledged_in_pagerduty_acknowledges_the_incident(receiver, client, task_queue):
+    """PagerDuty's `incident.acknowledged` (signed, real HTTP) acknowledges the service's open
+    incident under the PagerDuty user's name, which stops its response-time escalation; a second
+    acknowledgement changes nothing."""
+    hook = receiver(service_alerts={"rules": [{"matchers": ['severity=~"P0|P1"'], "action": "incident"}]})
+    triggered = json.loads(golden("pagerduty_triggered.json"))
+
+    def event(kind: str, event_id: str, agent: str) -> bytes:
+        body = json.loads(json.dumps(triggered))
+        body["event"].update(id=event_id, event_type=kind,
+                             agent={"id": "PTUXL6G", "summary": agent, "type": "user_reference"})
+        return json.dumps(body).encode()
+
+    incident = client.get_workflow_handle(f"incident-{hook.service}")
+    async with running_worker(client, hook.config, task_queue), hook.http() as http:
+        raw = event("incident.triggered", "ev-1", "shop")
+        declared = await http.post("/alerts/pagerduty", content=raw, headers=signed_headers("pagerduty", raw))
+        assert declared.status_code == 202 and declared.json()["alerts"][0]["action"] == "incident", declared.text
+        await wait_for_phase(incident, "awaiting_approval", timeout=60)
+        assert (await incident.query("status")).get("acknowledged_by") is None
+
+        raw = event("incident.acknowledged", "ev-2", "Jane Doe")
+        acked = await http.post("/alerts/pagerduty", content=raw, headers=signed_headers("pagerduty", raw))
+        (answer,) = acked.json()["alerts"]
+        assert answer["action"] == "acknowledge" and answer["acknowledged"] is True, acked.text
+        status = await incident.query("status")
+        assert status["acknowledged_by"] == "Jane Doe (via pagerduty)"
+        assert status["milestones"]["acknowledged"] is not None
+
+        raw = event("incident.acknowledged", "ev-3", "John Roe")
+        again = await http.post("/alerts/pagerduty", content=raw, headers=signed_headers("pagerduty", raw))
+        assert again.json()["alerts"][0]["acknowledged"] is False
+        assert (await incident.query("status"))["acknowledged_by"] == "Jane Doe (via pagerduty)"
+    await incident.terminate("test over")

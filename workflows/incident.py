@@ -63,6 +63,10 @@ QUICK = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=READ_RETR
 PAGER_SEVERITY = {"P0": "critical", "P1": "error", "P2": "warning", "P3": "info"}
 STATUS_WORD = {Phase.DONE: "Resolved", Phase.EXECUTING: "Mitigating", Phase.VERIFYING: "Mitigating",
                Phase.MITIGATING: "Mitigating", Phase.COMPENSATING: "Mitigating"}
+# What a status page says when an incident goes public part-way through (raised to P0/P1)
+STATUSPAGE_TEXT = {"investigating": "We are investigating a problem with {service}.",
+                   "identified": "We have identified the problem with {service} and are rolling back.",
+                   "monitoring": "A fix for {service} is in place; we are monitoring."}
 # The events an update's "Timeline" lists; alerts are counted instead, approvals asked elsewhere.
 NEWS = {EventKind.ASSESSED, EventKind.PLANNED, EventKind.APPROVED, EventKind.REJECTED, EventKind.ESCALATED,
         EventKind.EXECUTING, EventKind.ROLLED_BACK, EventKind.VERIFIED, EventKind.VERIFICATION_FAILED,
@@ -137,6 +141,7 @@ class IncidentWorkflow(RollbackWorkflowBase):
         self.resolution: ResolveInput | None = None
         self.closed = False
         self.paged = False
+        self.announced = False  # declared in Slack (not a dry run): raising the severity may go public
         self.public = False  # a Statuspage incident is open: it is walked to resolved whatever the severity
         self.next_update_at = None
         self.updates_sent = 0
@@ -172,12 +177,18 @@ class IncidentWorkflow(RollbackWorkflowBase):
             raise ValueError("the incident is closed")
 
     @workflow.update
-    def set_severity(self, change: SeverityInput) -> str:
+    async def set_severity(self, change: SeverityInput) -> str:
         old, self.severity = self.severity, change.severity.upper()
         self.rule = f"{self.severity}: changed from {old} by {change.by} ({change.reason})"
         self.record(EventKind.DECIDED, f"severity {old} -> {self.severity}: {change.reason}", actor=change.by,
                     rule=self.rule)
         workflow.upsert_search_attributes([SEVERITY_KEY.value_set(self.severity)])
+        if self.announced and not self.public and self.severity in ("P0", "P1") \
+                and workflow.patched("raised-severity-opens-statuspage"):
+            # runbook 001: P0/P1 incidents are public; one raised to P1 gets its status page now
+            stage = "monitoring" if self.milestones.mitigated else \
+                "identified" if self.phase in (Phase.EXECUTING, Phase.VERIFYING) else "investigating"
+            await self._status_page(stage, STATUSPAGE_TEXT[stage].format(service=self.service))
         return self.rule
 
     @set_severity.validator
@@ -236,6 +247,7 @@ class IncidentWorkflow(RollbackWorkflowBase):
         if not request.dry_run:  # a dry run tells nobody and pages nobody
             await self.notify(self._declared_text(request), key=self._key("declared"))
             await self._status_page("investigating", f"We are investigating a problem with {request.service}.")
+            self.announced = True
             background = [asyncio.ensure_future(self._escalate_unless_acknowledged()),
                           asyncio.ensure_future(self._updates_on_cadence())]
         try:

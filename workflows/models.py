@@ -397,8 +397,10 @@ class Alert(BaseModel):
     `alertname`, `service` and `severity` (empty when the source does not say)."""
 
     source: str
-    status: str = Field(description="firing | resolved | info (recorded, never acted on)")
+    status: str = Field(description="firing | resolved | acknowledged (in the paging tool) | info (recorded, "
+                        "never acted on)")
     fingerprint: str
+    acknowledged_by: str = Field(default="", description="Who acknowledged it in the paging tool")
     service: str | None = None
     severity: str | None = Field(default=None, description="The source's own severity word, as sent")
     summary: str = ""
@@ -411,7 +413,7 @@ class Alert(BaseModel):
 
 
 class AlertDecision(BaseModel):
-    action: str = Field(description="rollback | incident | watch | notify | resolve | ignore")
+    action: str = Field(description="rollback | incident | watch | notify | resolve | acknowledge | ignore")
     rule: str
     severity: str
     note: str = ""

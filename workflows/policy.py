@@ -155,6 +155,8 @@ def decide(alert: Alert, health: HealthCheck, rules: list[tuple[str, AlertRule]]
 
     if alert.status == "resolved":
         return answer("resolve", "resolved alerts never start a rollback")
+    if alert.status == "acknowledged":
+        return answer("acknowledge", "acknowledged in the paging tool: acknowledges the service's open incident")
     if alert.status != "firing":
         return answer("notify", f"{alert.status} notices are recorded, never acted on")
     for where, rule in rules:

@@ -124,6 +124,10 @@ def test_pagerduty_service_priority_and_title():
     del body["event"]["data"]["priority"]
     assert only(parse("pagerduty", json.dumps(body).encode(), {})).labels["severity"] == "high"
     body["event"]["event_type"] = "incident.acknowledged"
+    body["event"]["agent"] = {"id": "PTUXL6G", "summary": "Jane Doe", "type": "user_reference"}
+    acknowledged = only(parse("pagerduty", json.dumps(body).encode(), {}))
+    assert acknowledged.status == "acknowledged" and acknowledged.acknowledged_by == "Jane Doe"
+    body["event"]["event_type"] = "incident.annotated"
     assert only(parse("pagerduty", json.dumps(body).encode(), {})).status == "info"
 
 

@@ -161,3 +161,27 @@ async def test_alerts_are_counted_per_fingerprint(skipping_env, tmp_path, slack,
     assert counts == {"abc": 20, "def": 1}
     assert kinds(status.timeline).count("signal") == 2
     assert pagerduty.events == []  # acknowledged within P1's 15 minutes: nobody paged
+
+
+async def test_raised_to_p1_the_incident_goes_public(skipping_env, tmp_path, slack, statuspage, pagerduty):
+    """A P2 incident has no status page; raised to P1 (runbook 001: P0/P1 are public) it gets one
+    at once, which is walked to resolved at the end even if the severity is lowered again."""
+    client, queue = skipping_env.client, f"tq-{uuid.uuid4()}"
+    async with running_worker(client, config(tmp_path, "", statuspage, pagerduty), queue, replace=stand_ins()):
+        handle = await client.start_workflow(IncidentWorkflow.run, IncidentInput(service="web", severity="P2",
+                                             reason="admin page 500s"),
+                                             id=f"incident-web-{uuid.uuid4().hex[:6]}", task_queue=queue,
+                                             result_type=IncidentResult)
+        await skipping_env.sleep(timedelta(minutes=1))  # declared and assessed
+        await handle.execute_update(IncidentWorkflow.acknowledge, AcknowledgeInput(by="alice"))
+        assert statuspage.incidents == {}
+        await handle.execute_update(IncidentWorkflow.set_severity,
+                                    SeverityInput(severity="P1", reason="checkout affected too", by="alice"))
+        (incident,) = statuspage.incidents.values()
+        assert incident["status"] == "investigating" and statuspage.components["cmp_web"] == "partial_outage"
+        await handle.execute_update(IncidentWorkflow.set_severity,
+                                    SeverityInput(severity="P2", reason="checkout fine after all", by="alice"))
+        await handle.execute_update(IncidentWorkflow.resolve, ResolveInput(reason="fixed forward", by="alice"))
+        assert (await handle.result()).outcome == "resolved"
+    assert len(statuspage.incidents) == 1 and incident["status"] == "resolved"
+    assert statuspage.component_history["cmp_web"] == ["partial_outage", "operational"]
