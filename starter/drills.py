@@ -5,7 +5,7 @@ tests use these helpers."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from temporalio.client import (
     Client,
@@ -41,6 +41,9 @@ def parse_every(text: str) -> timedelta:
 
 
 def drill_schedule(service: str, every: timedelta, kind: str, task_queue: str, paused: bool = False) -> Schedule:
+    # Temporal counts intervals from the Unix epoch; the offset makes "every 90d" mean 90 days from
+    # now (the first drill a full interval after scheduling), not from an arbitrary epoch multiple.
+    offset = timedelta(seconds=int(datetime.now(timezone.utc).timestamp()) % int(every.total_seconds()))
     # Each run's workflow ID is drill-<service>-<scheduled time> (Temporal appends the time).
     # SKIP: a drill still running (a slow restore) is never overlapped by the next one.
     return Schedule(
@@ -48,7 +51,7 @@ def drill_schedule(service: str, every: timedelta, kind: str, task_queue: str, p
             DrillWorkflow.run, DrillInput(service=service, kind=kind, requested_by="schedule",
                                           reason=f"scheduled rollback drill (every {every})"),
             id=schedule_id(service), task_queue=task_queue),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every, offset=offset)]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(days=1)),
         state=ScheduleState(paused=paused, note=f"rollback drill of {service} ({kind}) every {every}"),
     )
