@@ -182,3 +182,41 @@ async def test_app_drill_refuses_a_staging_target_that_is_production(client, tas
     assert "nothing was changed" in str(failure.value.cause)
     (alert,) = slack.messages
     assert "rollback drill of web refused" in alert["text"]
+
+
+async def test_drill_cli_schedules_lists_pauses_and_deletes(tmp_path, client, temporal_address, task_queue):
+    import asyncio
+
+    from tests.test_cli import assert_one_line_error, cli
+
+    service = f"svc{uuid.uuid4().hex[:6]}"
+    path = tmp_path / "rollback.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nservices:\n  {service}:\n"
+                    "    app: {provider: docker, docker: {container: web}}\n    health: {url: 'http://127.0.0.1:1/h'}\n")
+    env = {"ROLLBACK_CONFIG": str(path)}
+
+    def run(*args: str):
+        return asyncio.to_thread(cli, "drill", *args, address=temporal_address, task_queue=task_queue, extra_env=env)
+
+    # refused before anything is created: no staging target, no database
+    assert_one_line_error(await run("schedule", service, "--every", "90d", "--kind", "app"), 2,
+                          "has no drill staging target")
+    assert_one_line_error(await run("run", service, "--kind", "db"), 2, "has no database configured")
+    created = await run("schedule", service, "--every", "90d")
+    assert created.returncode == 0 and f"created schedule drill-{service}: all drill every 90d; next run" in created.stdout
+    try:
+        assert (await run("pause", service)).returncode == 0
+        updated = await run("schedule", service, "--every", "12w")
+        assert updated.returncode == 0 and "updated schedule" in updated.stdout and "paused" in updated.stdout
+
+        async def listed() -> bool:
+            proc = await run("list", "--json")
+            rows = [r for r in json.loads(proc.stdout)["schedules"] if r["service"] == service]
+            return bool(rows) and rows[0]["paused"] and rows[0]["every"] == "84 days, 0:00:00"
+
+        await assert_eventually(listed, timeout=30, message="the paused schedule is listed")
+        description = await client.get_schedule_handle(f"drill-{service}").describe()
+        assert description.schedule.state.paused and description.schedule.action.task_queue == task_queue
+    finally:
+        assert (await run("delete", service)).returncode == 0
+    assert_one_line_error(await run("pause", service), 1, f"no drill schedule drill-{service}")
