@@ -112,7 +112,7 @@ async def _status(client: Client, workflow_id: str) -> RollbackStatus:
 
 
 def _result_type(workflow_type: str):
-    from workflows.models import (BackupManifest, BaseBackup, CleanupResult, IncidentResult, MigrationRepairResult,
+    from workflows.models import (BackupManifest, BaseBackup, CleanupResult, DrillResult, IncidentResult, MigrationRepairResult,
                                   MigrationRollbackResult, RestoreResult, VolumeManifest, VolumeRestoreResult)
 
     return {"BackupWorkflow": BackupManifest, "DatabaseRestoreWorkflow": RestoreResult,
@@ -120,7 +120,7 @@ def _result_type(workflow_type: str):
             "VolumeRestoreWorkflow": VolumeRestoreResult, "RestoreCleanupWorkflow": CleanupResult,
             "MigrationRollbackWorkflow": MigrationRollbackResult,
             "MigrationRepairWorkflow": MigrationRepairResult,
-            "IncidentWorkflow": IncidentResult}.get(workflow_type, AppRollbackResult)
+            "IncidentWorkflow": IncidentResult, "DrillWorkflow": DrillResult}.get(workflow_type, AppRollbackResult)
 
 
 async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
@@ -547,6 +547,161 @@ def migrations_repair(service: str, version: str, wait: bool, reason: str, as_js
 
 # ---------------------------------------------------------------------------------------------
 # Reading and deciding
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollback drills (runbook 003), on Temporal Schedules
+
+
+@app.group("drill", help="Rollback drills (runbook 003): on a Temporal Schedule or now.")
+def drill_group() -> None:
+    pass
+
+
+drill_kind_option = click.option("--kind", type=click.Choice(["app", "db", "all"]), default="all", show_default=True,
+                                 help="app: roll back on the staging target; db: restore the newest verified backup "
+                                      "into a scratch database; all: every drill the config allows.")
+
+
+def _check_drillable(service: str, kind: str) -> None:
+    """Refuse here what the worker would refuse, when the CLI can read the config."""
+    try:
+        loaded = load_config()
+    except ConfigError:
+        return  # the worker may run elsewhere with its own config; it decides
+    if service not in loaded.services:
+        return
+    if kind == "app":
+        problem = loaded.drill_staging_problem(service)
+        if problem:
+            raise CliError(problem, EXIT_USAGE)
+    if kind == "db" and loaded.services[service].database is None:
+        raise CliError(f"service {service!r} has no database configured: nothing to restore in a database drill",
+                       EXIT_USAGE)
+
+
+@drill_group.command("schedule")
+@click.argument("service", type=SERVICE)
+@click.option("--every", required=True, help="Interval, e.g. 90d (runbook 003: quarterly), 12w, 6h.")
+@drill_kind_option
+def drill_schedule(service: str, every: str, kind: str) -> None:
+    """Create or update the Temporal Schedule drill-SERVICE (paused state is kept)."""
+    from starter.drills import parse_every, put_schedule
+
+    try:
+        interval = parse_every(every)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--every") from None
+    _check_drillable(service, kind)
+
+    async def main() -> int:
+        handle, created = await put_schedule(await _client(), service, interval, kind, _task_queue())
+        described = await handle.describe()
+        upcoming = described.info.next_action_times
+        print(f"{'created' if created else 'updated'} schedule {handle.id}: {kind} drill every {every}"
+              + ("; paused" if described.schedule.state.paused else
+                 f"; next run {upcoming[0]:%Y-%m-%d %H:%M} UTC" if upcoming else ""))
+        return 0
+
+    sys.exit(_run(main()))
+
+
+@drill_group.command("run")
+@click.argument("service", type=SERVICE)
+@drill_kind_option
+@json_option
+def drill_run(service: str, kind: str, as_json: bool) -> None:
+    """Run a drill now, wait for it and print the report (exit 1 when it fails or misses a target)."""
+    from workflows import DrillWorkflow
+    from workflows.models import DrillInput
+
+    _check_drillable(service, kind)
+    request = DrillInput(service=service, kind=kind, requested_by=os.environ.get("USER", "cli"),
+                         reason="rollback drill started by hand")
+    sys.exit(_run(_start_and_maybe_follow(DrillWorkflow.run, request, f"drill-{service}-now", True, as_json)))
+
+
+@drill_group.command("list")
+@config_option
+@json_option
+def drill_list(config: Optional[Path], as_json: bool) -> None:
+    """Drill schedules (interval, paused, next run) and each service's last drill results."""
+    from activities.common import ConfigSource
+    from activities.drills import drill_records
+    from starter.drills import drill_schedules
+
+    async def main() -> int:
+        rows = await drill_schedules(await _client())
+        try:
+            source = ConfigSource(config, load_config(config))
+            services = sorted(set(source.config.services) | {r["service"] for r in rows})
+            records = {s: drill_records(source.state_path("drills", f"{s}.jsonl"))[-3:] for s in services}
+        except ConfigError:
+            records = {}  # results live beside the worker's state; schedules still list
+        if as_json:
+            print(json.dumps({"schedules": rows, "last_drills": {s: [m.model_dump(mode="json") for m in ms]
+                                                                 for s, ms in records.items() if ms}}, indent=2))
+            return 0
+        if not rows:
+            print("no drill schedules (create one: rollback drill schedule SERVICE --every 90d)")
+        for row in rows:
+            state = "PAUSED" if row["paused"] else f"next {row['next_run'] or '-'}"
+            print(f"{row['schedule_id']:<28} {row['kind']:<4} every {row['every']:<18} {state}"
+                  + (f"  last {row['last_workflow_id']}" if row["last_workflow_id"] else ""))
+        for service, measures in records.items():
+            for m in measures:
+                took = f"{m.seconds:.1f}s" if m.seconds is not None else "-"
+                print(f"  {service}: {m.started_at:%Y-%m-%d %H:%M} {m.kind:<3} {'PASS' if m.passed else 'FAIL'} "
+                      f"{took} (target {m.target_seconds:.0f}s) {m.detail}")
+        return 0
+
+    sys.exit(_run(main()))
+
+
+def _drill_schedule_action(service: str, action: str) -> None:
+    from temporalio.service import RPCError as _RPCError
+
+    from starter.drills import schedule_id
+
+    async def main() -> int:
+        handle = (await _client()).get_schedule_handle(schedule_id(service))
+        note = f"{action} with the rollback CLI by {os.environ.get('USER', 'cli')}"
+        try:
+            if action == "paused":
+                await handle.pause(note=note)
+            elif action == "unpaused":
+                await handle.unpause(note=note)
+            else:
+                await handle.delete()
+        except _RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise CliError(f"no drill schedule {schedule_id(service)} (see `rollback drill list`)") from None
+            raise
+        print(f"{action} schedule {schedule_id(service)}")
+        return 0
+
+    sys.exit(_run(main()))
+
+
+@drill_group.command("pause")
+@click.argument("service")
+def drill_pause(service: str) -> None:
+    """Pause the drill schedule (also possible on the UI's Schedules page)."""
+    _drill_schedule_action(service, "paused")
+
+
+@drill_group.command("unpause")
+@click.argument("service")
+def drill_unpause(service: str) -> None:
+    """Resume the drill schedule."""
+    _drill_schedule_action(service, "unpaused")
+
+
+@drill_group.command("delete")
+@click.argument("service")
+def drill_delete(service: str) -> None:
+    """Delete the drill schedule (the drill records stay)."""
+    _drill_schedule_action(service, "deleted")
 
 
 @app.command("list")

@@ -16,6 +16,7 @@ from activities.assess import AssessActivities
 from activities.capture import CaptureActivities
 from activities.common import ConfigSource
 from activities.config import ConfigActivities
+from activities.drills import DrillActivities
 from activities.docker import ComposeActivities, DockerActivities
 from activities.flags import FlagActivities
 from activities.git import GitActivities
@@ -60,6 +61,7 @@ def activities_for(config: ConfigSource, client: Client) -> list:
         CaptureActivities(config),
         AuditActivities(config),
         VisibilityActivities(client, config),
+        DrillActivities(config),
     ]
     found = []
     for obj in objects:

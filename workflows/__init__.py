@@ -1,6 +1,7 @@
 """Deterministic workflow code: rollback workflows, shared models, config models and policy."""
 
 from workflows.app_rollback import AppRollbackWorkflow
+from workflows.drill import DrillWorkflow
 from workflows.incident import AssessWorkflow, IncidentWorkflow
 from workflows.lock import ResourceLockWorkflow
 from workflows.migration import MigrationRepairWorkflow, MigrationRollbackWorkflow, MigrationStatusWorkflow
@@ -8,10 +9,10 @@ from workflows.restore import BackupWorkflow, BaseBackupWorkflow, DatabaseRestor
 from workflows.volume import VolumeBackupWorkflow, VolumeRestoreWorkflow
 
 WORKFLOWS = [AppRollbackWorkflow, AssessWorkflow, BackupWorkflow, BaseBackupWorkflow, DatabaseRestoreWorkflow,
-             IncidentWorkflow, MigrationRollbackWorkflow, MigrationRepairWorkflow, MigrationStatusWorkflow,
+             DrillWorkflow, IncidentWorkflow, MigrationRollbackWorkflow, MigrationRepairWorkflow, MigrationStatusWorkflow,
              ResourceLockWorkflow, RestoreCleanupWorkflow, VolumeBackupWorkflow, VolumeRestoreWorkflow]
 
 __all__ = ["AppRollbackWorkflow", "AssessWorkflow", "BackupWorkflow", "BaseBackupWorkflow", "DatabaseRestoreWorkflow",
-           "IncidentWorkflow", "MigrationRepairWorkflow", "MigrationRollbackWorkflow", "MigrationStatusWorkflow",
+           "DrillWorkflow", "IncidentWorkflow", "MigrationRepairWorkflow", "MigrationRollbackWorkflow", "MigrationStatusWorkflow",
            "ResourceLockWorkflow", "RestoreCleanupWorkflow", "VolumeBackupWorkflow", "VolumeRestoreWorkflow",
            "WORKFLOWS"]

@@ -300,6 +300,47 @@ class SlackApp(_Strict):
     signing_secret_env: str = "SLACK_SIGNING_SECRET"
 
 
+DRILL_TARGET_DEFAULTS = {
+    # runbook 003's target times; a container recreate is as quick as Vercel's instant rollback
+    "vercel": timedelta(minutes=3), "docker": timedelta(minutes=3), "compose": timedelta(minutes=3),
+    "git": timedelta(minutes=8), "database": timedelta(minutes=20)}
+
+
+class DrillConfig(_Strict):
+    """Runbook 003's rollback drills. The app drill runs on a staging copy of the service, never on
+    the service itself: `staging_service` names another service in this file, with an app target of
+    the same provider kind and its own health check."""
+
+    staging_service: str | None = Field(default=None, description="Service entry the app drill deploys to and "
+                                        "rolls back; refused when missing or when its target is this service's.")
+    baseline_image: str | None = Field(default=None, description="docker: the known good image the drill "
+                                       "deploys first and expects back after the rollback.")
+    problem_image: str | None = Field(default=None, description="docker: the 'problematic' image with a known "
+                                      "benign issue, deployed over the baseline.")
+    targets: dict[Literal["vercel", "docker", "compose", "git", "database"], timedelta] = Field(
+        default_factory=lambda: dict(DRILL_TARGET_DEFAULTS),
+        description="Target time per method; a slower drill is an alert. Unset ones keep the runbook's.")
+
+    @model_validator(mode="after")
+    def _every_target(self) -> "DrillConfig":
+        self.targets = {**DRILL_TARGET_DEFAULTS, **self.targets}
+        return self
+
+
+def same_app_target(a: AppTarget, b: AppTarget) -> bool:
+    """Whether two app targets are the same thing in the world (so a drill on one hits the other)."""
+    if a.provider != b.provider:
+        return False
+    if a.provider == "docker":
+        return a.docker.container == b.docker.container and a.docker.docker_host == b.docker.docker_host
+    if a.provider == "compose":
+        return (a.compose.project, a.compose.service, a.compose.docker_host) == (
+            b.compose.project, b.compose.service, b.compose.docker_host)
+    if a.provider == "vercel":
+        return (a.vercel.project, a.vercel.team, a.vercel.api_url) == (b.vercel.project, b.vercel.team, b.vercel.api_url)
+    return (a.git.repo, a.git.branch) == (b.git.repo, b.git.branch)
+
+
 class ServiceConfig(_Strict):
     alert_match: dict[str, str] = Field(
         default_factory=dict,
@@ -315,6 +356,8 @@ class ServiceConfig(_Strict):
     incident: IncidentConfig = Field(default_factory=IncidentConfig)
     approvals: ApprovalPolicy | None = Field(default=None, description="Per step kind, overrides the top-level "
                                              "`approvals`; filled in from it when loaded.")
+    drill: DrillConfig | None = Field(default=None, description="Runbook 003's rollback drills (staging target, "
+                                      "images, target times).")
 
     def secret_env_names(self) -> list[str]:
         """Every environment variable this service needs at run time."""
@@ -415,6 +458,29 @@ class RollbackConfig(_Strict):
         own = self.services[service].alerts.rules if service in self.services else []
         return ([(f"services.{service}.alerts.rules[{i}]", rule) for i, rule in enumerate(own)]
                 + [(f"alerts.rules[{i}]", rule) for i, rule in enumerate(self.alerts.rules)])
+
+    def drill_staging_problem(self, service: str) -> str | None:
+        """Why an app drill of `service` must not run (None: its staging target is fit for one)."""
+        own = self.service(service)
+        drill = own.drill
+        if drill is None or not drill.staging_service:
+            return (f"service {service!r} has no drill staging target: add `drill: {{staging_service: NAME}}` naming "
+                    "a staging copy of it in the config; app drills never run against production")
+        staging = self.services.get(drill.staging_service)
+        if staging is None:
+            return f"service {service!r}: drill.staging_service {drill.staging_service!r} is not a configured service"
+        if drill.staging_service == service or same_app_target(own.app, staging.app):
+            return (f"service {service!r}: drill.staging_service {drill.staging_service!r} points at the production "
+                    "target itself; refusing to drill on production")
+        if staging.app.provider != own.app.provider:
+            return (f"service {service!r}: staging {drill.staging_service!r} is a {staging.app.provider} target but "
+                    f"production is {own.app.provider}; a drill must rehearse the same method")
+        if own.app.provider != "docker":
+            return (f"service {service!r}: app drills can deploy the baseline and the problem version only on docker "
+                    f"targets so far, not {own.app.provider}")
+        if not drill.baseline_image or not drill.problem_image:
+            return f"service {service!r}: a docker drill needs drill.baseline_image and drill.problem_image"
+        return None
 
     def service(self, name: str) -> ServiceConfig:
         try:

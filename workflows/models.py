@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -1063,3 +1063,66 @@ class IncidentPostmortemRequest(BaseModel):
     methods: list[str]
     evidence: list[str]
     timeline: list[TimelineEvent]
+
+
+# -- rollback drills (runbook 003) ----------------------------------------------------------------
+class DrillInput(BaseModel):
+    """Input of `DrillWorkflow`. Only `service` is required: `{"service": "web", "kind": "db"}`."""
+
+    service: str
+    kind: Literal["app", "db", "all"] = Field(default="all", description="app: roll back on the staging target; "
+                                              "db: restore the newest verified backup into a scratch database; "
+                                              "all: every drill the service's config allows.")
+    requested_by: str = "schedule"
+    reason: str = "scheduled rollback drill"
+
+
+class StagingTarget(BaseModel):
+    """The staging copy an app drill runs on, checked against the production target."""
+
+    service: str = Field(description="The staging service's name in the config.")
+    provider: str
+    baseline: str = Field(description="Image (or deployment) that must be serving after the drill.")
+    problem: str = Field(description="The 'problematic' version deployed over it.")
+
+
+class DrillDeployRequest(BaseModel):
+    service: str = Field(description="The staging service: deploys here never touch production.")
+    production: str = Field(description="The service drilled; the staging target is checked against it again.")
+    image: str
+
+
+class ScratchDatabaseRequest(BaseModel):
+    service: str
+    database: str = Field(description="A drill's scratch database, <db>_drill_<8 hex>; nothing else is dropped.")
+
+
+class DrillMeasure(BaseModel):
+    """One drill's measurement, as kept (one JSON line each) in <state_dir>/drills/<service>.jsonl."""
+
+    service: str
+    kind: Literal["app", "db"]
+    method: str = Field(description="docker | compose | vercel | git | database: whose target time applies.")
+    workflow_id: str
+    run_id: str
+    started_at: datetime
+    seconds: float | None = Field(default=None, description="Rollback (app) or restore and checks (db); None "
+                                  "when it never got that far.")
+    target_seconds: float
+    passed: bool
+    detail: str = ""
+
+
+class DrillRecordRequest(BaseModel):
+    service: str
+    measures: list[DrillMeasure]
+
+
+class DrillResult(RunResult):
+    # outcome: verified (every drill passed) | failed (the workflow fails too, after alerting)
+    kind: str = "all"
+    measures: list[DrillMeasure] = Field(default_factory=list)
+    earlier: list[DrillMeasure] = Field(default_factory=list, description="Earlier drills of this service, "
+                                        "oldest first (the trend).")
+    skipped: list[str] = Field(default_factory=list)
+    report: str = ""

@@ -1,0 +1,114 @@
+"""Rollback drills (runbook 003): the staging target, forward deploys on it, the scratch database's
+removal, and the drill records (one JSON line per drill) the trend is read from."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from psycopg import sql
+from temporalio import activity
+
+from activities.common import ConfigSource, fail, in_thread
+from activities.docker import DeployLedger, connect, deploy, version_of
+from activities.postgres import connect_to, service_dsn, with_database
+from workflows.models import (
+    AppVersion,
+    DrillDeployRequest,
+    DrillMeasure,
+    DrillRecordRequest,
+    ScratchDatabaseRequest,
+    ServiceRef,
+    StagingTarget,
+)
+
+# The only databases a drill ever drops: its own scratch copies (see workflows/drill.py).
+SCRATCH_NAME = re.compile(r"^[A-Za-z0-9_]+_drill_[0-9a-f]{8}$")
+
+
+class DrillActivities:
+    def __init__(self, config: ConfigSource):
+        self._config = config
+
+    def _staging(self, production: str) -> StagingTarget:
+        config = self._config.config
+        config.service(production)
+        problem = config.drill_staging_problem(production)
+        if problem:
+            raise fail(f"{problem}; nothing was changed", kind="DrillRefused")
+        drill = config.services[production].drill
+        staging = config.services[drill.staging_service]
+        return StagingTarget(service=drill.staging_service, provider=staging.app.provider,
+                             baseline=drill.baseline_image, problem=drill.problem_image)
+
+    @activity.defn(name="drills.staging")
+    async def staging(self, request: ServiceRef) -> StagingTarget:
+        """The staging target an app drill of `request.service` runs on; refused (non-retryable)
+        when the config has none, or when it is production itself."""
+        return self._staging(request.service)
+
+    def _deploy(self, request: DrillDeployRequest) -> AppVersion:
+        staging = self._staging(request.production)  # checked again: the config may have changed since
+        if staging.service != request.service:
+            raise fail(f"{request.service!r} is not the drill staging target of {request.production!r} "
+                       f"({staging.service!r}); nothing was deployed", kind="DrillRefused")
+        target = self._config.service(request.service).app.docker
+        client = connect(target)
+        ledger = DeployLedger(self._config.state_path("docker", f"{request.service}.json"))
+        image_id = deploy(client, target.container, request.image, ledger)  # a no-op when already running it
+        version = version_of(client, image_id)
+        version.provider = "docker"
+        return version
+
+    @activity.defn(name="drills.deploy")
+    async def deploy(self, request: DrillDeployRequest) -> AppVersion:
+        """A plain forward deploy on the staging container (the drill's setup), heartbeating."""
+        return await in_thread(self._deploy, request, details={"deploying": request.image, "to": request.service})
+
+    @activity.defn(name="drills.drop_scratch")
+    async def drop_scratch(self, request: ScratchDatabaseRequest) -> bool:
+        """DROP a drill's scratch database; True when one was there. Refuses any other name, so a
+        bug upstream can never drop a live database through this."""
+        if not SCRATCH_NAME.match(request.database):
+            raise fail(f"{request.database!r} is not a drill scratch database name; nothing was dropped",
+                       kind="DrillRefused")
+        dsn, live = service_dsn(self._config, request.service)
+        if request.database == live:
+            raise fail(f"{request.database!r} is the service's live database; nothing was dropped", kind="DrillRefused")
+        async with await connect_to(with_database(dsn, "postgres")) as conn:
+            exists = await (await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                               (request.database,))).fetchone()
+            if exists:
+                await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(request.database)))
+        return bool(exists)
+
+    @activity.defn(name="drills.record")
+    async def record(self, request: DrillRecordRequest) -> list[DrillMeasure]:
+        """Append this run's measures (once, even when retried) and return the earlier drills of
+        the service, oldest first: the trend the report shows."""
+        self._config.service(request.service)
+        path = self._config.state_path("drills", f"{request.service}.jsonl")
+        earlier = drill_records(path)
+        ours = {(m.run_id, m.kind) for m in request.measures}
+        recorded = {(m.run_id, m.kind) for m in earlier}
+        with path.open("a") as fh:
+            for measure in request.measures:
+                if (measure.run_id, measure.kind) not in recorded:
+                    fh.write(measure.model_dump_json() + "\n")
+        return [m for m in earlier if (m.run_id, m.kind) not in ours]
+
+
+def drill_records(path) -> list[DrillMeasure]:
+    """A service's drill records, oldest first (also what `rollback drill list` prints)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            found.append(DrillMeasure.model_validate(json.loads(line)))
+        except ValueError:
+            continue  # a line cut short by a crash mid-write; the rest still count
+    return found

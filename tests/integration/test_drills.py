@@ -1,0 +1,222 @@
+"""Rollback drills (runbook 003) from a real Temporal Schedule: the database drill restores the
+newest verified backup into a scratch database on the real PostgreSQL and leaves nothing behind;
+a corrupt newest backup fails the drill loudly; the app drill rolls a docker staging copy back."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from activities.drills import DrillActivities
+from starter import engines
+from starter.drills import put_schedule
+from tests.conftest import running_worker
+from tests.helpers import assert_eventually, create_database, kinds, shop_service
+from tests.integration.test_docker_rollback import docker_service
+from tests.integration.test_restore import backup, count, databases
+from workflows import DrillWorkflow
+from workflows.models import DrillInput, DrillResult, ScratchDatabaseRequest
+
+
+@pytest.fixture
+def drill_db(postgres, write_config, monkeypatch, tmp_path, platform):
+    """The shop database (100 users, 50 orders) with critical tables and a verify_sql check."""
+    name, dsn = create_database(postgres, "shop")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL)")
+        conn.execute("INSERT INTO users SELECT g, 'user ' || g FROM generate_series(1, 100) g")
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users, total numeric)")
+        conn.execute("INSERT INTO orders SELECT g, 1 + g % 100, g * 1.5 FROM generate_series(1, 50) g")
+    monkeypatch.setenv("TEST_SHOP_DSN", dsn)
+
+    def make(notify: dict):
+        database = {"dsn_env": "TEST_SHOP_DSN", "backup_dir": str(tmp_path / "backups"),
+                    "critical_tables": ["users", "orders"], "verify_sql": ["SELECT count(*) = 100 FROM users"]}
+        return write_config({"shop": shop_service(platform, tmp_path / "backups", database=database, notify=notify)})
+
+    return name, dsn, postgres, make
+
+
+def records(config) -> list[dict]:
+    path = Path(config.config.state_dir) / "drills" / "shop.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.postgres
+async def test_scheduled_database_drill_restores_into_a_scratch_database_and_leaves_nothing(
+        client, task_queue, drill_db, slack):
+    name, dsn, admin, make = drill_db
+    config = make({"slack_webhook_env": "TEST_SLACK_WEBHOOK"})
+    await backup(client, task_queue, config)
+    async with running_worker(client, config, task_queue):
+        schedule, created = await put_schedule(client, "shop", timedelta(days=90), "db", task_queue)
+        try:
+            assert created and schedule.id == "drill-shop"
+            described = await schedule.describe()
+            assert described.info.next_action_times[0] > datetime.now(timezone.utc) + timedelta(days=89)
+            await schedule.trigger()
+
+            started: dict = {}
+
+            async def drill_started() -> bool:
+                actions = (await schedule.describe()).info.recent_actions
+                started["id"] = actions[-1].action.workflow_id if actions else None
+                return bool(actions)
+
+            await assert_eventually(drill_started, timeout=30, message="the schedule started a drill")
+            result = await client.get_workflow_handle(started["id"], result_type=DrillResult).result()
+            # a second drill (started by hand) reports the trend against the first
+            second = await client.execute_workflow(
+                DrillWorkflow.run, DrillInput(service="shop", kind="db"), id=f"drill-shop-now-{uuid.uuid4().hex[:6]}",
+                task_queue=task_queue, result_type=DrillResult)
+        finally:
+            await schedule.delete()
+
+    assert started["id"].startswith("drill-shop-")
+    assert result.outcome == "verified"
+    (measure,) = result.measures
+    assert measure.kind == "db" and measure.passed and measure.target_seconds == 20 * 60
+    assert 0 < measure.seconds < measure.target_seconds
+    assert "2 tables match the manifest, 2 critical table(s), 1 SQL check(s)" in measure.detail
+    assert any(e.kind.value == "executing" and "_drill_" in e.message and e.message.endswith("dropped")
+               for e in result.timeline)
+    assert databases(admin, f"{name}_drill_") == set()  # the scratch copies are gone
+    assert result.earlier == [] and "First recorded drill" in result.report
+    assert second.earlier[0].run_id == measure.run_id and "Earlier: " in second.report
+    assert [(r["kind"], r["passed"]) for r in records(config)] == [("db", True), ("db", True)]
+    reports = [m["text"] for m in slack.messages if "Rollback drill of shop passed" in m["text"]]
+    assert len(reports) == 2 and "PASS db drill (database)" in reports[0]
+    assert (count(dsn, "users"), count(dsn, "orders")) == (100, 50)
+
+
+@pytest.mark.postgres
+async def test_a_corrupt_newest_backup_fails_the_drill_loudly(client, task_queue, drill_db, slack):
+    name, dsn, admin, make = drill_db
+    # only the escalation webhook is set: whatever reaches Slack went through the escalation path
+    config = make({"escalation_slack_webhook_env": "TEST_SLACK_WEBHOOK"})
+    await backup(client, task_queue, config)  # an older good backup does not save the drill
+    newest = await backup(client, task_queue, config)
+    archive = Path(newest.archive)
+    data = bytearray(archive.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = b"\x00" * 64  # garbled after its manifest was written
+    archive.write_bytes(bytes(data))
+
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(DrillWorkflow.run, DrillInput(service="shop", kind="db"),
+                                             id=f"drill-shop-{uuid.uuid4().hex[:6]}", task_queue=task_queue)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    message = str(failure.value.cause)
+    assert "rollback drill of shop failed" in message and f"backup {newest.backup_id} cannot be restored" in message
+    assert "is corrupt" in message
+    (alert,) = slack.messages
+    assert alert["text"].startswith("ESCALATION: rollback drill of shop FAILED") and "FAIL db drill" in alert["text"]
+    assert [(r["kind"], r["passed"], r["seconds"]) for r in records(config)] == [("db", False, None)]
+    assert (count(dsn, "users"), count(dsn, "orders")) == (100, 50)  # production untouched
+    assert databases(admin, f"{name}_drill_") == set()
+    with pytest.raises(ApplicationError, match="not a drill scratch database"):
+        await DrillActivities(config).drop_scratch(ScratchDatabaseRequest(service="shop", database=name))
+
+
+@pytest.mark.docker
+async def test_app_drill_rolls_the_docker_staging_copy_back_to_the_baseline(client, task_queue, docker_engine,
+                                                                           write_config):
+    suffix = uuid.uuid4().hex[:8]
+    prod, staging = f"web-prod-{suffix}", f"web-stg-{suffix}"
+    prod_port, staging_port = engines.free_port(), engines.free_port()
+    drill = {"staging_service": "web-staging", "baseline_image": "demo-web:v1", "problem_image": "demo-web:v2",
+             "targets": {"docker": "PT2M"}}
+    config = write_config({"web": docker_service(docker_engine, prod, prod_port, drill=drill),
+                           "web-staging": docker_service(docker_engine, staging, staging_port)})
+    containers = {}
+    for name, port in ((prod, prod_port), (staging, staging_port)):
+        containers[name] = docker_engine.client.containers.run(
+            docker_engine.images["v1"], name=name, detach=True, network_mode="host", init=True,
+            environment={"PORT": str(port)}, labels={"io.rollback.test": "1"})
+
+    async with running_worker(client, config, task_queue):
+        workflow_id = f"drill-web-{suffix}"
+        result = await client.execute_workflow(DrillWorkflow.run, DrillInput(service="web", kind="app"),
+                                               id=workflow_id, task_queue=task_queue, result_type=DrillResult)
+        child = await client.get_workflow_handle(f"{workflow_id}-app-rollback").describe()
+
+    assert result.outcome == "verified"
+    (measure,) = result.measures
+    assert measure.kind == "app" and measure.method == "docker" and measure.passed
+    assert measure.target_seconds == 120 and 0 < measure.seconds < 120
+    assert child.workflow_type == "AppRollbackWorkflow" and child.status.name == "COMPLETED"
+    after = docker_engine.client.containers.get(staging)
+    assert after.attrs["Image"] == docker_engine.images["v1"]  # back on the baseline, really serving it
+    assert httpx.get(f"http://127.0.0.1:{staging_port}/version", timeout=2).text.strip() == "v1"
+    assert "deployed demo-web:v1 then demo-web:v2" in " ".join(e.message for e in result.timeline)
+    # production was never touched
+    production = docker_engine.client.containers.get(prod)
+    assert production.id == containers[prod].id and production.attrs["Image"] == docker_engine.images["v1"]
+    assert "verified" in kinds(result.timeline)
+
+
+@pytest.mark.docker
+async def test_app_drill_refuses_a_staging_target_that_is_production(client, task_queue, docker_engine,
+                                                                    write_config, slack):
+    name = f"web-prod-{uuid.uuid4().hex[:8]}"
+    port = engines.free_port()
+    drill = {"staging_service": "web-staging", "baseline_image": "demo-web:v1", "problem_image": "demo-web:v2"}
+    config = write_config({
+        "web": docker_service(docker_engine, name, port, drill=drill,
+                              notify={"escalation_slack_webhook_env": "TEST_SLACK_WEBHOOK"}),
+        "web-staging": docker_service(docker_engine, name, port)})  # the same container: production
+    async with running_worker(client, config, task_queue):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await client.execute_workflow(DrillWorkflow.run, DrillInput(service="web", kind="app"),
+                                          id=f"drill-web-{uuid.uuid4().hex[:6]}", task_queue=task_queue)
+    assert "points at the production target itself" in str(failure.value.cause)
+    assert "nothing was changed" in str(failure.value.cause)
+    (alert,) = slack.messages
+    assert "rollback drill of web refused" in alert["text"]
+
+
+async def test_drill_cli_schedules_lists_pauses_and_deletes(tmp_path, client, temporal_address, task_queue):
+    import asyncio
+
+    from tests.test_cli import assert_one_line_error, cli
+
+    service = f"svc{uuid.uuid4().hex[:6]}"
+    path = tmp_path / "rollback.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\nservices:\n  {service}:\n"
+                    "    app: {provider: docker, docker: {container: web}}\n    health: {url: 'http://127.0.0.1:1/h'}\n")
+    env = {"ROLLBACK_CONFIG": str(path)}
+
+    def run(*args: str):
+        return asyncio.to_thread(cli, "drill", *args, address=temporal_address, task_queue=task_queue, extra_env=env)
+
+    # refused before anything is created: no staging target, no database
+    assert_one_line_error(await run("schedule", service, "--every", "90d", "--kind", "app"), 2,
+                          "has no drill staging target")
+    assert_one_line_error(await run("run", service, "--kind", "db"), 2, "has no database configured")
+    created = await run("schedule", service, "--every", "90d")
+    assert created.returncode == 0 and f"created schedule drill-{service}: all drill every 90d; next run" in created.stdout
+    try:
+        assert (await run("pause", service)).returncode == 0
+        updated = await run("schedule", service, "--every", "12w")
+        assert updated.returncode == 0 and "updated schedule" in updated.stdout and "paused" in updated.stdout
+
+        async def listed() -> bool:
+            proc = await run("list", "--json")
+            rows = [r for r in json.loads(proc.stdout)["schedules"] if r["service"] == service]
+            return bool(rows) and rows[0]["paused"] and rows[0]["every"] == "84 days, 0:00:00"
+
+        await assert_eventually(listed, timeout=30, message="the paused schedule is listed")
+        description = await client.get_schedule_handle(f"drill-{service}").describe()
+        assert description.schedule.state.paused and description.schedule.action.task_queue == task_queue
+    finally:
+        assert (await run("delete", service)).returncode == 0
+    assert_one_line_error(await run("pause", service), 1, f"no drill schedule drill-{service}")
