@@ -97,12 +97,16 @@ def _explain(settings: TemporalSettings, error: str) -> str:
         return f"the TLS certificate of {where} has expired (a server-side problem)"
     if "InvalidContentType" in error or "CorruptMessage" in error or "InvalidMessage" in error:
         return f"{where} did not answer with TLS: unset TEMPORAL_TLS* if it speaks plain gRPC"
-    if settings.tls_cert and ("transport error" in error or "close_notify" in error):
+    # TLS 1.3 checks the client certificate after the client thinks the handshake is done: a
+    # refusal shows up only as the connection closing under the first call, in several wordings
+    closed = any(sign in error for sign in ("transport error", "close_notify", "BrokenPipe", "ConnectionReset",
+                                            "Canceled"))
+    if settings.tls_cert and closed:
         return (f"{where} closed the connection after the TLS handshake: it refused the client certificate "
                 f"TEMPORAL_TLS_CERT={settings.tls_cert} (not signed by a CA it trusts, or revoked)")
-    if settings.uses_tls and "close_notify" in error:
+    if settings.uses_tls and closed:
         return f"{where} closed the TLS connection: it probably requires a client certificate (TEMPORAL_TLS_CERT/KEY)"
-    if not settings.uses_tls and "transport error" in error:
+    if not settings.uses_tls and closed:
         return (f"{where} closed the connection: if it expects TLS, set TEMPORAL_TLS=true (or TEMPORAL_TLS_CA, "
                 f"TEMPORAL_TLS_CERT/KEY, TEMPORAL_API_KEY)")
     return (f"cannot reach {where} (namespace {settings.namespace}): {error.splitlines()[0][:200]}. "
