@@ -77,3 +77,16 @@ async def test_sealed_with_the_first_key_opened_by_any_and_tamper_evident():
     tampered = Payload(metadata=first.metadata, data=first.data[:-1] + bytes([first.data[-1] ^ 1]))
     with pytest.raises(CodecError, match="key id 'b' does not authenticate"):
         await codec.decode([tampered])
+
+
+async def test_failure_messages_are_encrypted_too():
+    from temporalio.api.failure.v1 import Failure
+    from temporalio.exceptions import ApplicationError
+
+    from worker.codec import data_converter
+
+    converter = data_converter(EncryptionCodec(parse_keys(A, KEYS_ENV)))
+    failure = Failure()
+    await converter.encode_failure(ApplicationError("restore of shop-secret-db failed"), failure)
+    assert b"shop-secret-db" not in failure.SerializeToString()
+    assert str(await converter.decode_failure(failure)) == "restore of shop-secret-db failed"
