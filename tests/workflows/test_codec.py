@@ -86,7 +86,6 @@ async def test_history_holds_ciphertext_only(env, temporal_address, task_queue, 
     workflow_id = await rollback_with(client, shop, task_queue)
 
     history = await raw_history(env, workflow_id)
-    assert CANARY not in history.to_json()
     assert all(CANARY.encode() not in event.SerializeToString() for event in history.events)
     payloads = [payload for event in history.events for payload in payloads_in(event)]
     assert len(payloads) > 10  # input, activity inputs and results, the result: all of them sealed
