@@ -23,7 +23,6 @@ from pathlib import Path
 import docker
 import httpx
 import yaml
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,6 +31,7 @@ from activities.common import ConfigSource  # noqa: E402
 from bench.common import Prober  # noqa: E402
 from activities.docker import DeployLedger, deploy  # noqa: E402
 from starter import engines  # noqa: E402
+from worker.codec import data_converter  # noqa: E402
 from worker.main import build_worker  # noqa: E402
 from workflows import AppRollbackWorkflow  # noqa: E402
 from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
@@ -121,7 +121,7 @@ async def main(rounds: int) -> None:
         engines.build_demo_image(engine, version)
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=engines.temporal_binary(),
                                                 search_attributes=SEARCH_ATTRIBUTES,
-                                                data_converter=pydantic_data_converter, dev_server_log_level="error")
+                                                data_converter=data_converter(), dev_server_log_level="error")
     try:
         ours = [await workflow_round(env, engine, address, workdir) for _ in range(rounds)]
         theirs = [compose_round(engine, address, workdir) for _ in range(rounds)]

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import yaml
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,6 +26,7 @@ from starter import engines  # noqa: E402
 from starter.start import start_or_signal_incident  # noqa: E402
 from tests.contract.server import serve  # noqa: E402
 from tests.contract.slack import HOOK_PATH, FakeSlack  # noqa: E402
+from worker.codec import data_converter  # noqa: E402
 from worker.main import build_worker  # noqa: E402
 from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
 from workflows.models import AlertNotice, IncidentInput  # noqa: E402
@@ -47,7 +47,7 @@ async def main() -> None:
                             "notify": {"slack_webhook_env": "BENCH_SLACK_WEBHOOK"}} for name in services}}))
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=engines.temporal_binary(),
                                                 search_attributes=SEARCH_ATTRIBUTES,
-                                                data_converter=pydantic_data_converter, dev_server_log_level="error")
+                                                data_converter=data_converter(), dev_server_log_level="error")
     seconds = []
     try:
         async with build_worker(env.client, ConfigSource(root / "rollback.yaml"), "bench"):

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import psycopg
 import yaml
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from activities.common import ConfigSource  # noqa: E402
 from bench.common import Prober  # noqa: E402
 from starter import engines  # noqa: E402
+from worker.codec import data_converter  # noqa: E402
 from worker.main import build_worker  # noqa: E402
 from workflows import BackupWorkflow, DatabaseRestoreWorkflow  # noqa: E402
 from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
@@ -98,7 +98,7 @@ async def main(scale: int) -> None:
                                "database": {"dsn_env": "BENCH_DSN", "backup_dir": str(work / "backups")}}}}))
     temporal = await WorkflowEnvironment.start_local(dev_server_existing_path=engines.temporal_binary(),
                                                      search_attributes=SEARCH_ATTRIBUTES,
-                                                     data_converter=pydantic_data_converter,
+                                                     data_converter=data_converter(),
                                                      dev_server_log_level="error")
     queue = f"bench-{uuid.uuid4()}"
     try:

@@ -32,7 +32,6 @@ import yaml
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from activities.common import ConfigSource  # noqa: E402
 from starter import engines  # noqa: E402
 from starter.webhook import create_app  # noqa: E402
+from worker.codec import data_converter  # noqa: E402
 from worker.main import build_worker  # noqa: E402
 from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
 from workflows.models import RollbackStatus  # noqa: E402
@@ -248,7 +248,7 @@ async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rbbench-"))
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=engines.temporal_binary(),
                                                 search_attributes=SEARCH_ATTRIBUTES,
-                                                data_converter=pydantic_data_converter, dev_server_log_level="error")
+                                                data_converter=data_converter(), dev_server_log_level="error")
     try:
         if "--storm-only" not in sys.argv:
             await latency(env, workdir)

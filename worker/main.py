@@ -101,7 +101,9 @@ async def run_worker(client: Client, config: ConfigSource, task_queue: str, read
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    log.info("worker started task_queue=%s namespace=%s", task_queue, client.namespace)
+    codec = client.data_converter.payload_codec
+    payloads = f"encrypted with key {codec.key_ids[0]}" if hasattr(codec, "key_ids") else "plain text (no codec)"
+    log.info("worker started task_queue=%s namespace=%s payloads=%s", task_queue, client.namespace, payloads)
     async with worker:
         if ready is not None:
             ready.set()

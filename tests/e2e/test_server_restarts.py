@@ -18,7 +18,6 @@ import pytest
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.backups import sha256_of
 from activities.docker import DeployLedger, deploy
@@ -28,6 +27,7 @@ from tests.helpers import assert_eventually, create_database, set_postgres_flag,
 from tests.integration.test_docker_rollback import docker_service
 from tests.integration.test_migrations import flag
 from tests.integration.test_restore import count, databases
+from worker.codec import data_converter
 from workflows import AppRollbackWorkflow, BackupWorkflow, DatabaseRestoreWorkflow
 from workflows.models import (AppRollbackInput, AppRollbackResult, ApprovalInput, BackupInput, BackupManifest,
                               RestoreInput, RestoreResult)
@@ -59,7 +59,7 @@ async def server(tmp_path):
         own = TemporalServer(tmp_path / "temporal")
     except engines.EngineError as exc:
         pytest.fail(str(exc))
-    client = await Client.connect(own.address, data_converter=pydantic_data_converter)
+    client = await Client.connect(own.address, data_converter=data_converter())
     yield own, client
     own.stop()
 

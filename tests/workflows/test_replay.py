@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio import workflow
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from tests.conftest import running_worker
 from tests.contract.vercel import realistic
 from tests.integration.test_vercel_rollback import vercel_service
+from worker.codec import data_converter
 from workflows import WORKFLOWS, AppRollbackWorkflow
 from workflows.models import AppRollbackInput, AppRollbackResult
 
@@ -23,7 +23,7 @@ HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    return Replayer(workflows=WORKFLOWS, data_converter=data_converter())
 
 
 HOW_TO_PATCH = (
@@ -72,7 +72,7 @@ async def test_a_non_deterministic_change_fails_replay():
     path = HISTORIES / "app_rollback_vercel.json"
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     others = [w for w in WORKFLOWS if w is not AppRollbackWorkflow]
-    result = await Replayer(workflows=[ChangedAppRollback, *others], data_converter=pydantic_data_converter,
+    result = await Replayer(workflows=[ChangedAppRollback, *others], data_converter=data_converter(),
                             workflow_runner=UnsandboxedWorkflowRunner()).replay_workflow(
         history, raise_on_replay_failure=False)
     assert result.replay_failure is not None and "nondetermin" in str(result.replay_failure).lower()
