@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, bounded_timeline, guarded
@@ -23,6 +23,8 @@ with workflow.unsafe.imports_passed_through():
         HealthSnapshot,
         Outcome,
         Phase,
+        MigrationRollbackInput,
+        MigrationRollbackResult,
         PostmortemRequest,
         RecentRollbacks,
         SchemaRequest,
@@ -51,7 +53,11 @@ def _cause(exc: BaseException) -> str:
 @workflow.defn
 class AppRollbackWorkflow(RollbackWorkflowBase):
     rollback_type = "app"
-    locks = ("service",)
+    locks = ("service",)  # and the database's, taken when the schema must be rolled back first
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.schema_rolled_back: tuple[str, str, str] | None = None  # child id, version before, after
 
     @workflow.run
     @guarded
@@ -131,13 +137,16 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             self.record(EventKind.RESOLVED, "dry run: nothing was changed")
             return await self._finish(result, "dry_run", "dry run: plan only, nothing was changed")
 
-        if schema.migration_rollback_needed:
-            # The migration rollback workflow arrives with its own issue; until then a person runs it.
+        schema_first = (schema.migration_rollback_needed and config.database is not None
+                        and config.database.migration_tool is not None and not request.approved_by
+                        and workflow.patched("schema-rollback-child"))
+        if schema.migration_rollback_needed and not schema_first:
+            # no migration tool configured (or a parent decided otherwise): a person rolls the schema back
             self.record(
                 EventKind.FAILED,
                 f"stopped before changing anything: the live schema {schema.live_schema_version} must be "
-                f"rolled back to {schema.target_schema_version} before this app rollback, and automated "
-                f"migration rollback is not available yet",
+                f"rolled back to {schema.target_schema_version} before this app rollback, and the service has "
+                f"no `database.migration_tool` to do it with",
             )
             return await self._finish(
                 result, "failed",
@@ -152,12 +161,19 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                         + "; ".join(plan.approval_reasons), actor=request.approved_by)
         elif plan.needs_approval:
             decision = await self.wait_for_approval(
-                "app rollback", "; ".join(plan.approval_reasons), request.approval_timeout
+                "app rollback", "; ".join(plan.approval_reasons), request.approval_timeout,
+                # the schema step is a database change: its approvers must be admitted for those too
+                kinds=["app", "database"] if schema_first else None,
             )
             if decision is None:
                 return await self._finish(result, "not_approved", "approval timed out after escalation; nothing changed")
             if not decision.approved:
                 return await self._finish(result, "rejected", f"rejected by {decision.approver}: {decision.reason}")
+        if schema_first:
+            # 5b. The schema first (runbook 001 "app + schema"), as a child under this run's locks
+            problem = await self._roll_schema_back(request, schema.target_schema_version)
+            if problem is not None:
+                return await self._finish(result, "failed", problem)
         # 6. Execute, with the way back registered first
         self.enter(Phase.EXECUTING)
         self.record(EventKind.EXECUTING, plan.steps[-2])
@@ -217,6 +233,36 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         )
         return await self._finish(result, "rolled_back", f"rolled back to {target.label or target.id}")
 
+    async def _roll_schema_back(self, request: AppRollbackInput, target_version: str) -> str | None:
+        """MigrationRollbackWorkflow as a child (its own emergency backup, guard, verification),
+        approved by this run's approval. Returns the problem if it did not roll back: the app has
+        not been touched then."""
+        await self.take_lock(request, kinds=["database"])  # the child runs under this run's locks
+        approver = self.decision.approver if self.decision else request.requested_by
+        info = workflow.info()
+        child_id = f"{info.workflow_id}-schema-{info.run_id[:8]}"
+        self.record(EventKind.EXECUTING, f"rolling the schema back to {target_version} first: "
+                    f"MigrationRollbackWorkflow {child_id}", child=child_id)
+        try:
+            done = await workflow.execute_child_workflow(
+                "MigrationRollbackWorkflow",
+                MigrationRollbackInput(service=request.service, target=target_version, requested_by=approver,
+                                       approved_by=approver, verify_app=False,
+                                       reason=f"schema for the app rollback {info.workflow_id}: {request.reason}"),
+                id=child_id, result_type=MigrationRollbackResult)
+        except ChildWorkflowError as exc:
+            problem = f"the schema rollback {child_id} failed ({_cause(exc)}); the app was not changed"
+            self.record(EventKind.FAILED, problem, child=child_id)
+            return problem
+        if not Outcome.succeeded(done.outcome):
+            problem = f"the schema rollback {child_id} ended {done.outcome} ({done.message}); the app was not changed"
+            self.record(EventKind.FAILED, problem, child=child_id)
+            return problem
+        self.schema_rolled_back = (child_id, done.version_before or "", done.version_after or target_version)
+        self.record(EventKind.ROLLED_BACK, f"schema rolled back {done.version_before} -> {done.version_after} by "
+                    f"{child_id}", child=child_id)
+        return None
+
     async def _provider(self, provider: str, step: str, argument, result_type, *, timeout: int = 60,
                         retry: RetryPolicy = READ_RETRY, heartbeat: int | None = None):
         return await workflow.execute_activity(
@@ -250,6 +296,13 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                 type="CompensationFailed", non_retryable=True,
             ) from undo_error
         self.record(EventKind.COMPENSATED, f"{current.label or current.id} restored", details=undone.details)
+        if self.schema_rolled_back is not None:
+            child_id, before, after = self.schema_rolled_back
+            warning = (f"{current.label or current.id} is serving again but the schema stays at {after} (rolled back "
+                       f"from {before} by {child_id}): re-apply the migrations with the service's migration tool or "
+                       "roll back to another target")
+            self.record(EventKind.ESCALATED, warning)
+            await self.notify(f"{request.service}: {warning}", key="schema-left-behind", escalation=True)
         await self.status_page("investigating", f"A rollback of {request.service} did not help; we are investigating.")
         self.enter(Phase.FAILED)
         await self.notify(f"{request.service} rollback to {target.label or target.id} failed and was undone: {why}",

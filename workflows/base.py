@@ -218,16 +218,20 @@ class RollbackWorkflowBase:
         return False
 
     # -- one change at a time per service and database ----------------------------------------
-    async def take_lock(self, request) -> None:
+    async def take_lock(self, request, kinds: list[str] | None = None) -> None:
         """Hold the service's (and its database's) lock for this run, or fail naming the holder.
-        A dry run changes nothing and a child runs under its parent's lock: neither takes it."""
-        if (not self.locks or getattr(request, "dry_run", False) or workflow.info().parent is not None
+        A dry run changes nothing and a child runs under its parent's lock: neither takes it.
+        `kinds`: more locks for a run that already holds its own (held until its end too)."""
+        if kinds is not None:
+            if self.held is None:  # no lock of its own (a child, a dry run): runs under its parent's
+                return
+        elif (not self.locks or getattr(request, "dry_run", False) or workflow.info().parent is not None
                 or not workflow.patched("resource-lock")):
             return
         info = workflow.info()
         me = LockHolder(workflow_id=info.workflow_id, run_id=info.run_id, workflow_type=info.workflow_type)
         result = await workflow.execute_activity(
-            "locks.acquire", LockRequest(service=request.service, kinds=list(self.locks), holder=me),
+            "locks.acquire", LockRequest(service=request.service, kinds=kinds or list(self.locks), holder=me),
             result_type=LockResult, start_to_close_timeout=timedelta(minutes=1), retry_policy=READ_RETRY)
         if not result.granted:
             holder = result.holder
@@ -235,7 +239,8 @@ class RollbackWorkflowBase:
                 f"{result.busy} is locked by {holder.workflow_type} {holder.workflow_id} (run {holder.run_id}): one "
                 f"change at a time; see `rollback status {holder.workflow_id}`, wait for it to end or cancel it",
                 type="Locked", non_retryable=True)
-        self.held = LockRelease(resources=result.resources, holder=me)
+        held = self.held.resources if self.held is not None else []
+        self.held = LockRelease(resources=sorted({*held, *result.resources}), holder=me)
 
     async def release_lock(self) -> None:
         if self.held is None:

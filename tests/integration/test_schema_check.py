@@ -9,9 +9,11 @@ import psycopg
 import pytest
 
 from tests.conftest import running_worker
-from tests.helpers import create_database, git_service, sh
+from activities.migrations import apply_up
+from tests.helpers import create_database, git_service, sh, wait_for_phase
+from tests.migration_sets import columns, tables, tracking, write_migrations
 from workflows import AppRollbackWorkflow
-from workflows.models import AppRollbackInput, AppRollbackResult
+from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput
 
 
 @pytest.fixture
@@ -37,8 +39,8 @@ async def run(client, task_queue, config, **request) -> AppRollbackResult:
         )
 
 
-async def test_live_schema_ahead_of_target_stops_before_any_change(client, task_queue, repo, platform,
-                                                                   write_config, app_database):
+async def test_live_schema_ahead_of_target_changes_nothing_before_the_approval(
+        client, task_queue, repo, platform, write_config, app_database):
     remote, commits = repo
     config = write_config({"web": with_database(git_service(remote, platform))})
     plan = (await run(client, task_queue, config, target=commits["good"], dry_run=True)).plan
@@ -46,10 +48,51 @@ async def test_live_schema_ahead_of_target_stops_before_any_change(client, task_
     assert (plan.schema_check.live_schema_version, plan.schema_check.target_schema_version) == ("3", "2")
     assert plan.needs_approval and any("migration rollback" in step for step in plan.steps)
 
-    result = await run(client, task_queue, config, target=commits["good"])
-    assert result.outcome == "failed" and "roll the schema back to 2" in result.message
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(
+            AppRollbackWorkflow.run, AppRollbackInput(service="web", target=commits["good"]),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=AppRollbackResult)
+        await wait_for_phase(handle, "awaiting_approval", timeout=60)
+        await handle.execute_update(AppRollbackWorkflow.reject, ApprovalInput(approver="oncall", reason="not now"))
+        result = await handle.result()
+    assert result.outcome == "rejected"
     assert sh("git", "--git-dir", str(remote), "rev-parse", "main") == commits["bad2"]  # nothing pushed
     assert platform.hooks == []
+    with psycopg.connect(app_database) as conn:
+        assert conn.execute("SELECT version FROM schema_migrations").fetchone()[0] == 3
+
+
+async def test_live_schema_ahead_is_rolled_back_first_then_the_app(client, task_queue, repo, platform, write_config,
+                                                                   postgres, monkeypatch, tmp_path):
+    """Runbook 001's "app + schema": the target expects schema 2, the database is at 3. After one
+    approval (nothing changes before it), a MigrationRollbackWorkflow child runs the real down
+    script of 3, then the app is rolled back; the database really has schema 2."""
+    _, dsn = create_database(postgres, "app")
+    directory = tmp_path / "migrations"
+    write_migrations("golang-migrate", directory)
+    assert apply_up(dsn, "golang-migrate", directory) == ["1", "2", "3"]
+    monkeypatch.setenv("TEST_APP_DSN", dsn)
+    remote, commits = repo
+    config = write_config({"web": {**git_service(remote, platform), "database": {
+        "dsn_env": "TEST_APP_DSN", "migration_tool": "golang-migrate", "migrations_dir": str(directory),
+        "backup_dir": str(tmp_path / "backups")}}})
+    async with running_worker(client, config, task_queue):
+        handle = await client.start_workflow(
+            AppRollbackWorkflow.run, AppRollbackInput(service="web", target=commits["good"], reason="bad release"),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=AppRollbackResult)
+        state = await wait_for_phase(handle, "awaiting_approval", timeout=60)
+        assert "migration rollback to 2" in state.waiting_for_approval or any(
+            "migration rollback" in e.message for e in state.timeline)
+        assert "score" in columns(dsn, "accounts") and platform.hooks == []  # nothing changed before the approval
+        await handle.execute_update(AppRollbackWorkflow.approve, ApprovalInput(approver="oncall", reason="checked"))
+        result = await handle.result()
+    assert result.outcome == "rolled_back", result.message
+    assert columns(dsn, "accounts") == ["id", "email", "plan"]  # 3's down script ran: schema 2
+    assert "audit" not in tables(dsn) and tracking(dsn, "golang-migrate") == [(2, False)]
+    assert len(platform.hooks) == 1  # then the app: one deploy of the revert
+    assert sh("git", "--git-dir", str(remote), "rev-parse", "main") != commits["bad2"]
+    child = next(e for e in result.timeline if "MigrationRollbackWorkflow" in e.message)
+    assert child.data["child"].startswith(handle.id + "-schema-")
 
 
 async def test_compatible_schema_proceeds(client, task_queue, repo, platform, write_config,
