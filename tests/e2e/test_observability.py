@@ -112,10 +112,13 @@ async def test_worker_serves_the_sdks_metrics_and_prometheus_scrapes_them(
         async def stored() -> bool:
             try:
                 async with httpx.AsyncClient() as http:
-                    answer["data"] = (await http.get(f"http://127.0.0.1:{prometheus_port}/api/v1/query",
-                                                     params={"query": query})).json()["data"]["result"]
+                    response = await http.get(f"http://127.0.0.1:{prometheus_port}/api/v1/query",
+                                              params={"query": query})
             except httpx.HTTPError:
                 return False
+            if response.status_code != 200:  # 503 while Prometheus is still starting
+                return False
+            answer["data"] = response.json()["data"]["result"]
             return bool(answer["data"])
 
         await assert_eventually(stored, 30, message="Prometheus has the worker's temporal_workflow_completed")
