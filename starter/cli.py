@@ -81,12 +81,14 @@ def _run(coro):
     return asyncio.run(coro)
 
 
-async def _client() -> Client:
+async def _client(role: str = "cli") -> Client:
+    """A connected client, traced when an OTLP endpoint is configured (`role` names the process)."""
     from worker.settings import TemporalUnreachable, connect
+    from worker.telemetry import TelemetryError, traced
 
     try:
-        return await connect()
-    except TemporalUnreachable as exc:
+        return traced(await connect(), role)
+    except (TemporalUnreachable, TelemetryError) as exc:
         raise CliError(str(exc)) from None
 
 
@@ -897,20 +899,46 @@ def load_for_worker(config: Path | None, allow_missing_secrets: bool):
     return loaded
 
 
+metrics_port_option = click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), default=None,
+    help="Serve the Temporal SDK's Prometheus metrics (workers, workflows, activities) on this port.")
+metrics_host_option = click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True,
+    help="Address for --metrics-port (0.0.0.0 in a container, so Prometheus and probes reach it).")
+
+
+def _serve_metrics(host: str, port: int | None) -> None:
+    from worker.telemetry import TelemetryError, serve_sdk_metrics
+
+    if port is not None:
+        try:
+            serve_sdk_metrics(host, port)
+        except TelemetryError as exc:
+            raise CliError(str(exc)) from None
+
+
 @app.command("worker")
 @config_option
 @click.option("--allow-missing-secrets", is_flag=True, help="Start even if a secret variable is unset.")
-def worker(config: Optional[Path], allow_missing_secrets: bool) -> None:
+@metrics_port_option
+@metrics_host_option
+@click.option("--shutdown-grace", type=click.IntRange(min=0), default=30, show_default=True,
+              help="Seconds running activities get to finish after SIGTERM before they are cancelled.")
+def worker(config: Optional[Path], allow_missing_secrets: bool, metrics_port: Optional[int], metrics_host: str,
+           shutdown_grace: int) -> None:
     """Run the worker that executes rollback workflows (until SIGTERM)."""
+    from datetime import timedelta
+
     from activities.common import ConfigSource
     from worker.main import run_worker
 
     _logging()
     load_for_worker(config, allow_missing_secrets)
+    _serve_metrics(metrics_host, metrics_port)
 
     async def main() -> int:
-        client = await _client()
-        await run_worker(client, ConfigSource(config), _task_queue())
+        client = await _client("worker")
+        await run_worker(client, ConfigSource(config), _task_queue(), shutdown_grace=timedelta(seconds=shutdown_grace))
         return 0
 
     sys.exit(_run(main()))
@@ -931,7 +959,7 @@ def webhook(config: Optional[Path], host: str, port: int) -> None:
     load_config(config)
 
     async def main() -> int:
-        client = await _client()
+        client = await _client("webhook")
         server = uvicorn.Server(uvicorn.Config(create_app(client, ConfigSource(config), _task_queue()),
                                                host=host, port=port, log_level="warning"))
         await server.serve()
@@ -986,8 +1014,9 @@ def codec_server(host: str, port: int, origins: tuple[str, ...]) -> None:
 @click.option("--webhook-port", default=8088, show_default=True, type=int, help="Webhook receiver port.")
 @click.option("--exit-after-demo", is_flag=True, help="Stop everything once the demo ends.")
 @click.option("--allow-missing-secrets", is_flag=True, help="Start even if a secret variable is unset.")
+@metrics_port_option
 def up(config: Optional[Path], data_dir: Path, demo: bool, port: int, ui_port: int, webhook_port: int,
-       exit_after_demo: bool, allow_missing_secrets: bool) -> None:
+       exit_after_demo: bool, allow_missing_secrets: bool, metrics_port: Optional[int]) -> None:
     """Start the Temporal dev server + UI, the worker and the webhook receiver (Ctrl-C stops all).
 
     Prints what it started, the Docker engines and databases the services expect, and the
@@ -996,6 +1025,7 @@ def up(config: Optional[Path], data_dir: Path, demo: bool, port: int, ui_port: i
 
     _logging()
     logging.getLogger("temporalio").setLevel(logging.ERROR)  # expected activity failures are on the timeline
+    _serve_metrics("127.0.0.1", metrics_port)
     sys.exit(run_up(config=config, data_dir=data_dir, demo=demo, port=port, ui_port=ui_port,
                     webhook_port=webhook_port, exit_after_demo=exit_after_demo,
                     allow_missing_secrets=allow_missing_secrets))
@@ -1267,6 +1297,12 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_FAILED
     except KeyboardInterrupt:
         code = 130
+    from worker.telemetry import flush
+
+    try:
+        flush()  # buffered spans; _exit_hard skips atexit
+    except Exception as exc:  # noqa: BLE001 - a collector that is down must not change the exit code
+        print(f"warning: spans not sent: {exc}", file=sys.stderr)
     # The Temporal client's native runtime can crash in interpreter teardown; exit explicitly.
     _exit_hard(code if isinstance(code, int) else 0)
 

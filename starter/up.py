@@ -119,7 +119,7 @@ async def _serve(config: Path, loaded: RollbackConfig, demo: bool, ui_port: int,
     from starter.webhook import create_app
     from worker.main import build_worker
 
-    client = await _client()
+    client = await _client("up")
     source = ConfigSource(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

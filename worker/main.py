@@ -77,6 +77,9 @@ def build_worker(client: Client, config: ConfigSource, task_queue: str, replace:
     """The worker; `replace` swaps activities for stand-ins registered under the same names, and
     `options` go to temporalio's Worker as they are (tests: interceptors, no workflow cache)."""
     replaced = {fn.__temporal_activity_definition.name for fn in replace or []}
+    # Activities that are mid-step when SIGTERM arrives get this long to finish or heartbeat out;
+    # `rollback worker --shutdown-grace` raises it where the platform waits longer (Kubernetes).
+    options.setdefault("graceful_shutdown_timeout", timedelta(seconds=30))
     activities = [fn for fn in activities_for(config, client) if fn.__temporal_activity_definition.name not in replaced]
     return Worker(
         client,
@@ -85,15 +88,15 @@ def build_worker(client: Client, config: ConfigSource, task_queue: str, replace:
         activities=[*activities, *(replace or [])],
         # the migration activities are synchronous (psycopg, Alembic) and run in these threads
         activity_executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="activity"),
-        # Activities that are mid-step when SIGTERM arrives get this long to finish or heartbeat out.
-        graceful_shutdown_timeout=timedelta(seconds=30),
         **options,
     )
 
 
-async def run_worker(client: Client, config: ConfigSource, task_queue: str, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then stop taking work and let running activities finish."""
-    worker = build_worker(client, config, task_queue)
+async def run_worker(client: Client, config: ConfigSource, task_queue: str, ready: asyncio.Event | None = None,
+                     shutdown_grace: timedelta = timedelta(seconds=30)) -> None:
+    """Run until SIGTERM or SIGINT, then stop taking work and give running activities
+    `shutdown_grace` to finish before they are cancelled."""
+    worker = build_worker(client, config, task_queue, graceful_shutdown_timeout=shutdown_grace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,5 +111,5 @@ async def run_worker(client: Client, config: ConfigSource, task_queue: str, read
         if ready is not None:
             ready.set()
         await stop.wait()
-        log.info("worker stopping: letting running activities finish")
+        log.info("worker stopping: letting running activities finish (up to %ss)", int(shutdown_grace.total_seconds()))
     log.info("worker stopped")
