@@ -1,7 +1,7 @@
 """A test-only worker process: the real worker (`worker.main.build_worker`) plus an activity
 interceptor that SIGKILLs its own process at the start or at the end of an activity.
 
-    python -m tests.crash_worker --config C --task-queue Q --ledger FILE --at start|beat|end [--only ACTIVITY]
+    python -m tests.crash_worker --config C --task-queue Q --ledger FILE --at start|beat|end [--only ACTIVITY[,ACTIVITY…]]
                                  [--standby]
 
 It crashes at the first activity call not yet listed in the ledger (a JSON line per crash, naming
@@ -58,13 +58,13 @@ class CrashAt(Interceptor):
     def __init__(self, ledger: Path, at: str, only: str | None = None) -> None:
         self.ledger, self.at = ledger, at
         self.done = {call["key"] for crash in crashes(ledger) for call in crash["calls"]}
-        self.only = only
+        self.only = set(only.split(",")) if only else None
         self.running: dict[str, activity.Info] = {}
         self.parked: set[str] = set()
 
     def due(self, info: activity.Info) -> bool:
-        """Crash at this call: not crashed at yet (and of the one activity asked for, if any)."""
-        return call_key(info) not in self.done and self.only in (None, info.activity_type)
+        """Crash at this call: not crashed at yet (and of the activities asked for, if any)."""
+        return call_key(info) not in self.done and (self.only is None or info.activity_type in self.only)
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _Crashing(next, self)
@@ -136,7 +136,7 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--ledger", required=True, type=Path)
     parser.add_argument("--at", choices=("start", "beat", "end"), default="start")
-    parser.add_argument("--only", help="crash only at calls of this activity type")
+    parser.add_argument("--only", help="crash only at calls of these activity types (comma-separated)")
     parser.add_argument("--standby", action="store_true")
     args = parser.parse_args(argv)
     if args.standby and not await asyncio.to_thread(sys.stdin.readline):

@@ -202,3 +202,53 @@ async def test_dry_run_changes_nothing_anywhere(client, task_queue, production):
 
 async def _async(value):
     return value
+
+
+# Each child's step that changes something, and each message to people: the worker is SIGKILLed
+# right after the step did its work and before Temporal heard of it, so the retry (on a new
+# worker) meets a world where it already happened.
+CHANGING_STEPS = ("backups.dump", "flags.set", "migrations.down_step", "postgres.swap", "docker.execute",
+                  "notify.slack", "statuspage.post", "pagerduty.event")
+
+
+async def test_a_worker_killed_in_each_child_still_does_everything_once(client, temporal_address, task_queue,
+                                                                         production, tmp_path):
+    from tests.e2e.test_crash_matrix import CrashingWorkers, assert_each_message_once
+
+    site = production
+    async with running_worker(client, site.config, task_queue):
+        backup = await release_bad_v2(client, task_queue, site)
+    backups_before = sorted(Path(site.backup_dir).glob("*.manifest.json"))
+    async with CrashingWorkers(client, temporal_address, site.config._path, task_queue, "end", tmp_path,
+                               only=",".join(CHANGING_STEPS)) as workers:
+        handle = await start_or_signal_incident(
+            client, task_queue, IncidentInput(service="web", reason="error ratio 27 % after v2", error_rate=0.27,
+                                              automatic=True, requested_by="alertmanager"),
+            AlertNotice(source="alertmanager", summary="DemoErrorRatioHigh", fingerprint="f1"))
+        result = IncidentResult.model_validate(await workers.run(handle, timeout=400, approvals=1))
+
+    assert result.outcome == "resolved", result.message
+    crashed = {call["activity"] for crash in workers.crashes() for call in crash["calls"]}
+    assert crashed == set(CHANGING_STEPS), crashed  # every child was hit, and every kind of message
+    assert [(c.workflow, c.outcome) for c in result.children] == [
+        ("BackupWorkflow", "verified"), ("MigrationRollbackWorkflow", "rolled_back"),
+        ("DatabaseRestoreWorkflow", "restored"), ("AppRollbackWorkflow", "rolled_back")]
+    assert result.plan.restore_from == backup.backup_id
+    # the outcome a crash-free run has: data back, schema at 3, v1 serving, processing back on
+    assert site.plans()[:10] == ["pro"] * 4 + ["free"] * 6 and len(site.plans()) == 11
+    assert columns(site.dsn, "accounts") == ["id", "email", "created_at", "plan"]
+    assert httpx.get(f"http://127.0.0.1:{site.port}/version", timeout=2).text.strip() == "v1"
+    assert site.flag() == "true"
+    # every side effect once: one emergency backup, one container set aside, each message once
+    made = sorted(set(Path(site.backup_dir).glob("*.manifest.json")) - set(backups_before))
+    # the incident's emergency backup, the migration rollback's own and the restore's safety backup:
+    # none doubled by a dump retried after it finished, and no archive without its manifest
+    assert len(made) == 3, made
+    archives = {p.name.removesuffix(".dump") for p in Path(site.backup_dir).glob("*.dump")}
+    assert archives == {p.name.removesuffix(".manifest.json") for p in Path(site.backup_dir).glob("*.manifest.json")}
+    aside = [c for c in site.docker.containers.list(all=True) if c.name.startswith(f"{site.name}-")]
+    assert [(c.image.id, c.status) for c in aside] == [(site.images["v2"], "exited")]
+    assert_each_message_once(site.slack)
+    assert [e["event_action"] for e in site.pagerduty.events] == ["trigger", "resolve"]
+    (incident,) = site.statuspage.incidents.values()
+    assert [u["status"] for u in incident["incident_updates"]] == ["investigating", "monitoring", "resolved"]
