@@ -104,3 +104,23 @@ def test_delivery_claims_have_one_winner_and_expire(make_store):
     assert first.claim_fresh("webhook-delivery", ["a"], 3600) == [True]
     time.sleep(0.05)
     assert first.claim_fresh("webhook-delivery", ["b"], 0.01) == [True]
+
+
+def test_an_upgrade_imports_the_json_ledgers_once(tmp_path):
+    import json
+
+    from activities.state import import_legacy_files
+    from workflows.config import RollbackConfig
+
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "web.json").write_text(json.dumps({"deploys": [{"image_id": "sha256:a", "bad": False}]}))
+    (tmp_path / "vercel").mkdir()
+    (tmp_path / "vercel" / "shop-rolled-away.json").write_text(json.dumps(["dpl_bad"]))
+    store = SqliteStore(tmp_path / "state.sqlite")
+    config = RollbackConfig(state_dir=str(tmp_path))
+    assert import_legacy_files(config, store) == 2
+    assert store.get("docker-ledger", "web")["deploys"][0]["image_id"] == "sha256:a"
+    assert store.get("vercel-rolled-away", "shop") == ["dpl_bad"]
+    store.put("vercel-rolled-away", "shop", ["dpl_bad", "dpl_newer"])
+    assert import_legacy_files(config, store) == 0  # what the store has wins
+    assert store.get("vercel-rolled-away", "shop") == ["dpl_bad", "dpl_newer"]
