@@ -109,6 +109,16 @@ class ConfigSource:
         """The configured secrets' values, for redacting what the activities write."""
         return known_secrets(self.config)
 
+    @property
+    def state(self):
+        """The shared state store (activities/state.py): PostgreSQL or the SQLite default."""
+        from activities.state import state_store
+
+        try:
+            return state_store(self.config)
+        except ConfigError as exc:
+            raise fail(str(exc), kind="ConfigError") from None
+
     def state_path(self, *parts: str) -> Path:
         path = Path(self.config.state_dir).joinpath(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +155,8 @@ def known_secrets(config: RollbackConfig) -> set[str]:
         names |= {n for n in (source.bearer_env, source.basic_env, source.secret_env) if n}
     if config.flags.token_env:
         names.add(config.flags.token_env)
+    if config.state_dsn_env:
+        names.add(config.state_dsn_env)
     values = {v.strip() for name in names for v in os.environ.get(name, "").split(",")}
     return {v for v in values if len(v) >= SHORTEST_KNOWN_SECRET}
 

@@ -23,9 +23,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.backups import sha256_of
-from activities.common import (ConfigSource, beating, fail, in_thread, inside, read_json, redact_env_list,
-                               write_artifact, write_json_atomic)
-from workflows.config import ComposeTarget, DockerTarget
+from activities.common import (ConfigSource, beating, fail, in_thread, inside, redact_env_list, write_artifact,
+                               write_json_atomic)
+from activities.state import StateStore, state_store
+from workflows.config import ComposeTarget, DockerTarget, RollbackConfig
 from workflows.models import (
     check_backup_id,
     AppVersion,
@@ -97,29 +98,40 @@ def deploy(client: docker.DockerClient, name: str, image: str, ledger: DeployLed
 
 
 class DeployLedger:
-    """The images a service's container has run, oldest first, in a JSON state file."""
+    """The images a service's container has run, oldest first, in the shared state store (a
+    second worker and a retry see the same history; each change is one atomic update)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    KIND = "docker-ledger"
+
+    def __init__(self, store: StateStore, service: str):
+        self.store, self.service = store, service
+
+    @classmethod
+    def of(cls, config: RollbackConfig, service: str) -> "DeployLedger":
+        return cls(state_store(config), service)
 
     def entries(self) -> list[dict[str, Any]]:
-        return read_json(self.path, {"deploys": []})["deploys"]
+        return self.store.get(self.KIND, self.service, {"deploys": []})["deploys"]
 
     def record(self, image_id: str, ref: str) -> None:
-        entries = self.entries()
-        if entries and entries[-1]["image_id"] == image_id:
-            return
-        entries.append(
-            {"image_id": image_id, "ref": ref, "seen_at": datetime.now(timezone.utc).isoformat(), "bad": False}
-        )
-        write_json_atomic(self.path, {"deploys": entries})
+        def add(ledger: dict) -> dict:
+            entries = ledger["deploys"]
+            if not entries or entries[-1]["image_id"] != image_id:
+                entries.append({"image_id": image_id, "ref": ref, "seen_at": datetime.now(timezone.utc).isoformat(),
+                                "bad": False})
+            return ledger
+
+        if not self.entries() or self.entries()[-1]["image_id"] != image_id:  # most calls change nothing
+            self.store.update(self.KIND, self.service, add, {"deploys": []})
 
     def mark_bad(self, image_id: str) -> None:
-        entries = self.entries()
-        for entry in entries:
-            if entry["image_id"] == image_id:
-                entry["bad"] = True
-        write_json_atomic(self.path, {"deploys": entries})
+        def mark(ledger: dict) -> dict:
+            for entry in ledger["deploys"]:
+                if entry["image_id"] == image_id:
+                    entry["bad"] = True
+            return ledger
+
+        self.store.update(self.KIND, self.service, mark, {"deploys": []})
 
 
 def _new_config(client: docker.DockerClient, old: dict[str, Any], image_id: str, labels: dict[str, str]) -> dict:
@@ -335,7 +347,7 @@ class _EngineActivities:
         return target
 
     def _ledger(self, service: str) -> DeployLedger:
-        return DeployLedger(self._config.state_path("docker", f"{service}.json"))
+        return DeployLedger(self._config.state, service)
 
     def _container(self, client: docker.DockerClient, target, service: str):
         raise NotImplementedError

@@ -54,7 +54,7 @@ class DrillActivities:
                        f"({staging.service!r}); nothing was deployed", kind="DrillRefused")
         target = self._config.service(request.service).app.docker
         client = connect(target)
-        ledger = DeployLedger(self._config.state_path("docker", f"{request.service}.json"))
+        ledger = DeployLedger(self._config.state, request.service)
         image_id = deploy(client, target.container, request.image, ledger)  # a no-op when already running it
         version = version_of(client, image_id)
         version.provider = "docker"

@@ -16,8 +16,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import (ConfigSource, fail, read_json, resolve_secret, with_heartbeats, write_artifact,
-                               write_json_atomic)
+from activities.common import ConfigSource, fail, resolve_secret, with_heartbeats, write_artifact
 from workflows.config import GitTarget
 from workflows.models import (
     AppVersion,
@@ -190,12 +189,15 @@ class GitActivities:
         return await git("rev-parse", "HEAD", cwd=path)
 
     async def _trigger_deploy(self, service: str, sha: str, key: str) -> str:
-        """Call the deploy hook or command once per key (recorded after it succeeds)."""
+        """Call the deploy hook or command once per key: claimed in the state store before the
+        call, recorded after it succeeds (activities/state.py says what a crash in between does)."""
+        async with self._config.state.once("deploy-hook", f"{service}/{key}") as once:
+            if not once.done:
+                once.record(await self._deploy(service, sha))
+        return once.result if once.done else once.recorded
+
+    async def _deploy(self, service: str, sha: str) -> str:
         target = self._target(service)
-        ledger_file = self._config.state_path("git", f"{service}-deploys.json")
-        triggered = read_json(ledger_file, {})
-        if key in triggered:
-            return triggered[key]
         if target.deploy_hook_url_env:
             url = resolve_secret(target.deploy_hook_url_env, service)
             async with httpx.AsyncClient(timeout=30) as client:
@@ -219,8 +221,6 @@ class GitActivities:
             how = "deploy command exit 0"
         else:
             how = "no deploy trigger configured; the platform deploys on push"
-        triggered[key] = how
-        write_json_atomic(ledger_file, triggered)
         return how
 
     @activity.defn(name="git.execute")

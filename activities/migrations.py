@@ -25,7 +25,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from temporalio import activity
 
-from activities.common import ConfigSource, fail, open_private, read_json, resolve_secret, write_json_atomic
+from activities.common import ConfigSource, fail, open_private, resolve_secret
+from activities.docker import DeployLedger
 from workflows.config import DatabaseConfig
 from workflows.models import (
     DamageRequest,
@@ -453,9 +454,6 @@ class MigrationActivities:
             raise fail(f"database of {service!r} on {host} is unreachable ({type(exc).__name__}); "
                        "nothing was changed", kind="DatabaseUnreachable") from None
 
-    def _stable_file(self, service: str) -> Path:
-        return self._config.state_path("migrations", f"{service}.json")
-
     @contextlib.contextmanager
     def _migration_lock(self, service: str, tool):
         """The advisory lock every migrator of this database takes; refuse after a short wait."""
@@ -481,7 +479,7 @@ class MigrationActivities:
             current, dirty = tool.current_row(conn)
         else:
             current = applied[-1] if applied else None
-        stable = read_json(self._stable_file(service), {}).get("version")
+        stable = self._config.state.get("migrations-stable", service, {}).get("version")
         status = MigrationStatus(
             service=service, tool=tool.name, current=current, dirty=dirty, last_stable=stable,
             migrations=[MigrationInfo(version=m.version, name=m.name, applied=m.version in applied,
@@ -593,7 +591,7 @@ class MigrationActivities:
             newer = applied[versions.index(request.since_version) + 1:] if request.since_version in versions else (
                 applied if request.since_version is None else [])
             times = self._applied_times(conn, tool)
-        ledger = read_json(self._config.state_path("docker", f"{service}.json"), {"deploys": []})["deploys"]
+        ledger = DeployLedger(self._config.state, service).entries()
         deployed = datetime.fromisoformat(ledger[-1]["seen_at"]) if ledger else None
         found = []
         for migration in newer:
@@ -691,8 +689,8 @@ class MigrationActivities:
 
     @activity.defn(name="migrations.mark_stable")
     def mark_stable(self, request: MarkStableRequest) -> None:
-        write_json_atomic(self._stable_file(request.service),
-                          {"version": request.version, "at": datetime.now(timezone.utc).isoformat()})
+        self._config.state.put("migrations-stable", request.service,
+                               {"version": request.version, "at": datetime.now(timezone.utc).isoformat()})
 
     @activity.defn(name="migrations.force_version")
     def force_version(self, request: ForceVersionRequest) -> MigrationStatus:

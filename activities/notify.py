@@ -9,7 +9,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, read_json, resolve_secret, write_json_atomic
+from activities.common import ConfigSource, fail, resolve_secret
 from workflows.models import NotifyRequest
 
 
@@ -47,11 +47,16 @@ class NotifyActivities:
         env_name = (notify.escalation_slack_webhook_env if request.escalation else None) or notify.slack_webhook_env
         if not env_name:
             return False
-        sent_file = self._config.state_path("notify", f"{request.service}.json")
-        sent = read_json(sent_file, {})
-        if request.key in sent:
-            return True  # posted by an earlier attempt
         url = resolve_secret(env_name, request.service)
+        # claimed in the shared store before posting, recorded after: once across workers
+        async with self._config.state.once("slack", f"{request.service}/{request.key}") as once:
+            if not once.done:
+                await self._post(url, request)
+                once.record(True)
+        return True
+
+    @staticmethod
+    async def _post(url: str, request: NotifyRequest) -> None:
         async with httpx.AsyncClient(timeout=10) as client:
             try:
                 response = await client.post(url, json=slack_payload(request))
@@ -64,6 +69,3 @@ class NotifyActivities:
             raise fail(f"Slack rejected the message for {request.service}: HTTP {response.status_code} {response.text[:100]}")
         if response.status_code != 200:
             raise ApplicationError(f"Slack answered HTTP {response.status_code}")
-        sent[request.key] = True
-        write_json_atomic(sent_file, sent)
-        return True

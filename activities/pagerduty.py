@@ -1,7 +1,8 @@
 """PagerDuty Events API v2: page on-call (trigger), and acknowledge / resolve the same alert.
 
-Idempotent: each event has our key, recorded in a state file once PagerDuty accepted it, so a
-retried activity or a worker crash never pages twice. PagerDuty itself merges events with the
+Idempotent: each event has our key, claimed in the state store (activities/state.py) before it
+is sent and recorded once PagerDuty accepted it, so a retry or a second worker never sends it
+again. PagerDuty itself merges events with the
 same `dedup_key` into one alert, which is what `acknowledge` and `resolve` close.
 """
 
@@ -13,7 +14,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, read_json, resolve_secret, write_json_atomic
+from activities.common import ConfigSource, fail, resolve_secret
 from workflows.models import PagerDutyRequest
 
 # PagerDuty suggests retrying a rate-limited event 30 s later.
@@ -39,11 +40,14 @@ class PagerDutyActivities:
         target = self._config.service(request.service).notify.pagerduty
         if target is None:
             return False
-        sent_file = self._config.state_path("pagerduty", f"{request.service}.json")
-        sent = read_json(sent_file, {})
-        if request.key in sent:
-            return True  # accepted on an earlier attempt
         routing_key = resolve_secret(target.routing_key_env, request.service)
+        async with self._config.state.once("pagerduty", f"{request.service}/{request.key}") as once:
+            if not once.done:  # else accepted on an earlier attempt
+                once.record(await self._send(target, request, routing_key))
+        return True
+
+    @staticmethod
+    async def _send(target, request: PagerDutyRequest, routing_key: str) -> str:
         async with httpx.AsyncClient(base_url=target.api_url, timeout=10) as client:
             try:
                 response = await client.post("/v2/enqueue", json=event_body(request, routing_key))
@@ -57,6 +61,4 @@ class PagerDutyActivities:
                        f"{response.text[:200]}")
         if response.status_code != 202:
             raise ApplicationError(f"PagerDuty answered HTTP {response.status_code}")
-        sent[request.key] = response.json().get("dedup_key", request.dedup_key)
-        write_json_atomic(sent_file, sent)
-        return True
+        return response.json().get("dedup_key", request.dedup_key)

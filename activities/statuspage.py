@@ -1,7 +1,8 @@
 """Atlassian Statuspage: open, update and resolve one public incident per rollback.
 
-Idempotent: the incident carries our key in its metadata and the id is kept in a state file,
-so a retried activity updates the incident it created instead of opening another.
+Idempotent: the incident carries our key in its metadata and its id is kept in the state store
+(activities/state.py), claimed before the create, so a retried activity or a second worker
+updates the incident it created instead of opening another.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, read_json, resolve_secret, write_json_atomic
+from activities.common import ConfigSource, fail, resolve_secret
 from workflows.models import StatusPageRequest
 
 COMPONENT_FOR_STATUS = {"investigating": "partial_outage", "identified": "partial_outage",
@@ -30,29 +31,28 @@ class StatuspageActivities:
         if target is None:
             return None
         key = resolve_secret(target.api_key_env, request.service)
-        known_file = self._config.state_path("statuspage", f"{request.service}.json")
-        known = read_json(known_file, {})
         incident: dict = {"status": request.status, "body": request.body}
         if target.component_id:
             incident["components"] = {target.component_id: COMPONENT_FOR_STATUS[request.status]}
             incident["component_ids"] = [target.component_id]
         async with httpx.AsyncClient(base_url=target.api_url, headers={"Authorization": f"OAuth {key}"},
                                      timeout=20) as client:
-            incident_id = known.get(request.key)
-            if incident_id is None:  # a crash may have come between create and recording it
-                unresolved = await self._call(client, "GET", f"/pages/{target.page_id}/incidents/unresolved")
-                incident_id = next((i["id"] for i in unresolved
-                                    if (i.get("metadata") or {}).get("rollback", {}).get("key") == request.key), None)
-            if incident_id is None:
-                incident.update({"name": request.name, "impact_override": request.impact,
-                                 "deliver_notifications": True, "metadata": {"rollback": {"key": request.key}}})
-                created = await self._call(client, "POST", f"/pages/{target.page_id}/incidents", {"incident": incident})
-                incident_id = created["id"]
-            else:
-                await self._call(client, "PATCH", f"/pages/{target.page_id}/incidents/{incident_id}",
-                                 {"incident": incident})
-        known[request.key] = incident_id
-        write_json_atomic(known_file, known)
+            async with self._config.state.once("statuspage", f"{request.service}/{request.key}") as once:
+                incident_id = once.result
+                if not once.done:  # a crash may have come between create and recording it
+                    unresolved = await self._call(client, "GET", f"/pages/{target.page_id}/incidents/unresolved")
+                    incident_id = next((i["id"] for i in unresolved
+                                        if (i.get("metadata") or {}).get("rollback", {}).get("key") == request.key),
+                                       None)
+                    if incident_id is None:
+                        incident.update({"name": request.name, "impact_override": request.impact,
+                                         "deliver_notifications": True, "metadata": {"rollback": {"key": request.key}}})
+                        created = await self._call(client, "POST", f"/pages/{target.page_id}/incidents",
+                                                   {"incident": incident})
+                        once.record(created["id"])
+                        return created["id"]
+                    once.record(incident_id)
+            await self._call(client, "PATCH", f"/pages/{target.page_id}/incidents/{incident_id}", {"incident": incident})
         return incident_id
 
     @staticmethod

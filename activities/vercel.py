@@ -17,7 +17,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, read_json, resolve_secret, write_artifact, write_json_atomic
+from activities.common import ConfigSource, fail, resolve_secret, write_artifact
 from workflows.config import VercelTarget
 from workflows.models import (
     AppVersion,
@@ -143,7 +143,7 @@ class VercelActivities:
                 version = as_version(chosen, api.target)
             else:
                 version = None
-                rolled_away = self._rolled_away(request.service)
+                rolled_away = await self._rolled_away(request.service)
                 created = request.current.details.get("created")
                 until = int(created) if created else None
                 while version is None:
@@ -161,14 +161,12 @@ class VercelActivities:
                     until = next_page
             if version.id == request.current.id:
                 raise fail(f"deployment {version.label} already serves production; nothing to roll back")
-            return version.model_copy(update={"rolled_back_from": version.id in self._rolled_away(request.service)})
+            rolled_back_from = version.id in await self._rolled_away(request.service)
+            return version.model_copy(update={"rolled_back_from": rolled_back_from})
 
-    def _rolled_away_file(self, service: str) -> Path:
-        return self._config.state_path("vercel", f"{service}-rolled-away.json")
-
-    def _rolled_away(self, service: str) -> set[str]:
-        """Deployments a rollback of ours moved production away from."""
-        return set(read_json(self._rolled_away_file(service), []))
+    async def _rolled_away(self, service: str) -> set[str]:
+        """Deployments a rollback of ours moved production away from (in the shared state store)."""
+        return set(await self._config.state.aget("vercel-rolled-away", service, []))
 
     @activity.defn(name="vercel.capture_state")
     async def capture_state(self, request: CaptureRequest) -> CaptureResult:
@@ -226,8 +224,8 @@ class VercelActivities:
         async with self._api(request.service) as api:
             job = await self._switch(api, "rollback", request.target.id,
                                      f"{request.reason} ({request.rollback_key})")
-        write_json_atomic(self._rolled_away_file(request.service),
-                          sorted(self._rolled_away(request.service) | {request.current.id}))
+        await self._config.state.aupdate("vercel-rolled-away", request.service,
+                                         lambda known: sorted(set(known) | {request.current.id}), [])
         return ExecuteResult(provider="vercel", details={"alias_request": job})
 
     @activity.defn(name="vercel.undo")

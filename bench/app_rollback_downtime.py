@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from activities.common import ConfigSource  # noqa: E402
 from bench.common import Prober  # noqa: E402
 from activities.docker import DeployLedger, deploy  # noqa: E402
+from activities.state import SqliteStore  # noqa: E402
 from starter import engines  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
 from worker.main import build_worker  # noqa: E402
@@ -63,8 +64,8 @@ async def workflow_round(env, engine, address: str, workdir: Path) -> tuple[floa
             "app": {"provider": "docker", "docker": {"container": name, "docker_host": address, "stop_timeout": 10}},
             "health": {"url": f"http://127.0.0.1:{port}/health", "version_url": f"http://127.0.0.1:{port}/version",
                        "consecutive_checks": 1, "interval_seconds": 0.2, "timeout_seconds": 1}}}}))
-    ledger = DeployLedger(workdir / "state" / "docker" / "web.json")
-    ledger.path.unlink(missing_ok=True)
+    ledger = DeployLedger(SqliteStore(workdir / "state" / "state.sqlite"), "web")
+    ledger.store.forget(DeployLedger.KIND, ["web"])  # each round starts with a fresh history
     engines.run_demo_container(engine, name, "demo-web:v1", port)
     ledger.record(engine.images.get("demo-web:v1").id, "demo-web:v1")
     deploy(engine, name, "demo-web:v2", ledger)

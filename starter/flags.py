@@ -2,13 +2,12 @@
 
 Apps poll `GET` (anyone may read; 404 means "not set") and stop background work when a kill
 switch says so. Writes need `Authorization: Bearer <token>` with a token from the variable named
-by `flags.token_env`; with none configured every write is refused. Values live in one JSON file
-in the state directory, written by rename, so a crash never leaves half a file.
+by `flags.token_env`; with none configured every write is refused. Values live in the state
+store (activities/state.py), changed atomically, so several receivers serve the same flags.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import os
@@ -17,17 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from activities.common import ConfigSource, read_json, write_json_atomic
+from activities.common import ConfigSource
 
 MAX_VALUE_BYTES = 4096
 
 
 def flag_routes(config: ConfigSource) -> list[Route]:
-    lock = asyncio.Lock()
-
-    def path():
-        return config.state_path("flags.json")
-
     def authorized(request: Request) -> bool:
         env = config.config.flags.token_env
         tokens = [t.strip() for t in os.environ.get(env, "").split(",") if t.strip()] if env else []
@@ -37,7 +31,7 @@ def flag_routes(config: ConfigSource) -> list[Route]:
     async def flag(request: Request) -> Response:
         service, name = request.path_params["service"], request.path_params["name"]
         if request.method == "GET":
-            value = read_json(path(), {}).get(service, {}).get(name)
+            value = (await config.state.aget("flags", "all", {})).get(service, {}).get(name)
             if value is None:
                 return JSONResponse({"error": f"flag {service}/{name} is not set"}, status_code=404)
             return JSONResponse({"name": name, "value": value})
@@ -52,13 +46,14 @@ def flag_routes(config: ConfigSource) -> list[Route]:
                 value = None
             if not isinstance(value, str):
                 return JSONResponse({"error": 'send {"value": "<string>"} (at most 4 KiB)'}, status_code=400)
-        async with lock:
-            flags = read_json(path(), {})
+        def change(flags: dict) -> dict:
             if value is None:
                 flags.get(service, {}).pop(name, None)
             else:
                 flags.setdefault(service, {})[name] = value
-            write_json_atomic(path(), flags)
+            return flags
+
+        await config.state.aupdate("flags", "all", change, {})
         return JSONResponse({"name": name, "value": value})
 
     return [Route("/flags/{service}/{name}", flag, methods=["GET", "PUT", "DELETE"])]

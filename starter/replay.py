@@ -9,10 +9,14 @@ never both act on the same occurrence.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from activities.state import DELIVERY_KIND, StateStore, state_store
+from workflows.config import RollbackConfig
 
 PURGE_EVERY = 500  # claims between deletions of expired rows
 
@@ -58,19 +62,48 @@ class ReplayStore:
             self._db.close()
 
 
+class SharedReplayStore:
+    """The same records in the shared state store (PostgreSQL, `state_dsn_env`), so several
+    receivers behind one load balancer see each other's deliveries."""
+
+    def __init__(self, store: StateStore):
+        self._store = store
+        self._claims = 0
+
+    def claim(self, keys: list[str], ttl_seconds: float) -> list[bool]:
+        fresh = self._store.claim_fresh(DELIVERY_KIND, keys, ttl_seconds)
+        self._claims += len(keys)
+        if self._claims >= PURGE_EVERY:
+            self._claims = 0
+            self._store.prune(ttl_seconds, (DELIVERY_KIND,))
+        return fresh
+
+    def forget(self, keys: list[str]) -> None:
+        self._store.forget(DELIVERY_KIND, keys)
+
+    def close(self) -> None:
+        pass  # the state store is shared with the rest of the process
+
+
 class ReplayStores:
-    """One store per state directory: the config may be edited while the receiver runs."""
+    """One store per location: the config may be edited while the receiver runs. With a state
+    DSN the records are shared; else they are in `<state_dir>/webhook/deliveries.sqlite`."""
 
     FILE = ("webhook", "deliveries.sqlite")
 
     def __init__(self) -> None:
-        self._stores: dict[Path, ReplayStore] = {}
+        self._stores: dict[str, ReplayStore | SharedReplayStore] = {}
 
-    def get(self, state_dir: str) -> ReplayStore:
-        path = Path(state_dir).joinpath(*self.FILE)
-        if path not in self._stores:
-            self._stores[path] = ReplayStore(path)
-        return self._stores[path]
+    def get(self, config: RollbackConfig) -> ReplayStore | SharedReplayStore:
+        if config.state_dsn_env:
+            where = f"dsn:{config.state_dsn_env}:{os.environ.get(config.state_dsn_env, '')}"
+            if where not in self._stores:
+                self._stores[where] = SharedReplayStore(state_store(config))
+            return self._stores[where]
+        path = Path(config.state_dir).joinpath(*self.FILE)
+        if str(path) not in self._stores:
+            self._stores[str(path)] = ReplayStore(path)
+        return self._stores[str(path)]
 
     def close(self) -> None:
         for store in self._stores.values():

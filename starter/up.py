@@ -139,7 +139,7 @@ async def _serve(config: Path, loaded: RollbackConfig, demo: bool, ui_port: int,
         env_file.write_text(exports + "\n")
         print(f"for the CLI in another shell (or: source {env_file}):\n  {exports}", flush=True)
         if demo:
-            code = await _demo(client, _follow, _task_queue(), webhook_port, data_dir)
+            code = await _demo(client, _follow, _task_queue(), webhook_port, data_dir, loaded)
             print(f"see it in the UI:  http://127.0.0.1:{ui_port}/namespaces/default/workflows", flush=True)
         if not exit_after_demo:
             print("press Ctrl-C to stop", flush=True)
@@ -150,7 +150,8 @@ async def _serve(config: Path, loaded: RollbackConfig, demo: bool, ui_port: int,
     return code
 
 
-async def _demo(client, follow, task_queue: str, webhook_port: int, data_dir: Path) -> int:
+async def _demo(client, follow, task_queue: str, webhook_port: int, data_dir: Path,
+                config: RollbackConfig) -> int:
     """Deploy demo v1, then a bad v2; Prometheus + Alertmanager (when installed) notice and the
     receiver starts the rollback, else the demo starts it directly. Then show it to the end."""
     import secrets
@@ -182,7 +183,7 @@ async def _demo(client, follow, task_queue: str, webhook_port: int, data_dir: Pa
                 leftover.remove(force=True)  # a fresh demo each time `up` runs; nothing else is touched
         for version in engines.DEMO_VERSIONS:
             engines.build_demo_image(engine, version)
-        ledger = DeployLedger(Path(os.environ["ROLLBACK_STATE_DIR"]) / "docker" / f"{DEMO_SERVICE}.json")
+        ledger = DeployLedger.of(config, DEMO_SERVICE)
         engines.run_demo_container(engine, DEMO_SERVICE, "demo-web:v1", DEMO_PORT)
         ledger.record(engine.images.get("demo-web:v1").id, "demo-web:v1")
         deploy(engine, DEMO_SERVICE, "demo-web:v2", ledger)

@@ -15,6 +15,7 @@ import logging
 import sqlite3
 from contextlib import asynccontextmanager
 
+import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -25,6 +26,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from activities.common import ConfigSource
+from activities.state import StateUnavailable
 from starter.alerts import SOURCES, Refused, authenticate, parse
 from starter.flags import flag_routes
 from starter.forwarding import AlertForwarder
@@ -32,7 +34,7 @@ from starter.replay import ReplayStores
 from starter.slack_actions import slack_routes
 from starter.routing import Verdict, route_and_decide
 from starter.start import app_rollback_id, incident_id, start_or_attach_app_rollback, start_or_signal_incident
-from workflows.config import RollbackConfig, WebhookSource
+from workflows.config import ConfigError, RollbackConfig, WebhookSource
 from workflows.models import AcknowledgeInput, Alert, AlertNotice, AppRollbackInput, IncidentInput
 
 log = logging.getLogger("rollback.webhook")
@@ -186,9 +188,10 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         keys = [replay_key(source, v.alert.occurrence, v.alert.status) if v.alert.occurrence else None
                 for v in verdicts]
         try:
-            store = stores.get(settings.state_dir)
-            claims = iter(store.claim([key for key in keys if key], settings.webhooks.replay_ttl.total_seconds()))
-        except (sqlite3.Error, OSError) as exc:
+            store = stores.get(settings)
+            claims = iter(await asyncio.to_thread(
+                store.claim, [key for key in keys if key], settings.webhooks.replay_ttl.total_seconds()))
+        except (sqlite3.Error, psycopg.Error, StateUnavailable, ConfigError, OSError) as exc:
             log.error("replay store unavailable: %s", exc)
             raise Refused(503, "replay_store", "replay store unavailable; retry") from None
         new = [next(claims) if key else True for key in keys]

@@ -28,6 +28,7 @@ from activities.pagerduty import PagerDutyActivities
 from activities.pitr import PitrActivities
 from activities.backups import BackupActivities
 from activities.postgres import PostgresActivities, RestoreActivities
+from activities.state import import_legacy_files
 from activities.statuspage import StatuspageActivities
 from activities.supabase import SupabaseActivities
 from activities.vercel import VercelActivities
@@ -72,6 +73,17 @@ def activities_for(config: ConfigSource, client: Client) -> list:
     return found
 
 
+async def prepare_state(config: ConfigSource) -> None:
+    """Open the state store (creating its table), bring in JSON ledgers an older version wrote,
+    and prune idempotency records past `state_retention_days`."""
+    settings = config.config
+    store = await asyncio.to_thread(lambda: config.state)
+    imported = await asyncio.to_thread(import_legacy_files, settings, store)
+    pruned = await asyncio.to_thread(store.prune, settings.state_retention_days * 86400)
+    log.info("state store %s: %d legacy file(s) imported, %d old record(s) pruned",
+             type(store).__name__, imported, pruned)
+
+
 def build_worker(client: Client, config: ConfigSource, task_queue: str, replace: list | None = None,
                  **options) -> Worker:
     """The worker; `replace` swaps activities for stand-ins registered under the same names, and
@@ -104,6 +116,7 @@ async def run_worker(client: Client, config: ConfigSource, task_queue: str, read
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    await prepare_state(config)
     codec = client.data_converter.payload_codec
     payloads = f"encrypted with key {codec.key_ids[0]}" if hasattr(codec, "key_ids") else "plain text (no codec)"
     log.info("worker started task_queue=%s namespace=%s payloads=%s", task_queue, client.namespace, payloads)

@@ -407,6 +407,10 @@ class FlagEndpoint(_Strict):
 
 class RollbackConfig(_Strict):
     state_dir: str = "var/state"
+    state_dsn_env: str | None = Field(default=None, description="Variable holding a PostgreSQL DSN for the shared "
+                                      "state store (ledgers, idempotency records); unset: <state_dir>/state.sqlite.")
+    state_retention_days: float = Field(default=30, gt=0, description="Idempotency records and the artifacts index "
+                                        "older than this are pruned when a worker starts.")
     artifact_dir: str = "var/incidents"
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
@@ -556,7 +560,9 @@ def load_config(path: str | os.PathLike | None = None, require_services: bool = 
 def missing_secrets(config: RollbackConfig, environ: dict[str, str] | None = None) -> list[str]:
     """Lines naming each service's secret variables that are not set."""
     env = os.environ if environ is None else environ
-    return [
+    shared = ([f"state_dsn_env: environment variable {config.state_dsn_env} is not set"]
+              if config.state_dsn_env and not env.get(config.state_dsn_env) else [])
+    return shared + [
         f"service {name!r}: environment variable {var} is not set"
         for name, service in sorted(config.services.items())
         for var in service.secret_env_names()

@@ -43,7 +43,7 @@ async def test_prometheus_alert_rolls_back_and_resolves(client, task_queue, dock
     raw["webhooks"] = {"sources": {"alertmanager": {"bearer_env": "TEST_AM_BEARER"}}}
     config._path.write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("TEST_AM_BEARER", "am-e2e-token")
-    ledger = DeployLedger(Path(config.config.state_dir) / "docker" / f"{service}.json")
+    ledger = DeployLedger.of(config.config, service)
     ledger.record(docker_engine.images["v1"], "demo-web:v1")
     deploy(docker_engine.client, service, "demo-web:v2", ledger)
 

@@ -215,7 +215,7 @@ async def test_app_rollback_on_docker(at, client, temporal_address, task_queue, 
     config = write_config({"web": docker_service(docker_engine, name, port, policy={"app_approval": "always"})})
     with_notify(config, statuspage=statuspage)
     docker = docker_engine.client
-    ledger = DeployLedger(Path(config.config.state_dir) / "docker" / "web.json")
+    ledger = DeployLedger.of(config.config, "web")
     docker.containers.run(docker_engine.images["v1"], name=name, detach=True, network_mode="host", init=True,
                           environment={"PORT": str(port)}, labels={"io.rollback.test": "1"})
     ledger.record(docker_engine.images["v1"], "demo-web:v1")

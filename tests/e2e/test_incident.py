@@ -110,7 +110,7 @@ def production(docker_engine, postgres, write_config, monkeypatch, tmp_path, sla
     }})
     docker_engine.client.containers.run(images["v1"], name=name, detach=True, network_mode="host", init=True,
                                         environment={"PORT": str(port)}, labels={"io.rollback.test": "1"})
-    ledger = DeployLedger(Path(config.config.state_dir) / "docker" / "web.json")
+    ledger = DeployLedger.of(config.config, "web")
     ledger.record(images["v1"], "demo-schema:v1")
     return Production(config=config, dsn=dsn, admin=postgres, directory=directory, name=name, port=port,
                       images=images, ledger=ledger, docker=docker_engine.client, backup_dir=str(tmp_path / "backups"),

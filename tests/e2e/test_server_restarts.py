@@ -78,7 +78,7 @@ def docker_app(docker_engine, write_config, stop_timeout: int = 2):
     service = docker_service(docker_engine, name, port, policy={"app_approval": "always"})
     service["app"]["docker"]["stop_timeout"] = stop_timeout
     config = write_config({"web": service})
-    ledger = DeployLedger(Path(config.config.state_dir) / "docker" / "web.json")
+    ledger = DeployLedger.of(config.config, "web")
     docker_engine.client.containers.run(docker_engine.images["v1"], name=name, detach=True, network_mode="host",
                                         environment={"PORT": str(port)}, labels={"io.rollback.test": "1"})
     ledger.record(docker_engine.images["v1"], "demo-web:v1")

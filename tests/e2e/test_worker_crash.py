@@ -93,7 +93,7 @@ async def test_sigkill_during_docker_execute_serves_again_within_seconds(client,
     service = docker_service(docker_engine, name, port)
     service["app"]["docker"]["stop_timeout"] = 8  # httpd as PID 1 ignores SIGTERM: each stop takes 8 s
     config = write_config({"web": service})
-    ledger = DeployLedger(Path(config.config.state_dir) / "docker" / "web.json")
+    ledger = DeployLedger.of(config.config, "web")
     docker_engine.client.containers.run(docker_engine.images["v1"], name=name, detach=True, network_mode="host",
                                         environment={"PORT": str(port)}, labels={"io.rollback.test": "1"})
     ledger.record(docker_engine.images["v1"], "demo-web:v1")

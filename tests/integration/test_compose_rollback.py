@@ -44,7 +44,7 @@ def compose_site(docker_engine, write_config, tmp_path):
         "health": {"url": f"http://127.0.0.1:{port}/health", "version_url": f"http://127.0.0.1:{port}/version",
                    "consecutive_checks": 2, "interval_seconds": 0.3, "timeout_seconds": 1}}})
     up("demo-web:v1")
-    DeployLedger(Path(config.config.state_dir) / "docker" / "web.json").record(docker_engine.images["v1"], "demo-web:v1")
+    DeployLedger.of(config.config, "web").record(docker_engine.images["v1"], "demo-web:v1")
     up("demo-web:v2")
 
     def running():

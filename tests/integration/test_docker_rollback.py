@@ -12,6 +12,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from activities.docker import DeployLedger, deploy, select_from_ledger, version_of
+from activities.state import SqliteStore
 from starter import engines
 from tests.conftest import running_worker
 from tests.helpers import kinds, wait_for_phase
@@ -48,7 +49,7 @@ def make_deployed(docker_engine, write_config):
     def make(policy: dict | None = None, deploy_as: str | None = None) -> Deployed:
         name, port = f"web-{uuid.uuid4().hex[:8]}", engines.free_port()
         config = write_config({"web": docker_service(docker_engine, name, port, **({"policy": policy} if policy else {}))})
-        ledger = DeployLedger(Path(config.config.state_dir) / "docker" / "web.json")
+        ledger = DeployLedger.of(config.config, "web")
         client = docker_engine.client
         client.containers.run(docker_engine.images["v1"], name=name, detach=True, network_mode="host", init=True,
                               environment={"PORT": str(port), "API_TOKEN": "s3cr3t-value"},
@@ -170,7 +171,7 @@ async def test_missing_container_is_a_clear_error_before_anything_changes(client
 
 
 async def test_deploy_ledger_skips_images_rolled_back_from(tmp_path):
-    ledger = DeployLedger(tmp_path / "ledger.json")
+    ledger = DeployLedger(SqliteStore(tmp_path / "state.sqlite"), "web")
     ledger.record("sha256:a", "app:1")
     ledger.record("sha256:b", "app:2")
     ledger.record("sha256:b", "app:2")  # seen again: not a new deploy
@@ -183,7 +184,7 @@ async def test_deploy_ledger_skips_images_rolled_back_from(tmp_path):
 
 async def test_default_target_skips_images_rolled_back_from(tmp_path, docker_engine):
     v1, v2, v3 = (docker_engine.images[v] for v in ("v1", "v2", "v3-broken"))
-    ledger = DeployLedger(tmp_path / "ledger.json")
+    ledger = DeployLedger(SqliteStore(tmp_path / "state.sqlite"), "web")
     for image_id, ref in ((v1, "demo-web:v1"), (v2, "demo-web:v2"), (v3, "demo-web:v3-broken")):
         ledger.record(image_id, ref)
     current = version_of(docker_engine.client, v3)
@@ -253,7 +254,7 @@ async def test_secret_canaries_stay_out_of_history_and_incident_files(client, ta
     client_ = docker_engine.client
     client_.containers.run(docker_engine.images["v1"], name=name, detach=True, network_mode="host", init=True,
                            environment={"PORT": str(port), **app_canaries}, labels={"io.rollback.test": "1"})
-    ledger = DeployLedger(Path(config.config.state_dir) / "docker" / "web.json")
+    ledger = DeployLedger.of(config.config, "web")
     ledger.record(docker_engine.images["v1"], "demo-web:v1")
     deploy(client_, name, "demo-web:v2", ledger)
     async with running_worker(client, config, task_queue):
