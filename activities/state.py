@@ -42,7 +42,7 @@ from workflows.config import ConfigError, RollbackConfig
 TABLE = "rollback_state"
 # Records of calls made once: old ones are pruned after `state_retention_days` (a retry never
 # comes that late). Ledgers and the like are kept: a service deployed months ago still rolls back.
-IDEMPOTENCY_KINDS = ("slack", "statuspage", "pagerduty", "deploy-hook", "artifacts")
+IDEMPOTENCY_KINDS = ("slack", "statuspage", "statuspage-update", "pagerduty", "deploy-hook", "artifacts")
 DELIVERY_KIND = "webhook-delivery"
 LOCK_WAIT_SECONDS = 20  # how long a call waits for another worker making the same call
 SCHEMA_LOCK = 7_400_000_014  # pg advisory lock id for creating the table

@@ -7,6 +7,7 @@ updates the incident it created instead of opening another.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 import httpx
@@ -35,6 +36,9 @@ class StatuspageActivities:
         if target.component_id:
             incident["components"] = {target.component_id: COMPONENT_FOR_STATUS[request.status]}
             incident["component_ids"] = [target.component_id]
+        # each update once too: a retry after the PATCH (or a second worker) must not post it again
+        body_hash = hashlib.sha256(request.body.encode()).hexdigest()[:16]
+        update_key = f"{request.service}/{request.key}/{request.status}/{body_hash}"
         async with httpx.AsyncClient(base_url=target.api_url, headers={"Authorization": f"OAuth {key}"},
                                      timeout=20) as client:
             async with self._config.state.once("statuspage", f"{request.service}/{request.key}") as once:
@@ -50,9 +54,15 @@ class StatuspageActivities:
                         created = await self._call(client, "POST", f"/pages/{target.page_id}/incidents",
                                                    {"incident": incident})
                         once.record(created["id"])
-                        return created["id"]
+                        incident_id = created["id"]
+                        await self._config.state.aupdate("statuspage-update", update_key, lambda _: incident_id)
+                        return incident_id
                     once.record(incident_id)
-            await self._call(client, "PATCH", f"/pages/{target.page_id}/incidents/{incident_id}", {"incident": incident})
+            async with self._config.state.once("statuspage-update", update_key) as once:
+                if not once.done:
+                    await self._call(client, "PATCH", f"/pages/{target.page_id}/incidents/{incident_id}",
+                                     {"incident": incident})
+                    once.record(incident_id)
         return incident_id
 
     @staticmethod
