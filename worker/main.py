@@ -17,6 +17,7 @@ from activities.capture import CaptureActivities
 from activities.common import ConfigSource
 from activities.config import ConfigActivities
 from activities.docker import ComposeActivities, DockerActivities
+from activities.envstore import EnvStoreActivities
 from activities.flags import FlagActivities
 from activities.git import GitActivities
 from activities.health import HealthActivities
@@ -44,6 +45,7 @@ def activities_for(config: ConfigSource, client: Client) -> list:
         DockerActivities(config),
         ComposeActivities(config),
         VercelActivities(config),
+        EnvStoreActivities(config),
         GitActivities(config),
         PostgresActivities(config),
         RestoreActivities(config),
