@@ -37,6 +37,7 @@ from workflows.models import (
 )
 
 FINAL_JOB_STATES = ("succeeded", "failed", "skipped")
+PENDING = "+next-build"  # a snapshot of variables changed after the serving deployment was built
 PAGE_LIMIT = 20
 
 
@@ -236,7 +237,14 @@ class VercelActivities:
             values[item["key"]] = value
             meta[item["key"]] = {"type": item.get("type", "encrypted"), "target": item.get("target") or ["production"]}
         uid = live.get("uid") or live.get("id")
-        return store.record(request.service, "vercel", uid, live.get("url") or uid, values, meta,
+        label = live.get("url") or uid
+        # The project's variables reach a deployment when it is built. Changed since this build,
+        # they are not what it runs with but what the next build will: recorded under a name of
+        # their own, so a restore to this deployment still finds the values it was built with.
+        built = live.get("created") or live.get("createdAt") or 0
+        if any((item.get("updatedAt") or 0) > built for item in envs):
+            uid, label = f"{uid}{PENDING}", f"{label} (project variables changed since this build)"
+        return store.record(request.service, "vercel", uid, label, values, meta,
                             request.healthy, request.reason, unreadable)
 
     @activity.defn(name="vercel.env_set")
