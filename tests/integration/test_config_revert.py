@@ -81,6 +81,9 @@ async def test_unknown_commit_is_a_clear_error_and_changes_nothing(client, task_
     with pytest.raises(WorkflowFailureError) as failure:
         await revert(client, task_queue, config, to="0123456789abcdef")
     assert "commit '0123456789abcdef' not found on main" in str(failure.value.cause.cause)
+    with pytest.raises(WorkflowFailureError) as failure:  # a typo in --path is not "nothing to revert"
+        await revert(client, task_queue, config, to=commits["good"], paths=["vercel.jsn"])
+    assert "vercel.jsn exists neither at" in str(failure.value.cause.cause)
     assert sh("git", "--git-dir", str(remote), "rev-parse", "main") == commits["bad"] and platform.hooks == []
 
 
