@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 from activities.backups import sha256_of
 from activities.common import (ConfigSource, beating, fail, in_thread, inside, redact_env_list, write_artifact,
                                write_json_atomic)
+from activities.envstore import EnvStore
 from activities.state import StateStore, state_store
 from workflows.config import ComposeTarget, DockerTarget, RollbackConfig
 from workflows.models import (
@@ -33,6 +34,10 @@ from workflows.models import (
     ArchiveRequest,
     CaptureRequest,
     CaptureResult,
+    EnvReadRequest,
+    EnvSetRequest,
+    EnvSetResult,
+    EnvSnapshot,
     ExecuteRequest,
     ExecuteResult,
     ServiceRef,
@@ -134,8 +139,21 @@ class DeployLedger:
         self.store.update(self.KIND, self.service, mark, {"deploys": []})
 
 
-def _new_config(client: docker.DockerClient, old: dict[str, Any], image_id: str, labels: dict[str, str]) -> dict:
-    """The old container's own settings, minus what merely came from its image."""
+def own_env(client: docker.DockerClient, attrs: dict[str, Any]) -> dict[str, str]:
+    """The variables a container was given (`-e`, compose `environment:`), without the ones it
+    merely inherited unchanged from its image (PATH and the like)."""
+    try:
+        image_env = set(client.images.get(attrs["Image"]).attrs.get("Config", {}).get("Env") or [])
+    except ImageNotFound:
+        image_env = set()
+    pairs = [item.partition("=") for item in attrs["Config"].get("Env") or [] if item not in image_env]
+    return {name: value for name, _, value in pairs}
+
+
+def _new_config(client: docker.DockerClient, old: dict[str, Any], image_id: str, labels: dict[str, str],
+                env: dict[str, str] | None = None) -> dict:
+    """The old container's own settings, minus what merely came from its image; `env`, when
+    given, replaces the container's own variables (containers are immutable: new env = new container)."""
     config = old["Config"]
     try:
         image_config = client.images.get(old["Image"]).attrs.get("Config") or {}
@@ -153,6 +171,8 @@ def _new_config(client: docker.DockerClient, old: dict[str, Any], image_id: str,
         "tty": config.get("Tty", False),
         "stdin_open": config.get("OpenStdin", False),
     }
+    if env is not None:
+        kwargs["environment"] = [f"{name}={value}" for name, value in env.items()]
     for key, argument in (("Cmd", "command"), ("Entrypoint", "entrypoint"), ("WorkingDir", "working_dir"), ("User", "user")):
         if config.get(key) and config.get(key) != image_config.get(key):
             kwargs[argument] = config[key]
@@ -169,8 +189,10 @@ def recreate(
     stop_timeout: int = 10,
     settle_seconds: float = 1.5,
     volumes: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Swap container `name` onto `image_id`, keeping the old container aside (stopped).
+    """Swap container `name` onto `image_id` (and `env`, when given), keeping the old container
+    aside (stopped).
 
     Safe to call again after a crash at any point: it recognises the new container by its key
     label and the old one by its aside name. If the new container does not stay running, the
@@ -202,7 +224,7 @@ def recreate(
         elif aside is None:
             raise fail(f"container {name!r} not found on the Docker engine; nothing to roll back")
         old_attrs = aside.attrs
-        kwargs = _new_config(client, old_attrs, image_id, labels)
+        kwargs = _new_config(client, old_attrs, image_id, labels, env)
         host_config = swap_volumes(dict(old_attrs["HostConfig"]), volumes or {})
         networks = old_attrs.get("NetworkSettings", {}).get("Networks") or {}
         network_mode = host_config.get("NetworkMode", "default")
@@ -371,6 +393,30 @@ class _EngineActivities:
         chosen.provider = self.provider
         return chosen
 
+    def _env_read(self, request: EnvReadRequest) -> EnvSnapshot:
+        """Record the container's own environment; a container is one deployment (its ID)."""
+        target = self._target(request.service)
+        client = connect(target)
+        container = self._container(client, target, request.service)
+        label = f"{container.name} on {container.attrs['Config'].get('Image', '')}"
+        return EnvStore(self._config).record(request.service, self.provider, container.id[:12], label,
+                                             own_env(client, container.attrs), healthy=request.healthy,
+                                             reason=request.reason)
+
+    def _wanted_env(self, request: EnvSetRequest, current: dict[str, str]) -> tuple[dict[str, str], list[str], list[str]]:
+        """The container's variables after the change, and which names were set and removed."""
+        values, _ = EnvStore(self._config).get(request.service, request.ref)
+        names = request.names or sorted(values)
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise fail(f"stored environment {request.ref} has no value for {', '.join(missing)}; nothing was changed",
+                       kind="EnvRefUnknown")
+        wanted = {k: v for k, v in current.items() if k not in request.remove}
+        wanted.update({n: values[n] for n in names})
+        changed = [n for n in names if current.get(n) != values[n]]
+        removed = [n for n in request.remove if n in current]
+        return wanted, changed, removed
+
     def _capture(self, request: CaptureRequest) -> CaptureResult:
         target = self._target(request.service)
         client = connect(target)
@@ -435,6 +481,33 @@ class DockerActivities(_EngineActivities):
     @activity.defn(name="docker.undo")
     async def undo(self, request: UndoRequest) -> ExecuteResult:
         return await in_thread(self._undo, request, details={"putting back": request.service})
+
+    @activity.defn(name="docker.env_read")
+    async def env_read(self, request: EnvReadRequest) -> EnvSnapshot:
+        return await asyncio.to_thread(self._env_read, request)
+
+    def _env_set(self, request: EnvSetRequest) -> EnvSetResult:
+        """Recreate the container on the same image with the changed variables (the old one kept
+        aside, stopped, and put back if the new one does not stay running). A retry finds the
+        container it made by its key label."""
+        target = self._target(request.service)
+        client = connect(target)
+        container = self._container(client, target, request.service)
+        if container.labels.get(KEY_LABEL) == request.change_key:  # an earlier attempt finished
+            return EnvSetResult(provider="docker", deployment=container.id[:12], details={"container": container.id})
+        wanted, changed, removed = self._wanted_env(request, own_env(client, container.attrs))
+        try:
+            details = recreate(client, target.container, container.attrs["Image"],
+                               aside_name=aside_name(target.container, request.change_key),
+                               labels={KEY_LABEL: request.change_key}, stop_timeout=target.stop_timeout, env=wanted)
+        except APIError as exc:
+            raise ApplicationError(f"Docker engine error while recreating {target.container}: {exc}") from None
+        return EnvSetResult(provider="docker", deployment=details["new_container_id"][:12], set=changed,
+                            removed=removed, details=details)
+
+    @activity.defn(name="docker.env_set")
+    async def env_set(self, request: EnvSetRequest) -> EnvSetResult:
+        return await in_thread(self._env_set, request, details={"recreating with new env": request.service})
 
     # -- named volumes (runbook 004, option 3) ----------------------------------------------------
     def volume_dir(self, service: str) -> Path:
@@ -645,6 +718,20 @@ class ComposeActivities(_EngineActivities):
     @activity.defn(name="compose.execute")
     async def execute(self, request: ExecuteRequest) -> ExecuteResult:
         return await in_thread(self._execute, request, details={"recreating": request.service})
+
+    @activity.defn(name="compose.env_read")
+    async def env_read(self, request: EnvReadRequest) -> EnvSnapshot:
+        return await asyncio.to_thread(self._env_read, request)
+
+    @activity.defn(name="compose.env_set")
+    async def env_set(self, request: EnvSetRequest) -> EnvSetResult:
+        """The compose file owns a compose service's environment: changing it behind compose's
+        back would be undone by the next `up`. Refused with what to do instead."""
+        target = self._target(request.service)
+        raise fail(f"service {request.service!r} is compose service {target.service!r}: its environment lives in "
+                   f"{target.file}; `rollback env diff` shows what changed, set it back there (or `rollback config "
+                   "revert` when the file is in git) and run `docker-compose up -d`; nothing was changed",
+                   kind="EnvNotSupported")
 
     @activity.defn(name="compose.undo")
     async def undo(self, request: UndoRequest) -> ExecuteResult:

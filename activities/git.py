@@ -22,6 +22,9 @@ from workflows.models import (
     AppVersion,
     CaptureRequest,
     CaptureResult,
+    ConfigPlan,
+    ConfigPlanRequest,
+    ConfigRevertRequest,
     ExecuteRequest,
     ExecuteResult,
     ServiceRef,
@@ -101,10 +104,18 @@ class GitActivities:
             raise fail(f"service {service!r} has no git app target")
         return target
 
-    async def _worktree(self, service: str) -> tuple[GitTarget, Path]:
-        """A working clone reset to the remote branch: our own, never the team's checkout."""
-        target = self._target(service)
-        path = self._config.state_path("git", service, "work")
+    def _config_target(self, service: str) -> GitTarget:
+        target = self._config.service(service).config_repo()
+        if target is None:
+            raise fail(f"service {service!r} has no config_files section: add one naming the files (and a git "
+                       "section unless the app deploys from git); nothing was changed", kind="ConfigError")
+        return target
+
+    async def _worktree(self, service: str, config_files: bool = False) -> tuple[GitTarget, Path]:
+        """A working clone reset to the remote branch: our own, never the team's checkout. The
+        config files may live in a repository of their own, cloned beside the app's."""
+        target = self._config_target(service) if config_files else self._target(service)
+        path = self._config.state_path("git", service, "config-work" if config_files else "work")
         try:
             if not (path / ".git").exists():
                 await git("clone", "--quiet", "--branch", target.branch, target.repo, str(path))
@@ -188,16 +199,16 @@ class GitActivities:
             raise ApplicationError(f"service {service!r}: revert to {good[:10]} could not be pushed: {exc}") from None
         return await git("rev-parse", "HEAD", cwd=path)
 
-    async def _trigger_deploy(self, service: str, sha: str, key: str) -> str:
+    async def _trigger_deploy(self, service: str, sha: str, key: str, config_files: bool = False) -> str:
         """Call the deploy hook or command once per key: claimed in the state store before the
         call, recorded after it succeeds (activities/state.py says what a crash in between does)."""
         async with self._config.state.once("deploy-hook", f"{service}/{key}") as once:
             if not once.done:
-                once.record(await self._deploy(service, sha))
+                once.record(await self._deploy(service, sha, config_files))
         return once.result if once.done else once.recorded
 
-    async def _deploy(self, service: str, sha: str) -> str:
-        target = self._target(service)
+    async def _deploy(self, service: str, sha: str, config_files: bool = False) -> str:
+        target = self._config_target(service) if config_files else self._target(service)
         if target.deploy_hook_url_env:
             url = resolve_secret(target.deploy_hook_url_env, service)
             async with httpx.AsyncClient(timeout=30) as client:
@@ -209,7 +220,7 @@ class GitActivities:
                 raise ApplicationError(f"deploy hook answered HTTP {response.status_code}")
             how = f"deploy hook HTTP {response.status_code}"
         elif target.deploy_command:
-            _, path = await self._worktree(service)
+            _, path = await self._worktree(service, config_files)
             process = await asyncio.create_subprocess_exec(
                 *target.deploy_command, cwd=path, env={**os.environ, "ROLLBACK_COMMIT": sha},
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -250,3 +261,93 @@ class GitActivities:
                                           f"Undo failed rollback: restore {request.current.label}", rolls_back=False)
         how = await self._trigger_deploy(request.service, sha, key)
         return ExecuteResult(provider="git", details={"restore_commit": sha, "deploy": how})
+
+    # -- config files (runbook 000 "Configuration Rollback") ---------------------------------------
+    @activity.defn(name="git.config_plan")
+    async def config_plan(self, request: ConfigPlanRequest) -> ConfigPlan:
+        """Which of the paths differ between the good commit and the head (names and blob ids only)."""
+        target, path = await self._worktree(request.service, config_files=True)
+        paths = request.paths or self._config.service(request.service).config_files.paths
+        for name in paths:
+            if name.startswith("/") or ".." in Path(name).parts:
+                raise fail(f"config path {name!r} must be relative to the repository root; nothing was changed")
+        try:
+            commit = await git("rev-parse", "--verify", "--quiet", f"{request.commit}^{{commit}}", cwd=path)
+        except GitError:
+            raise fail(f"commit {request.commit!r} not found on {target.branch} of {target.repo}; nothing was "
+                       "changed", kind="CommitUnknown") from None
+        head = await git("rev-parse", "HEAD", cwd=path)
+        try:
+            await git("merge-base", "--is-ancestor", commit, head, cwd=path)
+        except GitError:
+            raise fail(f"commit {commit[:10]} is not on {target.branch}; config files are reverted to a commit of "
+                       "the branch's own history", kind="CommitUnknown") from None
+
+        async def blob(rev: str, name: str) -> str:
+            listed = await git("ls-tree", rev, "--", name, cwd=path)
+            return listed.split()[2] if listed else ""
+
+        changed, blobs = [], {}
+        for name in paths:
+            then, now = await blob(commit, name), await blob(head, name)
+            if not then and not now:
+                if request.paths:  # named on purpose: a typo must not pass as "nothing to revert"
+                    raise fail(f"{name} exists neither at {commit[:10]} nor at the head of {target.branch}; check "
+                               "the path; nothing was changed")
+                continue  # a configured default this repository does not use (next.config.js in a non-Next app)
+            blobs[name] = then
+            if then != now:
+                changed.append(name)
+        return ConfigPlan(service=request.service, commit=commit, head=head, changed=changed, blobs=blobs)
+
+    @activity.defn(name="git.config_revert")
+    async def config_revert(self, request: ConfigRevertRequest) -> ExecuteResult:
+        return await with_heartbeats(self._config_revert(request), {"reverting config of": request.service})
+
+    async def _config_revert(self, request: ConfigRevertRequest) -> ExecuteResult:
+        """The changed files as they were at the good commit, in ONE commit (trailers: our key and
+        the range it rolls back from), pushed, then the deploy triggered once."""
+        plan, key = request.plan, request.change_key
+        target, path = await self._worktree(request.service, config_files=True)
+        head = await git("rev-parse", "HEAD", cwd=path)
+        if f"{KEY_TRAILER}: {key}" not in await git("log", "-1", "--format=%B", cwd=path):
+            try:
+                for name in plan.changed:
+                    if plan.blobs.get(name):
+                        await git("checkout", plan.commit, "--", name, cwd=path)
+                    else:  # the file did not exist then
+                        await git("rm", "--quiet", "--ignore-unmatch", "--", name, cwd=path)
+                await git("commit", "--quiet", "-m", f"Revert {', '.join(plan.changed)} to {plan.commit[:10]}\n\n"
+                          f"{request.reason}\n\n{KEY_TRAILER}: {key}\n{RANGE_TRAILER}: {plan.commit}..{head}", cwd=path)
+                await git("push", "--quiet", "origin", f"HEAD:{target.branch}", cwd=path)
+            except GitError as exc:
+                await git("reset", "--quiet", "--hard", head, cwd=path, check=False)
+                raise ApplicationError(f"service {request.service!r}: config revert to {plan.commit[:10]} could not be "
+                                       f"pushed: {exc}") from None
+        sha = await git("rev-parse", "HEAD", cwd=path)
+        how = await self._trigger_deploy(request.service, sha, key, config_files=True)
+        return ExecuteResult(provider="git", details={"revert_commit": sha, "deploy": how, "expected_version": sha})
+
+    @activity.defn(name="git.config_undo")
+    async def config_undo(self, request: ConfigRevertRequest) -> ExecuteResult:
+        return await with_heartbeats(self._config_undo(request), {"putting config back": request.service})
+
+    async def _config_undo(self, request: ConfigRevertRequest) -> ExecuteResult:
+        """Revert our config commit with a new one (history is never rewritten), deploy that."""
+        key, undo_key = request.change_key, f"undo:{request.change_key}"
+        target, path = await self._worktree(request.service, config_files=True)
+        ours = await git("log", "-50", "--format=%H", f"--grep={KEY_TRAILER}: {key}", "--fixed-strings", cwd=path)
+        if not ours:
+            return ExecuteResult(provider="git", details={"unchanged": "the config revert was never pushed"})
+        if f"{KEY_TRAILER}: {undo_key}" not in await git("log", "-1", "--format=%B", cwd=path):
+            try:
+                await git("revert", "--no-commit", ours.split()[0], cwd=path)
+                await git("commit", "--quiet", "-m", f"Undo failed rollback: config files back as of "
+                          f"{request.plan.head[:10]}\n\n{KEY_TRAILER}: {undo_key}", cwd=path)
+                await git("push", "--quiet", "origin", f"HEAD:{target.branch}", cwd=path)
+            except GitError as exc:
+                await git("revert", "--abort", cwd=path, check=False)
+                raise ApplicationError(f"service {request.service!r}: undoing the config revert failed: {exc}") from None
+        sha = await git("rev-parse", "HEAD", cwd=path)
+        how = await self._trigger_deploy(request.service, sha, undo_key, config_files=True)
+        return ExecuteResult(provider="git", details={"restore_commit": sha, "deploy": how, "expected_version": sha})

@@ -1,4 +1,5 @@
-"""Vercel REST API: pick the previous production deployment, instant rollback, promote.
+"""Vercel REST API: pick the previous production deployment, instant rollback, promote; the
+project's environment variables and a redeploy that applies them.
 
 Idempotent under retries: before POSTing a rollback the activity checks the project's
 ``lastAliasRequest`` (and its own heartbeat) and only polls when the request was already made.
@@ -18,11 +19,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import ConfigSource, fail, resolve_secret, write_artifact
+from activities.envstore import EnvStore
 from workflows.config import VercelTarget
 from workflows.models import (
     AppVersion,
     CaptureRequest,
     CaptureResult,
+    EnvReadRequest,
+    EnvSetRequest,
+    EnvSetResult,
+    EnvSnapshot,
     ExecuteRequest,
     ExecuteResult,
     ServiceRef,
@@ -31,6 +37,7 @@ from workflows.models import (
 )
 
 FINAL_JOB_STATES = ("succeeded", "failed", "skipped")
+PENDING = "+next-build"  # a snapshot of variables changed after the serving deployment was built
 PAGE_LIMIT = 20
 
 
@@ -94,6 +101,43 @@ class VercelApi:
             params["until"] = until
         page = await self.call("GET", "/v6/deployments", params)
         return page["deployments"], (page.get("pagination") or {}).get("next")
+
+    # -- environment variables (reference: "Vercel environment variables") -------------------------
+    async def production_env(self) -> list[dict]:
+        """The project's variables that apply to production builds, values decrypted where Vercel
+        allows: an encrypted one still returned as ciphertext is fetched on its own; a sensitive
+        one never reads back (its value is left empty)."""
+        listed = await self.call("GET", f"/v10/projects/{self.target.project}/env",
+                                 {"decrypt": "true", "target": "production"})
+        envs = [e for e in listed.get("envs", []) if "production" in (e.get("target") or []) and not e.get("gitBranch")]
+        for item in envs:
+            if item.get("type") == "encrypted" and not item.get("decrypted"):
+                one = await self.call("GET", f"/v1/projects/{self.target.project}/env/{item['id']}")
+                item["value"], item["decrypted"] = one.get("value"), one.get("decrypted", True)
+        return envs
+
+    async def upsert_env(self, items: list[dict]) -> None:
+        answer = await self.call("POST", f"/v10/projects/{self.target.project}/env", {"upsert": "true"}, items)
+        failed = (answer or {}).get("failed") or []
+        if failed:
+            errors = "; ".join(f"{f['error'].get('key')}: {f['error'].get('message')} ({f['error'].get('code')})"
+                               for f in failed)
+            raise fail(f"Vercel refused to set variables of project {self.target.project}: {errors}",
+                       kind="VercelRefused")
+
+    async def edit_env(self, env_id: str, body: dict) -> None:
+        await self.call("PATCH", f"/v10/projects/{self.target.project}/env/{env_id}", body=body)
+
+    async def delete_env(self, env_id: str) -> None:
+        await self.call("DELETE", f"/v10/projects/{self.target.project}/env/{env_id}")
+
+    async def redeploy(self, deployment_id: str) -> dict:
+        """What `vercel redeploy` sends: a new production build of the deployment's source,
+        which picks up the project's current environment."""
+        project = await self.project()
+        return await self.call("POST", "/v13/deployments", {"forceNew": "1"},
+                               {"deploymentId": deployment_id, "name": project.get("name") or self.target.project,
+                                "target": "production", "meta": {"action": "redeploy"}})
 
 
 def as_version(deployment: dict, target: VercelTarget) -> AppVersion:
@@ -163,6 +207,114 @@ class VercelActivities:
                 raise fail(f"deployment {version.label} already serves production; nothing to roll back")
             rolled_back_from = version.id in await self._rolled_away(request.service)
             return version.model_copy(update={"rolled_back_from": rolled_back_from})
+
+    async def _production(self, api: VercelApi) -> dict:
+        """The deployment production serves (as `current` finds it), raw."""
+        last = (await api.project()).get("lastAliasRequest") or {}
+        if last.get("jobStatus") == "succeeded" and last.get("toDeploymentId"):
+            return await api.deployment(last["toDeploymentId"])
+        deployments, _ = await api.production_deployments()
+        if not deployments:
+            raise fail(f"Vercel project {api.target.project} has no READY production deployment")
+        return deployments[0]
+
+    @activity.defn(name="vercel.env_read")
+    async def env_read(self, request: EnvReadRequest) -> EnvSnapshot:
+        """Record the production environment with the deployment now serving (values go to the
+        protected store; the snapshot carries names and hashes)."""
+        store = EnvStore(self._config)
+        async with self._api(request.service) as api:
+            live = await self._production(api)
+            envs = await api.production_env()
+        remembered = store.recall(request.service)
+        values, meta, unreadable = {}, {}, []
+        for item in envs:
+            value = item.get("value")
+            if not value and item.get("type") == "sensitive":
+                value = remembered.get(item["key"])  # what we set ourselves, kept because it cannot be read
+            if value is None or (not value and item.get("type") == "sensitive"):
+                unreadable.append(item["key"])
+                continue
+            values[item["key"]] = value
+            meta[item["key"]] = {"type": item.get("type", "encrypted"), "target": item.get("target") or ["production"]}
+        uid = live.get("uid") or live.get("id")
+        label = live.get("url") or uid
+        # The project's variables reach a deployment when it is built. Changed since this build,
+        # they are not what it runs with but what the next build will: recorded under a name of
+        # their own, so a restore to this deployment still finds the values it was built with.
+        built = live.get("created") or live.get("createdAt") or 0
+        if any((item.get("updatedAt") or 0) > built for item in envs):
+            uid, label = f"{uid}{PENDING}", f"{label} (project variables changed since this build)"
+        return store.record(request.service, "vercel", uid, label, values, meta,
+                            request.healthy, request.reason, unreadable)
+
+    @activity.defn(name="vercel.env_set")
+    async def env_set(self, request: EnvSetRequest) -> EnvSetResult:
+        """Set variables to the values behind `request.ref`, remove `request.remove`, then redeploy
+        the serving deployment so they apply (Vercel env changes only reach new builds), and wait
+        until the new deployment is READY. Safe to retry: values are compared before writing, and
+        the redeploy is made once per `change_key` (kept in heartbeat and the state store)."""
+        store = EnvStore(self._config)
+        values, meta = store.get(request.service, request.ref)
+        names = request.names or sorted(values)
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise fail(f"stored environment {request.ref} has no value for {', '.join(missing)}; nothing was changed",
+                       kind="EnvRefUnknown")
+        made = await self._config.state.aget("vercel-env-redeploys", request.service, {})
+        info = activity.info()
+        details = (info.heartbeat_details[0] if info.heartbeat_details else None) or {}
+        async with self._api(request.service) as api:
+            earlier = made.get(request.change_key) or {}
+            new_id = earlier.get("deployment") or details.get("redeploy")
+            changed, removed = earlier.get("set", []), earlier.get("removed", [])
+            if new_id is None:
+                existing = {e["key"]: e for e in await api.production_env()}
+                creates = []
+                for name in names:
+                    item = existing.get(name)
+                    if item is None:
+                        kept = meta.get(name) or {}
+                        creates.append({"key": name, "value": values[name], "type": kept.get("type", "encrypted"),
+                                        "target": kept.get("target") or ["production"]})
+                    elif item.get("value") != values[name] or item.get("type") == "sensitive":
+                        await api.edit_env(item["id"], {"value": values[name]})
+                    else:
+                        continue
+                    changed.append(name)
+                if creates:
+                    await api.upsert_env(creates)
+                for name in request.remove:
+                    if name in existing:
+                        await api.delete_env(existing[name]["id"])
+                        removed.append(name)
+                store.remember(request.service, {n: values[n] for n in names
+                                                 if (meta.get(n) or {}).get("type") == "sensitive"})
+                source = await self._production(api)
+                created = await api.redeploy(source.get("uid") or source["id"])
+                new_id = created["id"]
+                entry = {"deployment": new_id, "set": changed, "removed": removed}
+                await self._config.state.aupdate("vercel-env-redeploys", request.service,
+                                                 lambda known: {**known, request.change_key: entry}, {})
+            activity.heartbeat({"redeploy": new_id})
+            deadline = time.monotonic() + api.target.poll_timeout_seconds
+            while True:
+                state = (await api.deployment(new_id)).get("readyState")
+                activity.heartbeat({"redeploy": new_id, "readyState": state})
+                if state == "READY":
+                    break
+                if state in ("ERROR", "CANCELED"):
+                    raise fail(f"Vercel redeploy {new_id} of {api.target.project} ended {state}; the variables "
+                               "were set but production still serves the previous deployment", kind="VercelJobFailed")
+                if time.monotonic() > deadline:
+                    raise fail(f"Vercel redeploy {new_id} still {state} after {api.target.poll_timeout_seconds:g}s; "
+                               "check the dashboard", kind="VercelJobTimeout")
+                await asyncio.sleep(api.target.poll_interval_seconds)
+            # A project rolled back earlier does not move production to new builds by itself:
+            # promote the new deployment (`vercel promote`), which also ends that state.
+            await self._switch(api, "promote", new_id, "environment change")
+        return EnvSetResult(provider="vercel", deployment=new_id, set=changed, removed=removed,
+                            details={"redeploy": new_id, "expected_version": new_id})
 
     async def _rolled_away(self, service: str) -> set[str]:
         """Deployments a rollback of ours moved production away from (in the shared state store)."""

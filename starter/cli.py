@@ -37,7 +37,7 @@ def app() -> None:
     pass
 
 
-@app.group("config", help="Check the services configuration.")
+@app.group("config", help="Check the services configuration; revert a service's config files (vercel.json, ...).")
 def config_app() -> None:
     pass
 
@@ -118,7 +118,10 @@ def _result_type(workflow_type: str):
     from workflows.models import (BackupManifest, BaseBackup, CleanupResult, DrillResult, IncidentResult, MigrationRepairResult,
                                   MigrationRollbackResult, RestoreResult, VolumeManifest, VolumeRestoreResult)
 
+    from workflows.models import ConfigRevertResult, EnvRestoreResult
+
     return {"BackupWorkflow": BackupManifest, "DatabaseRestoreWorkflow": RestoreResult,
+            "EnvRollbackWorkflow": EnvRestoreResult, "ConfigRevertWorkflow": ConfigRevertResult,
             "BaseBackupWorkflow": BaseBackup, "VolumeBackupWorkflow": VolumeManifest,
             "VolumeRestoreWorkflow": VolumeRestoreResult, "RestoreCleanupWorkflow": CleanupResult,
             "MigrationRollbackWorkflow": MigrationRollbackResult,
@@ -479,6 +482,78 @@ def volume_list(service: str, config: Optional[Path], as_json: bool) -> None:
                      lambda m: f"{m.created_at:%Y-%m-%d %H:%M:%S}  {m.backup_id:<44} {m.volume:<20} "
                                f"{m.size_bytes:>12} bytes  {m.files} entries")
     sys.exit(0)
+
+
+@app.group("env", help="A service's deployment environment: what changed, and putting it back (values never shown).")
+def env_group() -> None:
+    pass
+
+
+@env_group.command("diff")
+@click.argument("service", type=SERVICE)
+@json_option
+def env_diff(service: str, as_json: bool) -> None:
+    """Record the environment the serving deployment runs with and name what was added, removed
+    or changed since the last good deployment. Names only, never values."""
+    from workflows import EnvDiffWorkflow
+    from workflows.models import EnvDiff
+
+    async def main() -> int:
+        diff = await _read_through_worker(EnvDiffWorkflow.run, service, "env-diff", EnvDiff)
+        if as_json:
+            print(diff.model_dump_json(indent=2))
+            return 0
+        now = diff.current
+        health = {True: "healthy", False: "unhealthy", None: "health unknown"}[now.healthy]
+        print(f"{service}: {now.label or now.deployment} ({now.deployment}), {len(now.hashes)} variables, {health}")
+        if diff.base is not None:
+            print(f"  last good: {diff.base.label or diff.base.deployment} ({diff.base.deployment}), recorded "
+                  f"{diff.base.taken_at:%Y-%m-%d %H:%M} UTC")
+        for mark, names in (("+", diff.added), ("-", diff.removed), ("~", diff.changed)):
+            for name in names:
+                print(f"  {mark} {name}")
+        print(f"  {diff.message}")
+        return 0
+
+    sys.exit(_run(main()))
+
+
+@env_group.command("restore")
+@click.argument("service", type=SERVICE)
+@click.option("--to", "to", default=None, metavar="DEPLOYMENT",
+              help="Deployment whose environment to put back (see `rollback env diff`); default the last good one.")
+@click.option("--dry-run", is_flag=True, help="Plan only; change nothing.")
+@click.option("--wait", is_flag=True, help="Show progress until the restore ends.")
+@click.option("--reason", default="manual environment rollback", show_default=True)
+@json_option
+def env_restore(service: str, to: Optional[str], dry_run: bool, wait: bool, reason: str, as_json: bool) -> None:
+    """Set the variables back to a recorded deployment's values, redeploy, verify (undone on failure)."""
+    from workflows import EnvRollbackWorkflow
+    from workflows.models import EnvRestoreInput
+
+    request = EnvRestoreInput(service=service, to=to, dry_run=dry_run, reason=reason,
+                              requested_by=os.environ.get("USER", "cli"))
+    sys.exit(_run(_start_and_maybe_follow(EnvRollbackWorkflow.run, request, f"env-restore-{service}", wait, as_json)))
+
+
+@config_app.command("revert")
+@click.argument("service", type=SERVICE)
+@click.option("--to", "to", required=True, metavar="COMMIT", help="The last good commit.")
+@click.option("--path", "paths", multiple=True, help="A file to revert (repeatable); default config_files.paths.")
+@click.option("--dry-run", is_flag=True, help="Name the files that would change; change nothing.")
+@click.option("--wait", is_flag=True, help="Show progress until the revert ends.")
+@click.option("--reason", default="manual configuration rollback", show_default=True)
+@json_option
+def config_revert(service: str, to: str, paths: tuple[str, ...], dry_run: bool, wait: bool, reason: str,
+                  as_json: bool) -> None:
+    """Revert a service's config files to COMMIT with one commit, deploy, verify (undone on failure)."""
+    from workflows import ConfigRevertWorkflow
+    from workflows.models import ConfigRevertInput
+
+    request = ConfigRevertInput(service=service, to=to, paths=list(paths), dry_run=dry_run, reason=reason,
+                                requested_by=os.environ.get("USER", "cli"))
+    sys.exit(_run(_start_and_maybe_follow(ConfigRevertWorkflow.run, request, f"config-revert-{service}", wait,
+                                          as_json)))
 
 
 @app.command("migration")

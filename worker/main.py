@@ -18,6 +18,7 @@ from activities.common import ConfigSource
 from activities.config import ConfigActivities
 from activities.drills import DrillActivities
 from activities.docker import ComposeActivities, DockerActivities
+from activities.envstore import EnvStoreActivities
 from activities.flags import FlagActivities
 from activities.git import GitActivities
 from activities.health import HealthActivities
@@ -47,6 +48,7 @@ def activities_for(config: ConfigSource, client: Client) -> list:
         DockerActivities(config),
         ComposeActivities(config),
         VercelActivities(config),
+        EnvStoreActivities(config),
         GitActivities(config),
         PostgresActivities(config),
         RestoreActivities(config),

@@ -1,18 +1,22 @@
 """Deterministic workflow code: rollback workflows, shared models, config models and policy."""
 
 from workflows.app_rollback import AppRollbackWorkflow
+from workflows.config_files import ConfigRevertWorkflow
 from workflows.drill import DrillWorkflow
+from workflows.env import EnvDiffWorkflow, EnvRollbackWorkflow
 from workflows.incident import AssessWorkflow, IncidentWorkflow
 from workflows.lock import ResourceLockWorkflow
 from workflows.migration import MigrationRepairWorkflow, MigrationRollbackWorkflow, MigrationStatusWorkflow
 from workflows.restore import BackupWorkflow, BaseBackupWorkflow, DatabaseRestoreWorkflow, RestoreCleanupWorkflow
 from workflows.volume import VolumeBackupWorkflow, VolumeRestoreWorkflow
 
-WORKFLOWS = [AppRollbackWorkflow, AssessWorkflow, BackupWorkflow, BaseBackupWorkflow, DatabaseRestoreWorkflow,
-             DrillWorkflow, IncidentWorkflow, MigrationRollbackWorkflow, MigrationRepairWorkflow, MigrationStatusWorkflow,
+WORKFLOWS = [AppRollbackWorkflow, AssessWorkflow, BackupWorkflow, BaseBackupWorkflow, ConfigRevertWorkflow,
+             DatabaseRestoreWorkflow, DrillWorkflow, EnvDiffWorkflow, EnvRollbackWorkflow, IncidentWorkflow,
+             MigrationRollbackWorkflow, MigrationRepairWorkflow, MigrationStatusWorkflow,
              ResourceLockWorkflow, RestoreCleanupWorkflow, VolumeBackupWorkflow, VolumeRestoreWorkflow]
 
-__all__ = ["AppRollbackWorkflow", "AssessWorkflow", "BackupWorkflow", "BaseBackupWorkflow", "DatabaseRestoreWorkflow",
-           "DrillWorkflow", "IncidentWorkflow", "MigrationRepairWorkflow", "MigrationRollbackWorkflow", "MigrationStatusWorkflow",
+__all__ = ["AppRollbackWorkflow", "AssessWorkflow", "BackupWorkflow", "BaseBackupWorkflow", "ConfigRevertWorkflow",
+           "DatabaseRestoreWorkflow", "DrillWorkflow", "EnvDiffWorkflow", "EnvRollbackWorkflow",
+           "IncidentWorkflow", "MigrationRepairWorkflow", "MigrationRollbackWorkflow", "MigrationStatusWorkflow",
            "ResourceLockWorkflow", "RestoreCleanupWorkflow", "VolumeBackupWorkflow", "VolumeRestoreWorkflow",
            "WORKFLOWS"]

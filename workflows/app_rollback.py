@@ -17,6 +17,8 @@ with workflow.unsafe.imports_passed_through():
         AppVersion,
         CaptureRequest,
         CaptureResult,
+        EnvReadRequest,
+        EnvSnapshot,
         EventKind,
         ExecuteRequest,
         ExecuteResult,
@@ -35,6 +37,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.policy import compare_schema, plan_app_rollback
 
+# Providers whose deployments have an environment this system can read and put back.
+ENV_PROVIDERS = ("vercel", "docker", "compose")
 # How long one provider's execute step may take; providers that poll heartbeat meanwhile.
 EXECUTE_TIMEOUT = {"docker": 300, "compose": 300, "vercel": 600, "git": 900}
 # Every provider's execute and undo steps heartbeat (Vercel each poll, the others every 2 s while
@@ -99,6 +103,8 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                 CaptureResult, timeout=180,
             )
             self.record(EventKind.CAPTURED, f"state captured in {context.artifact_dir}", files=captured.files)
+            if provider in ENV_PROVIDERS and workflow.patched("record-env-on-capture"):
+                await self._record_env(request.service, provider, health.healthy)
 
         # 3. Target and schema check (and, for an alert's rollback, the cooldown, meanwhile)
         self.enter(Phase.PLANNING)
@@ -262,6 +268,19 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         self.record(EventKind.ROLLED_BACK, f"schema rolled back {done.version_before} -> {done.version_after} by "
                     f"{child_id}", child=child_id)
         return None
+    async def _record_env(self, service: str, provider: str, healthy: bool) -> None:
+        """The environment the current deployment runs with (names and hashes here, values in the
+        worker's protected store), so `rollback env diff/restore` can compare and put it back. A
+        failure to read it is noted, never a reason to stop the rollback."""
+        try:
+            snapshot = await self._provider(provider, "env_read", EnvReadRequest(
+                service=service, reason="captured before an app rollback", healthy=healthy), EnvSnapshot)
+        except ActivityError as exc:
+            self.record(EventKind.CAPTURED, f"environment not recorded: {_cause(exc)}")
+            return
+        self.record(EventKind.CAPTURED, f"environment of {snapshot.label or snapshot.deployment} recorded: "
+                    f"{len(snapshot.hashes)} variables (names and hashes; values in the protected store)",
+                    deployment=snapshot.deployment, variables=sorted(snapshot.hashes))
 
     async def _provider(self, provider: str, step: str, argument, result_type, *, timeout: int = 60,
                         retry: RetryPolicy = READ_RETRY, heartbeat: int | None = None):

@@ -9,6 +9,8 @@ from workflows.models import ApproverRules
 # Each approval checkpoint's step name, by the kind of step the policy speaks of.
 STEP_KIND = {
     "app rollback": "app",
+    "env restore": "app",
+    "config revert": "app",
     "run down migrations": "database",
     "restore emergency backup": "database",
     "database swap": "database",

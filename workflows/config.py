@@ -63,6 +63,16 @@ class GitTarget(_Strict):
     schema_file: str | None = Field(default=None, description="File in the tree naming the schema version.")
 
 
+class ConfigFiles(_Strict):
+    """Runbook 000's "Configuration Rollback": files such as vercel.json reverted on their own,
+    with one commit in the service's git repository, then deployed like a git revert."""
+
+    paths: list[str] = Field(default_factory=lambda: ["vercel.json", "next.config.js"],
+                             description="Paths in the repository, relative to its root.")
+    git: GitTarget | None = Field(default=None, description="The repository and deploy trigger; default the "
+                                  "service's app.git section.")
+
+
 class AppTarget(_Strict):
     provider: Literal["docker", "compose", "vercel", "git"]
     docker: DockerTarget | None = None
@@ -358,6 +368,20 @@ class ServiceConfig(_Strict):
                                              "`approvals`; filled in from it when loaded.")
     drill: DrillConfig | None = Field(default=None, description="Runbook 003's rollback drills (staging target, "
                                       "images, target times).")
+    config_files: ConfigFiles | None = None
+
+    @model_validator(mode="after")
+    def _config_files_have_a_repo(self) -> "ServiceConfig":
+        if self.config_files is not None and self.config_files.git is None and self.app.git is None:
+            raise ValueError("config_files needs a `git` section (repo, branch, deploy trigger) unless the app's "
+                             "provider is git")
+        return self
+
+    def config_repo(self) -> GitTarget | None:
+        """Where the service's config files live: their own section, else the app's repository."""
+        if self.config_files is None:
+            return None
+        return self.config_files.git or self.app.git
 
     def secret_env_names(self) -> list[str]:
         """Every environment variable this service needs at run time."""
@@ -366,6 +390,8 @@ class ServiceConfig(_Strict):
             names.append(self.app.vercel.token_env)
         if self.app.git:
             names.append(self.app.git.deploy_hook_url_env)
+        if self.config_files and self.config_files.git:
+            names.append(self.config_files.git.deploy_hook_url_env)
         if self.database:
             names.append(self.database.dsn_env)
             if self.database.pitr and self.database.pitr.supabase:

@@ -1126,3 +1126,131 @@ class DrillResult(RunResult):
                                         "oldest first (the trend).")
     skipped: list[str] = Field(default_factory=list)
     report: str = ""
+# ---------------------------------------------------------------------------------------------
+# Environment and configuration rollback (runbook 000). Values are secrets: what crosses a
+# workflow boundary is names, keyed hashes and a reference to the values in the worker's
+# protected state store, never a value.
+
+
+class EnvSnapshot(BaseModel):
+    """The environment one deployment of a service ran with, as history may carry it."""
+
+    service: str
+    provider: str
+    deployment: str = Field(description="Vercel deployment id, container id: what a person passes as --to.")
+    label: str = ""
+    taken_at: datetime
+    hashes: dict[str, str] = Field(default_factory=dict, description="Variable name -> keyed SHA-256 of its value "
+                                   "(the store's own key, so a hash cannot be guessed back into a short value).")
+    ref: str = Field(description="Where the values are kept: a file in the worker's protected state store.")
+    healthy: bool | None = Field(default=None, description="Health when recorded: a restore target must not be a "
+                                 "deployment recorded unhealthy unless named on purpose.")
+    reason: str = ""
+
+
+class EnvReadRequest(BaseModel):
+    service: str
+    reason: str = "recorded"
+    healthy: bool | None = None
+
+
+class EnvSnapshotRequest(BaseModel):
+    service: str
+    deployment: str | None = Field(default=None, description="None: the last good one before `current`.")
+    current: str = ""
+
+
+class EnvSetRequest(BaseModel):
+    """Set variables to the values behind `ref`, remove others, then redeploy so they apply.
+
+    The one call a key rotation needs: put the new key in the store (`ref`), name it in `names`,
+    and the provider sets it and redeploys; undo is the same call with the old snapshot's ref."""
+
+    service: str
+    ref: str
+    names: list[str] = Field(default_factory=list, description="Variables to set from `ref`; empty: every one in it.")
+    remove: list[str] = Field(default_factory=list)
+    change_key: str = Field(description="Idempotency key: a retried call redeploys once.")
+
+
+class EnvSetResult(BaseModel):
+    provider: str
+    deployment: str = Field(description="What serves with the new environment.")
+    set: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class EnvDiff(BaseModel):
+    """What changed between two recorded environments: names only."""
+
+    service: str
+    base: EnvSnapshot | None = Field(default=None, description="The last good deployment's environment.")
+    current: EnvSnapshot
+    added: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    changed: list[str] = Field(default_factory=list)
+    message: str = ""
+
+
+class EnvRestoreInput(BaseModel):
+    """Input of `EnvRollbackWorkflow`: put back the environment a recorded deployment ran with."""
+
+    service: str
+    to: str | None = Field(default=None, description="Deployment whose environment to restore (see `rollback env "
+                           "diff`); default: the last good one.")
+    reason: str = "manual environment rollback"
+    dry_run: bool = False
+    requested_by: str = "unknown"
+    approval_timeout: timedelta = timedelta(minutes=30)
+    severity: str = "P1"
+
+
+class EnvRestoreResult(RunResult):
+    # outcome: rolled_back | dry_run | nothing_to_do | rejected | not_approved | failed
+    diff: EnvDiff | None = None
+    deployment: str | None = Field(default=None, description="What serves the restored environment.")
+    artifact_dir: str | None = None
+
+
+class ConfigRevertInput(BaseModel):
+    """Input of `ConfigRevertWorkflow`: config files back to their content at a good commit."""
+
+    service: str
+    to: str = Field(description="The last good commit (sha or ref on the branch).")
+    paths: list[str] = Field(default_factory=list, description="Default: the service's config_files.paths.")
+    reason: str = "manual configuration rollback"
+    dry_run: bool = False
+    requested_by: str = "unknown"
+    approval_timeout: timedelta = timedelta(minutes=30)
+    severity: str = "P1"
+
+
+class ConfigPlanRequest(BaseModel):
+    service: str
+    commit: str
+    paths: list[str] = Field(default_factory=list)
+
+
+class ConfigPlan(BaseModel):
+    """The files that differ between the good commit and the head: names and blob ids, no content."""
+
+    service: str
+    commit: str
+    head: str
+    changed: list[str] = Field(default_factory=list)
+    blobs: dict[str, str] = Field(default_factory=dict, description="path -> blob id at the good commit ('' absent)")
+
+
+class ConfigRevertRequest(BaseModel):
+    service: str
+    plan: ConfigPlan
+    change_key: str
+    reason: str = ""
+
+
+class ConfigRevertResult(RunResult):
+    # outcome: rolled_back | dry_run | nothing_to_do | rejected | not_approved | failed
+    plan: ConfigPlan | None = None
+    commit: str | None = Field(default=None, description="The one revert commit pushed.")
+    artifact_dir: str | None = None

@@ -4,7 +4,11 @@ It follows `reference/external-apis.md`: `/v6/deployments` with `until` paging a
 `/v13/deployments/{idOrUrl}`, `/v9/projects/{idOrName}` with `lastAliasRequest`, instant rollback
 (`/v1` and the CLI's `/v9`), promote (`/v10`), `/v2/user`, `/teams/{id}`, and the error bodies
 `{"error": {"code", "message"}}` for 401, 404, 409 and 429 (with Retry-After). Tests queue extra
-failures with `inject`. It also serves each project's site (`/_site/{project}/health|version`)
+failures with `inject`. Environment variables: list (`/v10/projects/{id}/env`, `decrypt`, `target`,
+`gitBranch`), one value (`/v1/projects/{id}/env/{envId}`), create/upsert (`POST /v10/...env?upsert=true`,
+one object or an array; `{created, failed}`), edit (`PATCH /v9|v10/...env/{envId}`), delete, with the
+type/target validation of the real API: sensitive values never read back. `POST /v13/deployments?forceNew=1`
+redeploys: a new build that freezes the project's production env at that moment and serves once READY. It also serves each project's site (`/_site/{project}/health|version`)
 so verification can read what production serves.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
@@ -42,6 +47,11 @@ class FakeVercel:
     calls: list[tuple[str, str, dict, float]] = field(default_factory=list)  # method, path, query, time
     inject: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    envs: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))  # project id -> variables
+    # a deployment built with NAME=VALUE from here is unhealthy (what a bad env change looks like)
+    unhealthy_env: dict[str, str] = field(default_factory=dict)
+    redeploy_outcome: str = "READY"
+    redeploys: int = 0
 
     # -- building a scenario --------------------------------------------------------------
     def add_project(self, project_id: str, name: str) -> None:
@@ -58,6 +68,7 @@ class FakeVercel:
             "isRollbackCandidate": candidate and state == "READY" and target == "production",
             "meta": meta or {}, "creator": {"uid": "user_1", "username": "dev"},
             "inspectorUrl": f"https://vercel.com/acme/{name}/{uid}",
+            "_env": self.production_env(project_id),
         }
         self.deployments.append(deployment)
         if state == "READY" and target == "production":
@@ -65,6 +76,24 @@ class FakeVercel:
             if current is None or self._by_id(current)["created"] < created:
                 self.production[project_id] = uid
         return deployment
+
+    def set_env(self, project_id: str, key: str, value: str, type_: str = "encrypted",
+                target: list[str] | None = None) -> dict:
+        """A variable as someone set it in the dashboard (replaces one of the same key and target)."""
+        target = target or ["production"]
+        self.envs[project_id] = [e for e in self.envs[project_id] if not (e["key"] == key and set(e["target"]) & set(target))]
+        now = int(time.time() * 1000)
+        item = {"id": f"env_{uuid.uuid4().hex[:16]}", "key": key, "value": value,
+                "type": type_, "target": target, "gitBranch": None, "comment": "", "createdAt": now, "updatedAt": now}
+        self.envs[project_id].append(item)
+        return item
+
+    def production_env(self, project_id: str) -> dict[str, str]:
+        return {e["key"]: e["value"] for e in self.envs[project_id] if "production" in e["target"] and not e["gitBranch"]}
+
+    def live_env(self, project_id: str) -> dict[str, str]:
+        """The environment the deployment serving production was built with."""
+        return dict(self._by_id(self.production[project_id])["_env"])
 
     def count(self, method: str, fragment: str) -> int:
         return sum(1 for m, p, _, _ in self.calls if m == method and fragment in p)
@@ -89,6 +118,15 @@ class FakeVercel:
         elif elapsed > 0:
             job["jobStatus"] = "in-progress"
 
+    def _advance_build(self, d: dict) -> None:
+        """A redeploy builds for `job_seconds`, then is READY and takes production."""
+        if d["readyState"] in ("QUEUED", "BUILDING") and time.time() * 1000 - d["created"] >= self.job_seconds * 1000:
+            d["readyState"] = d["state"] = d.pop("_outcome")
+            if d["readyState"] == "READY":
+                d["readySubstate"] = "PROMOTED"
+                d["isRollbackCandidate"] = True
+                self.production[d["projectId"]] = d["uid"]
+
     def _public_project(self, project: dict) -> dict:
         job = project["lastAliasRequest"]
         public = {k: v for k, v in project.items()}
@@ -98,7 +136,8 @@ class FakeVercel:
         return public
 
     def _deployment_view(self, d: dict) -> dict:
-        view = dict(d)
+        self._advance_build(d)
+        view = {k: v for k, v in d.items() if not k.startswith("_")}
         view["id"] = d["uid"]
         if self.production.get(d["projectId"]) == d["uid"]:
             view["readySubstate"] = "PROMOTED"
@@ -136,6 +175,10 @@ class FakeVercel:
             return parts[3]
         if path.startswith("/v6/deployments"):
             return "list"
+        if len(parts) >= 4 and parts[1] == "projects" and parts[3] == "env":
+            return "env"
+        if method == "POST" and parts == ["v13", "deployments"]:
+            return "redeploy"
         if parts[:2] == ["v9", "projects"]:
             return "project"
         return "other"
@@ -147,10 +190,14 @@ class FakeVercel:
             return PlainTextResponse("no such site", status_code=404)
         with self.lock:
             self._advance(project)
+            for d in self.deployments:
+                self._advance_build(d)
             live = self._by_id(self.production[project["id"]])
         if page == "version":
             return PlainTextResponse(live["uid"])
-        meta = live["meta"]
+        meta = dict(live["meta"])
+        if any(live["_env"].get(k) == v for k, v in self.unhealthy_env.items()):
+            meta.update(health="degraded", errorRate=0.4)
         healthy = meta.get("health", "ok") == "ok"
         body = {"status": meta.get("health", "ok"), "error_rate": float(meta.get("errorRate", 0.001)),
                 "database": "ok"}
@@ -162,7 +209,7 @@ class FakeVercel:
             scope = query.get("teamId") or self.default_team_id
             if scope != self.team_id:
                 return _error(403, "forbidden", "You don't have permission to access this team")
-        if method == "POST" and body.strip():
+        if method in ("POST", "PATCH") and body.strip():
             try:
                 json.loads(body)
             except ValueError:
@@ -176,6 +223,8 @@ class FakeVercel:
             return JSONResponse({"id": self.team_id, "slug": "acme", "name": "Acme"})
         if method == "GET" and path == "/v6/deployments":
             return self._list(query)
+        if method == "POST" and parts == ["v13", "deployments"]:
+            return self._redeploy(query, json.loads(body or b"{}"))
         if method == "GET" and parts[:2] == ["v13", "deployments"] and len(parts) == 3:
             found = self._by_id(parts[2])
             if found is None:
@@ -191,12 +240,124 @@ class FakeVercel:
             if method == "POST" and len(parts) == 5 and (parts[0], parts[3]) in (
                     ("v1", "rollback"), ("v9", "rollback"), ("v10", "promote")):
                 return self._alias(project, parts[4], parts[3])
+            if len(parts) >= 4 and parts[3] == "env":
+                return self._env(method, parts, project, query, json.loads(body) if body.strip() else None)
         return _error(404, "not_found", "The requested path was not found")
+
+    # -- environment variables ----------------------------------------------------------------
+    ENV_TYPES = ("system", "secret", "encrypted", "plain", "sensitive")
+    ENV_TARGETS = ("production", "preview", "development")
+
+    def _env_view(self, item: dict, decrypt: bool) -> dict:
+        view = dict(item)
+        if item["type"] == "sensitive":
+            view["value"], view["decrypted"] = "", False  # never readable again
+        elif item["type"] in ("encrypted", "secret") and not decrypt:
+            view["value"], view["decrypted"] = "eyJ2IjoxfQ.ciphertext." + item["id"], False
+        else:
+            view["decrypted"] = item["type"] != "plain"
+        return view
+
+    def _check_env(self, item, partial: bool = False) -> str | None:
+        """The real API's validation: why `item` is refused, or None."""
+        if not isinstance(item, dict):
+            return "Invalid request: body must be an object or an array of objects"
+        for name in (() if partial else ("key", "value", "type", "target")):
+            if name not in item:
+                return f"Invalid request: missing required property `{name}`"
+        if "key" in item and (not isinstance(item["key"], str) or not item["key"]
+                              or not all(c.isalnum() or c == "_" for c in item["key"]) or item["key"][0].isdigit()):
+            return "Invalid request: `key` may contain only letters, digits and underscores and not start with a digit"
+        if "value" in item and not isinstance(item["value"], str):
+            return "Invalid request: `value` should be string"
+        if "type" in item and item["type"] not in self.ENV_TYPES:
+            return f"Invalid request: `type` should be equal to one of the allowed values {', '.join(self.ENV_TYPES)}"
+        if "target" in item:
+            target = item["target"]
+            if not isinstance(target, list) or not target or any(t not in self.ENV_TARGETS for t in target):
+                return f"Invalid request: `target` should be a non-empty array of {', '.join(self.ENV_TARGETS)}"
+            if item.get("type") == "sensitive" and "development" in target:
+                return "Invalid request: sensitive variables cannot target development"
+        return None
+
+    def _env(self, method: str, parts: list[str], project: dict, query: dict, body) -> Response:
+        items = self.envs[project["id"]]
+        version = parts[0]
+        if method == "GET" and len(parts) == 4 and version in ("v9", "v10"):
+            chosen = items
+            if query.get("target"):
+                chosen = [e for e in chosen if query["target"] in e["target"]]
+            if query.get("gitBranch"):
+                chosen = [e for e in chosen if e["gitBranch"] == query["gitBranch"]]
+            decrypt = query.get("decrypt") == "true"
+            return JSONResponse({"envs": [self._env_view(e, decrypt) for e in chosen]})
+        if method == "GET" and len(parts) == 5 and version == "v1":
+            found = next((e for e in items if e["id"] == parts[4]), None)
+            if found is None:
+                return _error(404, "not_found", "Environment Variable not found")
+            return JSONResponse(self._env_view(found, decrypt=True))
+        if method == "POST" and len(parts) == 4 and version == "v10":
+            batch = body if isinstance(body, list) else [body]
+            created, failed = [], []
+            for item in batch:
+                problem = self._check_env(item)
+                if problem:
+                    if len(batch) == 1:
+                        return _error(400, "bad_request", problem)
+                    failed.append({"error": {"code": "bad_request", "message": problem,
+                                             "key": item.get("key") if isinstance(item, dict) else None}})
+                    continue
+                clash = [e for e in items if e["key"] == item["key"] and set(e["target"]) & set(item["target"])
+                         and e["gitBranch"] == item.get("gitBranch")]
+                if clash and query.get("upsert") != "true":
+                    failed.append({"error": {"code": "ENV_ALREADY_EXISTS", "key": item["key"],
+                                             "message": f"A variable with the name `{item['key']}` already exists "
+                                                        "for the target production on branch undefined"}})
+                    continue
+                made = self.set_env(project["id"], item["key"], item["value"], item["type"], item["target"])
+                made.update(gitBranch=item.get("gitBranch"), comment=item.get("comment", ""))
+                created.append(self._env_view(made, decrypt=False))
+            return JSONResponse({"created": created[0] if len(created) == 1 else created, "failed": failed},
+                                status_code=201)
+        if method in ("PATCH", "DELETE") and len(parts) == 5 and version in ("v9", "v10"):
+            found = next((e for e in items if e["id"] == parts[4]), None)
+            if found is None:
+                return _error(404, "not_found", "Environment Variable not found")
+            if method == "DELETE":
+                items.remove(found)
+                return JSONResponse(self._env_view(found, decrypt=False))
+            problem = self._check_env(body, partial=True)
+            if problem:
+                return _error(400, "bad_request", problem)
+            found.update({k: v for k, v in body.items() if k in ("key", "value", "type", "target", "gitBranch",
+                                                                 "comment")})
+            found["updatedAt"] = int(time.time() * 1000)
+            return JSONResponse(self._env_view(found, decrypt=False))
+        return _error(404, "not_found", "The requested path was not found")
+
+    def _redeploy(self, query: dict, body) -> Response:
+        source = self._by_id(str((body or {}).get("deploymentId", "")))
+        if source is None:
+            return _error(404, "not_found", "Deployment not found")
+        project = self._project(body.get("name", ""))
+        if project is None or project["id"] != source["projectId"]:
+            return _error(400, "bad_request", "The deployment does not belong to the project `name`")
+        if body.get("target") not in (None, "production", "preview"):
+            return _error(400, "bad_request", "Invalid request: `target` should be production or preview")
+        self.redeploys += 1
+        now = int(time.time() * 1000)
+        uid = f"dpl_redeploy{self.redeploys:03d}{now % 1000:03d}"
+        made = self.add_deployment(project["id"], uid, now, state="QUEUED", target=body.get("target") or "production",
+                                   meta={**source["meta"], "action": "redeploy"})
+        made["_outcome"] = self.redeploy_outcome
+        return JSONResponse(self._deployment_view(made), status_code=200)
 
     def _list(self, query: dict) -> Response:
         project = self._project(query.get("projectId", "")) if query.get("projectId") else None
         if query.get("projectId") and project is None:
             return _error(404, "not_found", "Project not found")
+        for d in self.deployments:
+            self._advance_build(d)
         items = [d for d in self.deployments if project is None or d["projectId"] == project["id"]]
         if query.get("target"):
             items = [d for d in items if d["target"] == query["target"]]

@@ -268,9 +268,15 @@ async def test_secret_canaries_stay_out_of_history_and_incident_files(client, ta
                 "ghp_canaryCANARY", worker_canary, "XXXXSECRETXXXX"]
     haystacks = {"history": decoded_history(history)}
     captured = 0
+    # the protected env store keeps the app's variables on purpose (env rollback puts them back):
+    # the one place they may be, private to the worker's user
+    store = Path(config.config.state_dir) / "env" / "web" / "values"
+    assert list(store.glob("*.json")), "the capture step recorded no environment"
     for root in (config.config.state_dir, config.config.artifact_dir):
         for path in Path(root).rglob("*"):
-            if path.is_file():
+            if path.is_file() and path.parent == store:
+                assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+            elif path.is_file():
                 haystacks[str(path)] = path.read_text(errors="replace")
                 if str(path).startswith(config.config.artifact_dir):
                     captured += 1

@@ -6,7 +6,7 @@ Activities are stand-ins registered under the real names; the workflow code is t
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from temporalio import activity
 from temporalio.worker import Worker
@@ -21,6 +21,8 @@ from workflows.models import (
     AppVersion,
     CaptureRequest,
     CaptureResult,
+    EnvReadRequest,
+    EnvSnapshot,
     ExecuteRequest,
     ExecuteResult,
     HealthSnapshot,
@@ -58,6 +60,11 @@ def stand_ins(executed: list, notices: list) -> list:
     async def capture(request: CaptureRequest) -> CaptureResult:
         return CaptureResult()
 
+    @activity.defn(name="vercel.env_read")
+    async def env_read(request: EnvReadRequest) -> EnvSnapshot:
+        return EnvSnapshot(service=request.service, provider="vercel", deployment="dpl_new",
+                           taken_at=datetime.now(timezone.utc), ref="0" * 32)
+
     @activity.defn(name="vercel.select_target")
     async def select(request: TargetRequest) -> AppVersion:
         return AppVersion(provider="vercel", id="dpl_old", label="old")
@@ -88,7 +95,7 @@ def stand_ins(executed: list, notices: list) -> list:
     async def audit(batch: AuditBatch) -> int:
         return len(batch.entries)
 
-    return [service, assess, current, capture, select, execute, slack, postmortem, acquire, release, audit]
+    return [service, assess, current, capture, env_read, select, execute, slack, postmortem, acquire, release, audit]
 
 
 async def test_approval_timeout_escalates_and_never_proceeds(skipping_env):
