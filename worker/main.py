@@ -18,6 +18,7 @@ from activities.common import ConfigSource
 from activities.config import ConfigActivities
 from activities.docker import ComposeActivities, DockerActivities
 from activities.envstore import EnvStoreActivities
+from activities.keys import KeyActivities
 from activities.flags import FlagActivities
 from activities.git import GitActivities
 from activities.health import HealthActivities
@@ -46,6 +47,7 @@ def activities_for(config: ConfigSource, client: Client) -> list:
         ComposeActivities(config),
         VercelActivities(config),
         EnvStoreActivities(config),
+        KeyActivities(config),
         GitActivities(config),
         PostgresActivities(config),
         RestoreActivities(config),
