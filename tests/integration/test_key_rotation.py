@@ -19,7 +19,7 @@ from tests.conftest import running_worker
 from tests.contract.server import serve
 from tests.contract.stripe import FakeStripe
 from tests.contract.twilio import FakeTwilio
-from tests.helpers import assert_eventually, kinds, wait_for_phase
+from tests.helpers import assert_eventually, history_text, kinds, wait_for_phase
 from workflows import KeyRotationWorkflow
 from workflows.models import ApprovalInput, KeyReference, KeyRotationInput, KeyRotationResult, RollbackStatus
 
@@ -189,12 +189,13 @@ async def test_person_provides_a_stripe_key_by_reference_and_no_key_value_leaks(
         histories = []
         async for execution in client.list_workflows(f"TaskQueue = '{task_queue}'"):
             history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
-            histories.append(history.to_json())
+            histories.append(history_text(history))
     assert result.outcome == "rotated", result.message
     assert any("old STRIPE_SECRET_KEY: refused" in e.message for e in result.timeline)
     [new_sid] = twilio.created
     values = [old["secret"], old["stripe"], new_stripe, twilio.keys[new_sid]]
-    assert histories
+    assert histories and all("KeyRotationWorkflow" in text for text in histories)
+    assert any(twilio.created[0] in text for text in histories)  # decoded payloads: ids are there, keys are not
     for value in values:
         for text in histories:
             assert value not in text
