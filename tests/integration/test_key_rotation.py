@@ -194,7 +194,7 @@ async def test_person_provides_a_stripe_key_by_reference_and_no_key_value_leaks(
     assert any("old STRIPE_SECRET_KEY: refused" in e.message for e in result.timeline)
     [new_sid] = twilio.created
     values = [old["secret"], old["stripe"], new_stripe, twilio.keys[new_sid]]
-    assert histories and all("KeyRotationWorkflow" in text for text in histories)
+    assert any('"KeyRotationWorkflow"' in text for text in histories)
     assert any(twilio.created[0] in text for text in histories)  # decoded payloads: ids are there, keys are not
     for value in values:
         for text in histories:
