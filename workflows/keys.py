@@ -151,15 +151,15 @@ class KeyRotationWorkflow(RollbackWorkflowBase):
                 return await self._finish(result, outcome, f"key revocation {outcome}; nothing was changed")
             self.enter(Phase.EXECUTING)
             result.revoked = await self._revoke(items, request, compromised=True)
-            new = await self._new_keys(request)
-            result.new_keys = new
             try:
+                new = await self._new_keys(request)
+                result.new_keys = new
                 applied = await self._set(request.service, provider, new)
                 result.deployment = applied.deployment
                 await self._verify(request.service, context, applied, new)
             except (ApplicationError, ActivityError) as exc:
                 # the old keys are revoked: there is no way back, only forward by hand
-                message = (f"the compromised keys of {request.service} are revoked but the new ones did not verify: "
+                message = (f"the compromised keys of {request.service} are revoked but replacing them failed: "
                            f"{cause_message(exc)}. Set working keys by hand; see {context.artifact_dir}")
                 self.record(EventKind.ESCALATED, message)
                 await self.notify(f"ESCALATION: {message}", key="compromise-unverified", escalation=True)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 
+from activities.audit import audit_path, read_audit
 from tests.conftest import running_worker
 from tests.contract.server import serve
 from tests.contract.stripe import FakeStripe
@@ -115,6 +116,11 @@ async def test_twilio_key_rotated_old_revoked_only_after_approval(client, task_q
     assert events.index("verified") < events.index("approved")
     assert any("old TWILIO_API_SECRET: refused" in e.message for e in result.timeline)
     assert vercel.live_env("prj_shop")["STRIPE_SECRET_KEY"] == old["stripe"]  # a key not named is left alone
+    audit = [(e.event, e.step, e.detail.get("key_id")) for e in read_audit(audit_path(config.config), "shop")]
+    assert ("key_created", "TWILIO_API_SECRET", new_sid) in audit
+    assert ("approved", "rotate keys", None) in audit
+    assert ("key_revoked", "TWILIO_API_SECRET", old["sid"]) in audit
+    assert audit.index(("approved", "rotate keys", None)) < audit.index(("key_revoked", "TWILIO_API_SECRET", old["sid"]))
 
 
 async def test_failed_verification_puts_the_old_keys_back_and_revokes_nothing(client, task_queue, shop, vercel,
