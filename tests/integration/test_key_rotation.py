@@ -182,6 +182,11 @@ async def test_person_provides_a_stripe_key_by_reference_and_no_key_value_leaks(
             await handle.execute_update(KeyRotationWorkflow.provide_key,
                                         KeyReference(key="STRIPE_SECRET_KEY", reference=f"file:{bad}"))
         assert "does not work with stripe" in str(refused.value.cause)
+        bad.write_text(old["stripe"])  # the key it runs with now is not a new one
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(KeyRotationWorkflow.provide_key,
+                                        KeyReference(key="STRIPE_SECRET_KEY", reference=f"file:{bad}"))
+        assert "holds the key STRIPE_SECRET_KEY already runs with" in str(refused.value.cause)
         handover.write_text(new_stripe + "\n")
         given = await handle.execute_update(KeyRotationWorkflow.provide_key, KeyReference(
             key="STRIPE_SECRET_KEY", reference=f"file:{handover}", provided_by="ops"))
