@@ -5,6 +5,7 @@ protected store."""
 
 from __future__ import annotations
 
+import json
 import logging
 import stat
 import time
@@ -47,7 +48,7 @@ def stripe():
 
 
 @pytest.fixture
-def shop(vercel, twilio, stripe, write_config, monkeypatch):
+def shop(vercel, twilio, stripe, slack, write_config, monkeypatch):
     """prj_shop on Vercel runs with a Twilio API key (sid + secret) and a Stripe secret key."""
     old_sid, old_secret = twilio.add_key()
     old_stripe = stripe.new_key()
@@ -63,6 +64,7 @@ def shop(vercel, twilio, stripe, write_config, monkeypatch):
                                                  "api_url": vercel.url, "poll_interval_seconds": 0.1}},
         "health": {"url": f"{vercel.url}/_site/prj_shop/health", "version_url": f"{vercel.url}/_site/prj_shop/version",
                    "consecutive_checks": 2, "interval_seconds": 0.2, "timeout_seconds": 1},
+        "notify": {"slack_webhook_env": "TEST_SLACK_WEBHOOK"},
         "keys": [
             {"name": "TWILIO_API_SECRET", "provider": "twilio", "id_env": "TWILIO_API_KEY", "account": twilio.account,
              "admin_token_env": "TEST_TWILIO_AUTH_TOKEN", "api_url": twilio.url},
@@ -159,7 +161,8 @@ async def test_compromised_key_is_revoked_first_after_approval(client, task_queu
 
 
 async def test_person_provides_a_stripe_key_by_reference_and_no_key_value_leaks(client, task_queue, shop, vercel,
-                                                                                stripe, twilio, tmp_path, caplog):
+                                                                                stripe, twilio, slack, tmp_path,
+                                                                                caplog):
     """The canary: every key value of the run (old and new, Stripe and Twilio) is looked for in
     every history, the result, every log line and every file outside the protected store."""
     caplog.set_level(logging.DEBUG)
@@ -211,6 +214,7 @@ async def test_person_provides_a_stripe_key_by_reference_and_no_key_value_leaks(
         for text in histories:
             assert value not in text
         assert value not in result.model_dump_json()
+        assert value not in json.dumps(slack.messages)
         for record in caplog.records:
             assert value not in record.getMessage()
     stored = []
@@ -223,6 +227,8 @@ async def test_person_provides_a_stripe_key_by_reference_and_no_key_value_leaks(
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stored
     assert (Path(result.artifact_dir) / "postmortem.md").exists()
+    said = json.dumps(slack.messages)
+    assert "hand it over" in said and "keys rotated" in said  # the ask for the key and the outcome
 
 
 async def test_dry_run_and_unknown_key(client, task_queue, shop, vercel, twilio):
