@@ -110,6 +110,10 @@ class KeyRotationWorkflow(RollbackWorkflowBase):
                     actor=request.requested_by, dry_run=request.dry_run, compromised=request.compromised)
         context = await self.service_context(request.service)
         provider = env_provider(context)
+        if provider == "compose":  # its compose file owns the environment; there is nothing to set by API
+            raise ApplicationError(f"service {request.service!r} is a Compose service: put the new keys in its compose "
+                                   "file (or .env) and recreate it; key rotation sets keys on Vercel and Docker "
+                                   "services", type="EnvNotSupported", non_retryable=True)
         result = KeyRotationResult(service=request.service, outcome="failed", artifact_dir=context.artifact_dir)
 
         # 1. Capture what runs now: the old keys (in the store) are the way back
