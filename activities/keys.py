@@ -133,7 +133,8 @@ class KeyActivities:
     def _read_reference(self, service: str, key: str, reference: str) -> str:
         match = REFERENCE.fullmatch(reference.strip())
         if match is None:
-            raise fail("a key reference is file:/path, env:NAME or store:REF; nothing was recorded", kind="KeyReference")
+            raise fail("a key reference is file:/path, env:NAME or store:REF; nothing was recorded",
+                       kind="KeyReference")
         kind, where = match.groups()
         if kind == "file":
             path = Path(where)

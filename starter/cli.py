@@ -123,7 +123,8 @@ def _result_type(workflow_type: str):
             "VolumeRestoreWorkflow": VolumeRestoreResult, "RestoreCleanupWorkflow": CleanupResult,
             "MigrationRollbackWorkflow": MigrationRollbackResult,
             "MigrationRepairWorkflow": MigrationRepairResult,
-            "IncidentWorkflow": IncidentResult, "KeyRotationWorkflow": KeyRotationResult}.get(workflow_type, AppRollbackResult)
+            "IncidentWorkflow": IncidentResult,
+            "KeyRotationWorkflow": KeyRotationResult}.get(workflow_type, AppRollbackResult)
 
 
 async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:

@@ -24,7 +24,8 @@ def provide(*args: str, stdin: str, address: str, task_queue: str, config) -> su
                           env=env, timeout=60)
 
 
-async def test_rotate_and_provide_a_key_on_stdin(client, task_queue, temporal_address, shop, stripe, vercel):  # noqa: F811
+async def test_rotate_and_provide_a_key_on_stdin(client, task_queue, temporal_address, shop, stripe,  # noqa: F811
+                                                 vercel):
     config, old = shop
     env = {"ROLLBACK_CONFIG": str(config._path)}
     new_key = stripe.new_key()
