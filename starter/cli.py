@@ -118,7 +118,7 @@ def _result_type(workflow_type: str):
     from workflows.models import (BackupManifest, BaseBackup, CleanupResult, DrillResult, IncidentResult, MigrationRepairResult,
                                   MigrationRollbackResult, RestoreResult, VolumeManifest, VolumeRestoreResult)
 
-    from workflows.models import ConfigRevertResult, EnvRestoreResult
+    from workflows.models import ConfigRevertResult, EnvRestoreResult, KeyRotationResult
 
     return {"BackupWorkflow": BackupManifest, "DatabaseRestoreWorkflow": RestoreResult,
             "EnvRollbackWorkflow": EnvRestoreResult, "ConfigRevertWorkflow": ConfigRevertResult,
@@ -126,7 +126,8 @@ def _result_type(workflow_type: str):
             "VolumeRestoreWorkflow": VolumeRestoreResult, "RestoreCleanupWorkflow": CleanupResult,
             "MigrationRollbackWorkflow": MigrationRollbackResult,
             "MigrationRepairWorkflow": MigrationRepairResult,
-            "IncidentWorkflow": IncidentResult, "DrillWorkflow": DrillResult}.get(workflow_type, AppRollbackResult)
+            "IncidentWorkflow": IncidentResult, "DrillWorkflow": DrillResult,
+            "KeyRotationWorkflow": KeyRotationResult}.get(workflow_type, AppRollbackResult)
 
 
 async def _follow(client: Client, workflow_id: str, as_json: bool) -> int:
@@ -534,6 +535,76 @@ def env_restore(service: str, to: Optional[str], dry_run: bool, wait: bool, reas
     request = EnvRestoreInput(service=service, to=to, dry_run=dry_run, reason=reason,
                               requested_by=os.environ.get("USER", "cli"))
     sys.exit(_run(_start_and_maybe_follow(EnvRollbackWorkflow.run, request, f"env-restore-{service}", wait, as_json)))
+
+
+@app.group("keys", help="Rotate a service's API keys (runbook 002); keys are shown by id and fingerprint only.")
+def keys_group() -> None:
+    pass
+
+
+@keys_group.command("rotate")
+@click.argument("service", type=SERVICE)
+@click.option("--key", "keys", multiple=True, metavar="NAME", help="A key from the service's `keys` (repeatable); "
+              "default all of them.")
+@click.option("--compromised", is_flag=True, help="Revoke the old keys first (after approval), then replace them.")
+@click.option("--dry-run", is_flag=True, help="Plan only; change nothing.")
+@click.option("--wait", is_flag=True, help="Show progress until the rotation ends.")
+@click.option("--reason", default="scheduled key rotation", show_default=True)
+@json_option
+def keys_rotate(service: str, keys: tuple[str, ...], compromised: bool, dry_run: bool, wait: bool, reason: str,
+                as_json: bool) -> None:
+    """Create (or wait for) new keys, set them and redeploy, verify, then revoke the old ones after approval."""
+    from workflows import KeyRotationWorkflow
+    from workflows.models import KeyRotationInput
+
+    request = KeyRotationInput(service=service, keys=list(keys), compromised=compromised, dry_run=dry_run,
+                               reason=reason, requested_by=os.environ.get("USER", "cli"))
+    sys.exit(_run(_start_and_maybe_follow(KeyRotationWorkflow.run, request, f"keys-rotate-{service}", wait, as_json)))
+
+
+@keys_group.command("provide")
+@click.argument("workflow_id")
+@click.option("--key", required=True, metavar="NAME", help="The key the run waits for.")
+@click.option("--from-file", "from_file", type=click.Path(path_type=Path), default=None,
+              help="A file holding the new key, readable by the worker (only its path is sent).")
+@click.option("--from-env", "from_env", default=None, metavar="VAR", help="A variable of the worker holding the key.")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the key from stdin into the protected store "
+              "(this machine shares the worker's state_dir); only the store reference is sent.")
+@config_option
+def keys_provide(workflow_id: str, key: str, from_file: Optional[Path], from_env: Optional[str], from_stdin: bool,
+                 config: Optional[Path]) -> None:
+    """Hand a key a person created to a waiting rotation, by reference: the value never enters history."""
+    from workflows.models import KeyReference, NewKey
+
+    if sum(bool(x) for x in (from_file, from_env, from_stdin)) != 1:
+        raise click.UsageError("give exactly one of --from-file, --from-env, --stdin")
+
+    async def main() -> int:
+        client = await _client()
+        status = await _status(client, workflow_id)
+        if from_file:
+            reference = f"file:{from_file.resolve()}"
+        elif from_env:
+            reference = f"env:{from_env}"
+        else:
+            from activities.common import ConfigSource
+            from activities.envstore import EnvStore
+
+            value = sys.stdin.read().strip()
+            if not value:
+                raise CliError("no key on stdin; nothing was sent")
+            load_config(config)  # one-line error for a bad config before writing anything
+            reference = f"store:{EnvStore(ConfigSource(config)).put(status.service, {key: value})}"
+        given = KeyReference(key=key, reference=reference, provided_by=os.environ.get("USER", "cli"))
+        try:
+            material = await client.get_workflow_handle(workflow_id).execute_update(
+                "provide_key", given, result_type=NewKey)
+        except WorkflowUpdateFailedError as exc:
+            raise CliError(f"key refused: {cause_message(exc)}") from None
+        print(f"{key} accepted for {workflow_id}: {material.fingerprint}")
+        return 0
+
+    sys.exit(_run(main()))
 
 
 @config_app.command("revert")

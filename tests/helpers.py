@@ -141,3 +141,30 @@ def shop_service(platform, backup_dir, **extra) -> dict:
         "database": {"dsn_env": "TEST_SHOP_DSN", "backup_dir": str(backup_dir)},
         **extra,
     }
+
+
+def history_text(history) -> str:
+    """A fetched workflow history as searchable text: its JSON with every payload decoded (the
+    JSON carries payloads base64-encoded, so a plain search of it finds no value at all)."""
+    import base64
+    import binascii
+    import json
+
+    found: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str):
+            found.append(node)
+            try:
+                found.append(base64.b64decode(node, validate=True).decode("utf-8", "replace"))
+            except (binascii.Error, ValueError):
+                pass
+
+    walk(json.loads(history.to_json()))
+    return "\n".join(found)

@@ -19,6 +19,7 @@ from activities.config import ConfigActivities
 from activities.drills import DrillActivities
 from activities.docker import ComposeActivities, DockerActivities
 from activities.envstore import EnvStoreActivities
+from activities.keys import KeyActivities
 from activities.flags import FlagActivities
 from activities.git import GitActivities
 from activities.health import HealthActivities
@@ -49,6 +50,7 @@ def activities_for(config: ConfigSource, client: Client) -> list:
         ComposeActivities(config),
         VercelActivities(config),
         EnvStoreActivities(config),
+        KeyActivities(config),
         GitActivities(config),
         PostgresActivities(config),
         RestoreActivities(config),

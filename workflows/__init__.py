@@ -4,6 +4,7 @@ from workflows.app_rollback import AppRollbackWorkflow
 from workflows.config_files import ConfigRevertWorkflow
 from workflows.drill import DrillWorkflow
 from workflows.env import EnvDiffWorkflow, EnvRollbackWorkflow
+from workflows.keys import KeyRotationWorkflow
 from workflows.incident import AssessWorkflow, IncidentWorkflow
 from workflows.lock import ResourceLockWorkflow
 from workflows.migration import MigrationRepairWorkflow, MigrationRollbackWorkflow, MigrationStatusWorkflow
@@ -12,11 +13,12 @@ from workflows.volume import VolumeBackupWorkflow, VolumeRestoreWorkflow
 
 WORKFLOWS = [AppRollbackWorkflow, AssessWorkflow, BackupWorkflow, BaseBackupWorkflow, ConfigRevertWorkflow,
              DatabaseRestoreWorkflow, DrillWorkflow, EnvDiffWorkflow, EnvRollbackWorkflow, IncidentWorkflow,
-             MigrationRollbackWorkflow, MigrationRepairWorkflow, MigrationStatusWorkflow,
+             KeyRotationWorkflow, MigrationRollbackWorkflow, MigrationRepairWorkflow, MigrationStatusWorkflow,
              ResourceLockWorkflow, RestoreCleanupWorkflow, VolumeBackupWorkflow, VolumeRestoreWorkflow]
 
 __all__ = ["AppRollbackWorkflow", "AssessWorkflow", "BackupWorkflow", "BaseBackupWorkflow", "ConfigRevertWorkflow",
            "DatabaseRestoreWorkflow", "DrillWorkflow", "EnvDiffWorkflow", "EnvRollbackWorkflow",
-           "IncidentWorkflow", "MigrationRepairWorkflow", "MigrationRollbackWorkflow", "MigrationStatusWorkflow",
+           "IncidentWorkflow", "KeyRotationWorkflow", "MigrationRepairWorkflow", "MigrationRollbackWorkflow",
+           "MigrationStatusWorkflow",
            "ResourceLockWorkflow", "RestoreCleanupWorkflow", "VolumeBackupWorkflow", "VolumeRestoreWorkflow",
            "WORKFLOWS"]

@@ -351,6 +351,42 @@ def same_app_target(a: AppTarget, b: AppTarget) -> bool:
     return (a.git.repo, a.git.branch) == (b.git.repo, b.git.branch)
 
 
+KEY_PROVIDERS = ("twilio", "stripe", "generic")
+KEY_API_URLS = {"twilio": "https://api.twilio.com", "stripe": "https://api.stripe.com"}
+
+
+class RotatedKey(_Strict):
+    """One API key of a service that `rollback keys rotate` replaces (runbook 002). Only names
+    are here: the key itself lives in the deployment's environment and the provider."""
+
+    name: str = Field(description="What people pass as --key, e.g. STRIPE_SECRET_KEY.")
+    provider: Literal["twilio", "stripe", "generic"] = Field(
+        description="twilio: created and revoked through its API; stripe, generic: a person creates the new key "
+        "and revokes the old one (no GA API), the workflow sets, verifies and checks.")
+    env: list[str] = Field(default_factory=list, description="Deployment variables holding the key; default [name].")
+    id_env: str | None = Field(default=None, description="Deployment variable holding the key's id, set to the "
+                               "new id (Twilio: the SK… sid used with the secret).")
+    admin_token_env: str | None = Field(default=None, description="Worker variable with the credential that "
+                                        "creates and revokes keys (Twilio: the account's auth token).")
+    account: str | None = Field(default=None, description="Twilio: the account SID (AC…).")
+    api_url: str | None = Field(default=None, description="Provider API base; default its public API.")
+    test_url: str | None = Field(default=None, description="generic: a GET that must answer 2xx with "
+                                 "`Authorization: Bearer <key>` (the provider's whoami); none: app health only.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "RotatedKey":
+        if not self.env:
+            self.env = [self.name]
+        if self.provider == "twilio":
+            missing = [f for f in ("account", "admin_token_env", "id_env") if not getattr(self, f)]
+            if missing:
+                raise ValueError(f"key {self.name}: twilio needs {', '.join(missing)}")
+        return self
+
+    def base_url(self) -> str:
+        return (self.api_url or KEY_API_URLS.get(self.provider, "")).rstrip("/")
+
+
 class ServiceConfig(_Strict):
     alert_match: dict[str, str] = Field(
         default_factory=dict,
@@ -369,6 +405,7 @@ class ServiceConfig(_Strict):
     drill: DrillConfig | None = Field(default=None, description="Runbook 003's rollback drills (staging target, "
                                       "images, target times).")
     config_files: ConfigFiles | None = None
+    keys: list[RotatedKey] = Field(default_factory=list, description="API keys `rollback keys rotate` replaces.")
 
     @model_validator(mode="after")
     def _config_files_have_a_repo(self) -> "ServiceConfig":
@@ -402,6 +439,7 @@ class ServiceConfig(_Strict):
             names.append(self.notify.statuspage.api_key_env)
         if self.notify.pagerduty:
             names.append(self.notify.pagerduty.routing_key_env)
+        names += [key.admin_token_env for key in self.keys]
         return [n for n in names if n]
 
 

@@ -37,6 +37,7 @@ class Outcome(str, Enum):
     COMPENSATED = "compensated"
     FAILED = "failed"
     RESOLVED = "resolved"  # an incident closed: mitigated and verified, or closed by a person
+    ROTATED = "rotated"  # new keys live and verified, the old ones revoked
 
     @classmethod
     def succeeded(cls, outcome: str) -> bool:
@@ -46,7 +47,7 @@ class Outcome(str, Enum):
 
 SUCCESSFUL_OUTCOMES = frozenset({Outcome.ROLLED_BACK, Outcome.RESTORED, Outcome.RECOVERED, Outcome.REPAIRED,
                                  Outcome.CLEANED, Outcome.VERIFIED, Outcome.DRY_RUN, Outcome.NOTHING_TO_DO,
-                                 Outcome.NOT_DIRTY, Outcome.RESOLVED})
+                                 Outcome.NOT_DIRTY, Outcome.RESOLVED, Outcome.ROTATED})
 
 
 class EventKind(str, Enum):
@@ -1253,4 +1254,112 @@ class ConfigRevertResult(RunResult):
     # outcome: rolled_back | dry_run | nothing_to_do | rejected | not_approved | failed
     plan: ConfigPlan | None = None
     commit: str | None = Field(default=None, description="The one revert commit pushed.")
+    artifact_dir: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Key rotation (runbook 002). A key's value never crosses a workflow boundary: history carries
+# key names, the ids providers assign, shortened SHA-256 fingerprints and store references.
+
+
+class KeyRotationInput(BaseModel):
+    """Input of `KeyRotationWorkflow`: replace API keys of a service (runbook 002)."""
+
+    service: str
+    keys: list[str] = Field(default_factory=list, description="Names from the service's `keys`; empty: all of them.")
+    compromised: bool = Field(default=False, description="Revoke first (after approval), accept the downtime, then "
+                              "create, set and verify: runbook 002's API key compromise.")
+    dry_run: bool = False
+    reason: str = "scheduled key rotation"
+    requested_by: str = "unknown"
+    approval_timeout: timedelta = timedelta(minutes=30)
+    key_timeout: timedelta = Field(default=timedelta(hours=4), description="How long to wait for a person to "
+                                   "provide a key the provider cannot create by API (then escalate, wait again).")
+    severity: str = "P1"
+
+
+class KeyPlanItem(BaseModel):
+    name: str
+    provider: str
+    env: list[str]
+    id_env: str | None = None
+    create: str = Field(description="api | person")
+    revoke: str = Field(description="api | person")
+    test_call: bool = Field(description="Whether a provider call can tell a working key from a revoked one.")
+    old_key_id: str | None = None
+    old_fingerprint: str | None = Field(default=None, description="sha256:<12 hex> of the key the deployment runs with.")
+
+
+class KeyPlanRequest(BaseModel):
+    service: str
+    keys: list[str] = Field(default_factory=list)
+    ref: str = Field(description="The captured environment (the old keys are read from it in the worker).")
+
+
+class NewKey(BaseModel):
+    name: str
+    key_id: str | None = None
+    fingerprint: str
+    ref: str = Field(description="Store reference: the deployment variables of this key with their new values.")
+
+
+class KeyCreateRequest(BaseModel):
+    service: str
+    key: str
+    change_key: str = Field(description="Idempotency key: a retried create makes one key.")
+
+
+class KeyReference(BaseModel):
+    """What `provide_key` takes: where the worker can read the new key, never the key itself."""
+
+    key: str
+    reference: str = Field(description="file:/path (readable by the worker), env:NAME (a worker variable) or "
+                           "store:REF (written by `rollback keys provide --stdin`).")
+    provided_by: str = "unknown"
+
+
+class KeyAdoptRequest(BaseModel):
+    service: str
+    key: str
+    reference: str
+    old_fingerprint: str | None = None
+
+
+class KeyMergeRequest(BaseModel):
+    service: str
+    refs: list[str]
+
+
+class KeyTestRequest(BaseModel):
+    service: str
+    key: str
+    ref: str = Field(description="Store reference holding the key under one of its variables.")
+
+
+class KeyTestResult(BaseModel):
+    key: str
+    checked: bool = Field(description="False: the provider has no test call configured.")
+    works: bool = False
+    detail: str = ""
+
+
+class KeyRevokeRequest(BaseModel):
+    service: str
+    key: str
+    key_id: str | None = None
+    compromised: bool = False
+
+
+class KeyRevokeResult(BaseModel):
+    key: str
+    revoked: bool
+    detail: str = ""
+
+
+class KeyRotationResult(RunResult):
+    # outcome: rotated | dry_run | rejected | not_approved | compensated | failed
+    plan: list[KeyPlanItem] = Field(default_factory=list)
+    new_keys: list[NewKey] = Field(default_factory=list)
+    revoked: list[str] = Field(default_factory=list)
+    deployment: str | None = None
     artifact_dir: str | None = None
