@@ -158,5 +158,5 @@ async def test_no_env_value_in_any_history_result_or_file_but_the_protected_stor
             assert "/state/env/shop/" in str(path), f"{path} holds an env value outside the protected store"
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stored  # the values are kept, so they can be put back
-    snapshots = config.config.state.get("env-snapshots", "shop")  # the index: names and hashes only
+    snapshots = config.state.get("env-snapshots", "shop")  # the index: names and hashes only
     assert {"FEATURE_FLAGS", "STRIPE_SECRET"} <= set(snapshots[-1]["hashes"])
