@@ -38,4 +38,8 @@ def route_and_decide(settings: RollbackConfig, alert: Alert) -> Verdict:
     alert.service = service
     if not alert.labels.get("service"):
         alert.labels["service"] = service  # routed by other labels: rules may still match on service
-    return Verdict(alert, service, decide(alert, settings.services[service].health, settings.alert_rules(service)))
+    decision = decide(alert, settings.services[service].health, settings.alert_rules(service))
+    if decision.action == "rollback" and decision.severity in settings.alerts.incident_severities:
+        decision.action = "incident"
+        decision.rule += f"; a rollback at {decision.severity} declares an incident (alerts.incident_severities)"
+    return Verdict(alert, service, decision)

@@ -271,6 +271,10 @@ class AlertsConfig(ServiceAlerts):
                                    "holding the value (used when there are several).")
     value_unit: Literal["ratio", "percent"] = Field(default="ratio", description="ratio: 0.23 is 23 %; "
                                                     "percent: 23 is 23 %. A value ending in % is always percent.")
+    incident_severities: list[Literal["P0", "P1", "P2", "P3"]] = Field(
+        default_factory=list, description="A rollback decision at one of these severities declares an incident "
+        "instead (runbook 001 end to end; its plan's approval then comes first). Empty: rollback decisions start "
+        "the app rollback at once, as the rules say.")
 
 
 STEP_KINDS = ("app", "database", "repair", "key_rotation", "incident")

@@ -146,3 +146,22 @@ def test_without_rules_the_per_source_defaults_and_the_matrix_decide(source, nam
     (alert,) = parse(source, golden(name), {}, settings.alerts, check_timestamps=False)
     verdict = route_and_decide(settings, alert)
     assert verdict.service == "shop" and verdict.decision.action == action and rule in verdict.decision.rule
+
+
+def test_incident_severities_turn_rollback_decisions_into_incidents():
+    """Runbook 001 end to end for the worst alerts: with `alerts.incident_severities`, a rollback
+    decision at those severities declares an incident (and says why); others are left alone."""
+    from starter.alerts import parse
+    from starter.routing import route_and_decide
+    from tests.unit.test_alerts import golden
+
+    settings = config(f"alerts:\n  incident_severities: [P0, P1]\nservices:\n  shop:\n{SERVICE}")
+    (critical,) = parse("alertmanager", golden("alertmanager_firing.json"), {}, settings.alerts, check_timestamps=False)
+    verdict = route_and_decide(settings, critical)
+    assert verdict.decision.action == "incident" and verdict.decision.severity in ("P0", "P1")
+    assert "declares an incident (alerts.incident_severities)" in verdict.decision.rule
+    (pager,) = parse("pagerduty", golden("pagerduty_triggered.json"), {}, settings.alerts, check_timestamps=False)
+    assert route_and_decide(settings, pager).decision.action == "watch"  # not a rollback decision: unchanged
+
+    plain = config(f"services:\n  shop:\n{SERVICE}")
+    assert route_and_decide(plain, critical).decision.action == "rollback"  # the default: roll back at once
