@@ -295,6 +295,20 @@ class Alembic:
                        kind="MigrationInvalid")
         return versions[: versions.index(row[0]) + 1], False
 
+    def up_sql(self, revision: str, previous: str | None) -> str:
+        """What `alembic upgrade --sql previous:revision` prints: the SQL of a revision's upgrade()
+        (Python), rendered offline, so the data-damage check can read it like a .sql file."""
+        import io
+
+        from alembic import command
+        from alembic.config import Config
+
+        buffer = io.StringIO()
+        offline = Config(str(self.ini), output_buffer=buffer)
+        offline.set_main_option("sqlalchemy.url", "postgresql://")
+        command.upgrade(offline, f"{previous}:{revision}" if previous else revision, sql=True)
+        return buffer.getvalue()
+
     def down_sql(self, step: MigrationStep) -> str:
         """The step's SQL, as `alembic downgrade --sql` prints it (offline mode, no connection)."""
         import io
@@ -596,6 +610,9 @@ class MigrationActivities:
         found = []
         for migration in newer:
             up = migration.up_sql or ""
+            if isinstance(tool, Alembic):  # Python migrations: the SQL their upgrade() emits
+                index = versions.index(migration.version)
+                up = tool.up_sql(migration.version, versions[index - 1] if index else None)
             for item in data_destroying_statements(up):
                 when, source = times.get(migration.version), "tracking table"
                 if when is None:

@@ -45,7 +45,7 @@ def write_migrations(tool: str, directory: Path, migrations=MIGRATIONS) -> list[
     return versions
 
 
-def write_alembic(directory: Path) -> list[str]:
+def write_alembic(directory: Path, migrations=MIGRATIONS) -> list[str]:
     """A real Alembic project (alembic.ini, env.py that uses a shared connection) with the same
     three migrations; returns the revision ids, oldest first."""
     (directory / "versions").mkdir(parents=True)
@@ -71,7 +71,7 @@ def write_alembic(directory: Path) -> list[str]:
     '''))
     (directory / "script.py.mako").write_text("")
     revisions, previous = [], None
-    for number, (name, up, down) in enumerate(MIGRATIONS, start=1):
+    for number, (name, up, down) in enumerate(migrations, start=1):
         revision = f"a{number}{name[:8]}"
         ups = "\n".join(f"    op.execute({s.strip()!r})" for s in up.split(";") if s.strip())
         downs = "\n".join(f"    op.execute({s.strip()!r})" for s in down.split(";") if s.strip())

@@ -403,3 +403,26 @@ async def test_http_kill_switch_is_flipped_and_restored_exactly(client, task_que
         assert flag(dsn, "PROCESSING_ENABLED") == "true"
     finally:
         server.stop()
+
+
+def test_alembic_damage_is_read_from_the_sql_its_upgrade_emits(postgres, write_config, monkeypatch, tmp_path, platform):
+    """Alembic migrations are Python: the damage check renders each applied upgrade() to SQL with
+    Alembic's offline mode and finds the UPDATE without WHERE that erases a column, like in a .sql
+    file; the harmless migrations before it are not reported."""
+    from tests.e2e.test_incident import MIGRATIONS as WITH_ERASE
+    from workflows.models import DamageRequest
+
+    _, dsn = create_database(postgres, "alm")
+    directory = tmp_path / "alembic"
+    revisions = write_alembic(directory, WITH_ERASE)
+    alembic_upgrade(directory, dsn)
+    monkeypatch.setenv("TEST_MIG_DSN", dsn)
+    config = write_config({"billing": {
+        "app": {"provider": "docker", "docker": {"container": "unused"}},
+        "health": {"url": f"{platform.url}/health"},
+        "database": {"dsn_env": "TEST_MIG_DSN", "migration_tool": "alembic", "migrations_dir": str(directory)}}})
+    found = MigrationActivities(config).damage_since(DamageRequest(service="billing", since_version=revisions[2]))
+    assert [(d.version, d.statement, d.table, d.column) for d in found] == [
+        (revisions[3], "update_all", "accounts", "plan")]
+    everything = MigrationActivities(config).damage_since(DamageRequest(service="billing", since_version=None))
+    assert {d.version for d in everything} == {revisions[3]}
