@@ -56,7 +56,7 @@ with workflow.unsafe.imports_passed_through():
         SeverityInput,
         TargetRequest,
     )
-    from workflows.policy import classify_incident, compare_schema, plan_incident
+    from workflows.policy import classify_incident, compare_schema, plan_incident, rows_lost
     from workflows.restore import BackupWorkflow, DatabaseRestoreWorkflow
 
 QUICK = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=READ_RETRY)
@@ -441,6 +441,9 @@ class IncidentWorkflow(RollbackWorkflowBase):
                                                        result_type=SchemaVersion, **QUICK)
                 if live.version != self.plan.migration_target:
                     problems.append(f"schema is at {live.version}, expected {self.plan.migration_target}")
+        lost = rows_lost(baseline.table_counts, after.table_counts)
+        if lost and workflow.patched("verify-critical-table-counts"):
+            problems += lost
         if baseline.response_ms and after.response_ms and \
                 after.response_ms > baseline.response_ms * self.settings.slowdown_factor + 50:
             problems.append(f"health answers in {after.response_ms:.0f} ms, was {baseline.response_ms:.0f} ms")

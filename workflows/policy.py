@@ -286,3 +286,10 @@ def plan_incident(current: AppVersion | None, target: AppVersion | None, schema:
         plan.notes.append(f"no app rollback: {target_error}")
     plan.kind = "+".join(parts) or "none"
     return plan
+
+
+def rows_lost(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    """Runbook 001's verification: critical tables keep their rows through a rollback (a restore
+    re-imports the newer ones). One problem per table that has fewer rows than before."""
+    return [f"critical table {table} has {after[table]} rows, had {rows} before the rollback"
+            for table, rows in before.items() if table in after and after[table] < rows]

@@ -72,3 +72,13 @@ async def test_pagerduty_event_contract(pagerduty, tmp_path):
     with pytest.raises(ApplicationError) as refused:
         await ActivityEnvironment().run(activities.event, invalid)
     assert refused.value.non_retryable and "invalid" in str(refused.value)
+
+
+def test_verification_names_critical_tables_that_lost_rows():
+    from workflows.policy import rows_lost
+
+    before = {"public.accounts": 11, "public.orders": 40}
+    assert rows_lost(before, {"public.accounts": 11, "public.orders": 41}) == []  # grown is fine
+    assert rows_lost(before, {"public.accounts": 9, "public.orders": 40}) == [
+        "critical table public.accounts has 9 rows, had 11 before the rollback"]
+    assert rows_lost(before, {}) == []  # unreadable tables are reported by the database check instead
