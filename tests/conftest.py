@@ -104,24 +104,45 @@ PER_KIND = 8  # distinct branches kept per workflow type and ending (a branch: i
 async def record_histories(client, queue: str) -> None:
     """Keep one history per distinct branch (the workflow type, how it closed and the sequence
     of events it made) of the closed workflows on `queue`."""
-    import hashlib
-
     from temporalio.client import WorkflowExecutionStatus
 
     async for execution in client.list_workflows(f"TaskQueue = '{queue}'"):
         if execution.status in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.TERMINATED,
                                 WorkflowExecutionStatus.CONTINUED_AS_NEW, None):
             continue  # only what ended by itself replays to its end
-        history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
-        shape = ",".join(str(event.event_type) for event in history.events)
-        digest = hashlib.sha256(shape.encode()).hexdigest()[:10]
-        kind = f"{execution.workflow_type}-{execution.status.name.lower()}"
-        path = HISTORIES / f"{kind}-{digest}.json"
-        if not path.exists() and len(list(HISTORIES.glob(f"{kind}-*.json"))) < PER_KIND:
-            path.write_text(history.to_json())
-            # a replay needs the run's own workflow ID: child workflow IDs are derived from it
-            ids = json.loads(HISTORY_IDS.read_text()) if HISTORY_IDS.exists() else {}
-            HISTORY_IDS.write_text(json.dumps({**ids, path.name: execution.id}, indent=1, sort_keys=True) + "\n")
+        await keep_history(client, execution.id, execution.run_id, execution.workflow_type, execution.status)
+
+
+async def keep_history(client, workflow_id: str, run_id: str | None, workflow_type: str, status,
+                       always: bool = False) -> None:
+    """Add one closed run's history to the corpus if its branch is new (and, unless `always`,
+    its kind has fewer than PER_KIND)."""
+    import hashlib
+
+    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    shape = ",".join(str(event.event_type) for event in history.events)
+    digest = hashlib.sha256(shape.encode()).hexdigest()[:10]
+    kind = f"{workflow_type}-{status.name.lower()}"
+    path = HISTORIES / f"{kind}-{digest}.json"
+    if not path.exists() and (always or len(list(HISTORIES.glob(f"{kind}-*.json"))) < PER_KIND):
+        path.write_text(history.to_json())
+        # a replay needs the run's own workflow ID: child workflow IDs are derived from it
+        ids = json.loads(HISTORY_IDS.read_text()) if HISTORY_IDS.exists() else {}
+        HISTORY_IDS.write_text(json.dumps({**ids, path.name: workflow_id}, indent=1, sort_keys=True) + "\n")
+
+
+@pytest.fixture
+def record_history(request):
+    """For tests on the time-skipping server (no visibility listing there): `await
+    record_history(handle)` adds a closed run to the corpus when the suite runs with --record-history."""
+
+    async def record(handle) -> None:
+        if request.config.getoption("--record-history"):
+            described = await handle.describe()
+            await keep_history(handle._client, handle.id, described.run_id, described.workflow_type,
+                               described.status, always=True)
+
+    return record
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

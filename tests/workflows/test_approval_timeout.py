@@ -21,6 +21,7 @@ from workflows.models import (
     AppVersion,
     CaptureRequest,
     CaptureResult,
+    RecentRollbacks,
     EnvReadRequest,
     EnvSnapshot,
     ExecuteRequest,
@@ -55,6 +56,10 @@ def stand_ins(executed: list, notices: list) -> list:
     @activity.defn(name="vercel.current")
     async def current(request: ServiceRef) -> AppVersion:
         return AppVersion(provider="vercel", id="dpl_new", label="new")
+
+    @activity.defn(name="visibility.recent_automatic_rollbacks")
+    async def recent(request: ServiceRef) -> RecentRollbacks:
+        return RecentRollbacks(in_cooldown=0, in_hour=0, limit_reached=False)
 
     @activity.defn(name="vercel.capture_state")
     async def capture(request: CaptureRequest) -> CaptureResult:
@@ -95,19 +100,22 @@ def stand_ins(executed: list, notices: list) -> list:
     async def audit(batch: AuditBatch) -> int:
         return len(batch.entries)
 
-    return [service, assess, current, capture, env_read, select, execute, slack, postmortem, acquire, release, audit]
+    return [service, assess, current, recent, capture, env_read, select, execute, slack, postmortem, acquire, release,
+            audit]
 
 
-async def test_approval_timeout_escalates_and_never_proceeds(skipping_env):
+async def test_approval_timeout_escalates_and_never_proceeds(skipping_env, record_history):
     executed, notices = [], []
     queue = f"tq-{uuid.uuid4()}"
     async with Worker(skipping_env.client, task_queue=queue, workflows=[AppRollbackWorkflow],
                       activities=stand_ins(executed, notices)):
-        result = await skipping_env.client.execute_workflow(
+        handle = await skipping_env.client.start_workflow(
             AppRollbackWorkflow.run,
             AppRollbackInput(service="web", approval_timeout=timedelta(hours=4), automatic=True),
             id=f"wf-{uuid.uuid4()}", task_queue=queue, result_type=AppRollbackResult,
         )
+        result = await handle.result()
+        await record_history(handle)  # the approval-timeout branch, for the replay corpus
     assert result.outcome == "not_approved"
     assert executed == []  # nothing acted
     timeline = kinds(result.timeline)

@@ -75,7 +75,8 @@ def texts(slack) -> list[str]:
     return [m["text"] for m in slack.messages]
 
 
-async def test_escalation_cadence_and_statuspage_over_hours(skipping_env, tmp_path, slack, statuspage, pagerduty):
+async def test_escalation_cadence_and_statuspage_over_hours(skipping_env, tmp_path, slack, statuspage, pagerduty,
+                                                   record_history):
     client, queue = skipping_env.client, f"tq-{uuid.uuid4()}"
     source = config(tmp_path, "", statuspage, pagerduty)
     async with running_worker(client, source, queue, replace=stand_ins()):
@@ -124,6 +125,7 @@ async def test_escalation_cadence_and_statuspage_over_hours(skipping_env, tmp_pa
         await handle.execute_update(IncidentWorkflow.resolve, ResolveInput(reason="admin page fixed forward",
                                                                           by="alice"))
         result = await handle.result()
+        await record_history(handle)  # escalation, cadence and Statuspage over hours, for the replay corpus
 
     assert result.outcome == "resolved"
     assert pagerduty.alerts["incident-web"] == "resolved"
@@ -141,7 +143,8 @@ async def test_escalation_cadence_and_statuspage_over_hours(skipping_env, tmp_pa
     assert any(t.startswith("Post-mortem of incident-web") for t in texts(slack))
 
 
-async def test_alerts_are_counted_per_fingerprint(skipping_env, tmp_path, slack, statuspage, pagerduty):
+async def test_alerts_are_counted_per_fingerprint(skipping_env, tmp_path, slack, statuspage, pagerduty,
+                                                   record_history):
     from workflows.models import AlertNotice
 
     client, queue = skipping_env.client, f"tq-{uuid.uuid4()}"
@@ -164,7 +167,8 @@ async def test_alerts_are_counted_per_fingerprint(skipping_env, tmp_path, slack,
     assert pagerduty.events == []  # acknowledged within P1's 15 minutes: nobody paged
 
 
-async def test_raised_to_p1_the_incident_goes_public(skipping_env, tmp_path, slack, statuspage, pagerduty):
+async def test_raised_to_p1_the_incident_goes_public(skipping_env, tmp_path, slack, statuspage, pagerduty,
+                                                   record_history):
     """A P2 incident has no status page; raised to P1 (runbook 001: P0/P1 are public) it gets one
     at once, which is walked to resolved at the end even if the severity is lowered again."""
     client, queue = skipping_env.client, f"tq-{uuid.uuid4()}"
@@ -189,5 +193,6 @@ async def test_raised_to_p1_the_incident_goes_public(skipping_env, tmp_path, sla
                                     SeverityInput(severity="P2", reason="checkout fine after all", by="alice"))
         await handle.execute_update(IncidentWorkflow.resolve, ResolveInput(reason="fixed forward", by="alice"))
         assert (await handle.result()).outcome == "resolved"
+        await record_history(handle)
     assert len(statuspage.incidents) == 1 and incident["status"] == "resolved"
     assert statuspage.component_history["cmp_web"] == ["partial_outage", "operational"]
