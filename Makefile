@@ -35,6 +35,7 @@ bench: install
 	$(VENV)/bin/python bench/app_rollback_downtime.py
 	$(VENV)/bin/python bench/webhook_storm.py
 	$(VENV)/bin/python bench/restore_downtime.py
+	$(VENV)/bin/python bench/workers_throughput.py
 
 clean:
 	rm -rf var .pytest_cache
