@@ -194,51 +194,35 @@ def recreate(
     """Swap container `name` onto `image_id` (and `env`, when given), keeping the old container
     aside (stopped).
 
-    Safe to call again after a crash at any point: it recognises the new container by its key
-    label and the old one by its aside name. If the new container does not stay running, the
-    old one is put back and a non-retryable error is raised.
+    The new container is created first, under a staging name, while the old one still serves:
+    the outage is only stop + two renames + start. Safe to call again after a crash at any
+    point: it recognises the new container by its key label (or its staging name) and the old
+    one by its aside name. If the new container does not stay running, the old one is put back
+    and a non-retryable error is raised.
     """
     key = labels.get(KEY_LABEL)
-    try:
-        current = client.containers.get(name)
-    except NotFound:
-        current = None
-    try:
-        aside = client.containers.get(aside_name)
-    except NotFound:
-        aside = None
+    current, aside, staged = (_container(client, n) for n in (name, aside_name, staged_name(aside_name)))
 
     if current is not None and key and current.labels.get(KEY_LABEL) == key:
-        new = current  # a previous attempt already created it
+        new = current  # a previous attempt already swapped it in
     else:
+        if current is not None and aside is not None:
+            raise fail(
+                f"both {name} and {aside_name} exist and {name} was not created by this rollback; "
+                f"inspect them and remove or rename one before retrying"
+            )
+        source = current if current is not None else aside
+        if source is None:
+            raise fail(f"container {name!r} not found on the Docker engine; nothing to roll back")
+        if staged is None:
+            staged = _create_like(client, source.attrs, staged_name(aside_name), image_id, labels, env, volumes)
+        # the outage starts here
         if current is not None:
-            if aside is not None:
-                raise fail(
-                    f"both {name} and {aside_name} exist and {name} was not created by this rollback; "
-                    f"inspect them and remove or rename one before retrying"
-                )
-            old_attrs = current.attrs
             current.stop(timeout=stop_timeout)
             current.rename(aside_name)
             aside = current
-        elif aside is None:
-            raise fail(f"container {name!r} not found on the Docker engine; nothing to roll back")
-        old_attrs = aside.attrs
-        kwargs = _new_config(client, old_attrs, image_id, labels, env)
-        host_config = swap_volumes(dict(old_attrs["HostConfig"]), volumes or {})
-        networks = old_attrs.get("NetworkSettings", {}).get("Networks") or {}
-        network_mode = host_config.get("NetworkMode", "default")
-        networking_config = None
-        others: list[str] = []
-        if network_mode not in ("host", "none") and not network_mode.startswith("container:") and networks:
-            first, *others = list(networks)
-            networking_config = {"EndpointsConfig": {first: {"Aliases": networks[first].get("Aliases")}}}
-        created = client.api.create_container(
-            name=name, host_config=host_config, networking_config=networking_config, **kwargs
-        )
-        new = client.containers.get(created["Id"])
-        for network in others:
-            client.networks.get(network).connect(new, aliases=networks[network].get("Aliases"))
+        staged.rename(name)
+        new = staged
 
     new.reload()
     if new.status != "running":
@@ -280,8 +264,44 @@ def swap_volumes(host_config: dict[str, Any], volumes: dict[str, str]) -> dict[s
     return {**host_config, "Binds": binds or None, "Mounts": mounts or None}
 
 
+def staged_name(aside_name: str) -> str:
+    """Where the new container waits, created, until the old one stops."""
+    return f"{aside_name}-new"
+
+
+def _container(client: docker.DockerClient, name: str):
+    try:
+        return client.containers.get(name)
+    except NotFound:
+        return None
+
+
+def _create_like(client: docker.DockerClient, old_attrs: dict, name: str, image_id: str, labels: dict[str, str],
+                 env: dict[str, str] | None, volumes: dict[str, str] | None):
+    """A container with the old one's settings on `image_id`, created (not started) as `name`."""
+    kwargs = _new_config(client, old_attrs, image_id, labels, env)
+    host_config = swap_volumes(dict(old_attrs["HostConfig"]), volumes or {})
+    networks = old_attrs.get("NetworkSettings", {}).get("Networks") or {}
+    network_mode = host_config.get("NetworkMode", "default")
+    networking_config = None
+    others: list[str] = []
+    if network_mode not in ("host", "none") and not network_mode.startswith("container:") and networks:
+        first, *others = list(networks)
+        networking_config = {"EndpointsConfig": {first: {"Aliases": networks[first].get("Aliases")}}}
+    created = client.api.create_container(name=name, host_config=host_config, networking_config=networking_config,
+                                          **kwargs)
+    new = client.containers.get(created["Id"])
+    for network in others:
+        client.networks.get(network).connect(new, aliases=networks[network].get("Aliases"))
+    return new
+
+
 def restore(client: docker.DockerClient, name: str, aside_name: str, new_container_id: str | None) -> str:
-    """Put the aside container back under its name and start it; idempotent."""
+    """Put the aside container back under its name and start it; idempotent. A new container
+    still waiting under its staging name (a crash before the swap) is removed."""
+    staged = _container(client, staged_name(aside_name))
+    if staged is not None:
+        staged.remove(force=True)
     try:
         aside = client.containers.get(aside_name)
     except NotFound:
