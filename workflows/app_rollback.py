@@ -81,12 +81,18 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         provider = config.app.provider
         result = AppRollbackResult(service=request.service, outcome="failed", artifact_dir=context.artifact_dir)
 
-        # 1. Assess
-        health = await workflow.execute_activity(
+        # 1. Assess: health and the version serving (at once: neither needs the other)
+        parallel = workflow.patched("parallel-reads")
+        assess = workflow.execute_activity(
             "health.assess", ServiceRef(service=request.service), result_type=HealthSnapshot,
             start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY,
         )
-        current = await self._provider(provider, "current", ServiceRef(service=request.service), AppVersion)
+        serving = self._provider(provider, "current", ServiceRef(service=request.service), AppVersion)
+        if parallel:
+            health, current = await asyncio.gather(assess, serving)
+        else:
+            health = await assess
+            current = await serving
         self.record(
             EventKind.ASSESSED,
             f"{provider} runs {current.label or current.id}; health: "
@@ -95,16 +101,16 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         )
         result.from_version = current.label or current.id
 
-        # 2. Capture state for the post-mortem (a dry run leaves no artifacts, so it skips this)
+        # 2. Capture state for the post-mortem (a dry run leaves no artifacts, so it skips this);
+        # it runs beside the planning reads, which do not need it
+        capture = None
         if not request.dry_run:
-            captured = await self._provider(
-                provider, "capture_state",
-                CaptureRequest(service=request.service, artifact_dir=context.artifact_dir, current=current),
-                CaptureResult, timeout=180,
-            )
-            self.record(EventKind.CAPTURED, f"state captured in {context.artifact_dir}", files=captured.files)
-            if provider in ENV_PROVIDERS and workflow.patched("record-env-on-capture"):
-                await self._record_env(request.service, provider, health.healthy)
+            capture = self._capture(request.service, provider, context.artifact_dir, current, health.healthy)
+            if not parallel:
+                await capture
+                capture = None
+            else:
+                capture = asyncio.ensure_future(capture)
 
         # 3. Target and schema check (and, for an alert's rollback, the cooldown, meanwhile)
         self.enter(Phase.PLANNING)
@@ -113,15 +119,27 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             cooldown_check = asyncio.ensure_future(workflow.execute_activity(
                 "visibility.recent_automatic_rollbacks", ServiceRef(service=request.service),
                 result_type=RecentRollbacks, start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY))
-        target = await self._provider(
+        selecting = self._provider(
             provider, "select_target",
             TargetRequest(service=request.service, current=current, explicit=request.target), AppVersion,
         )
-        if config.database is not None:
-            live = await workflow.execute_activity(
-                "postgres.schema_version", SchemaRequest(service=request.service), result_type=SchemaVersion,
-                start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY,
-            )
+        reading_schema = workflow.execute_activity(
+            "postgres.schema_version", SchemaRequest(service=request.service), result_type=SchemaVersion,
+            start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY,
+        ) if config.database is not None else None
+        if parallel:
+            # all of them end before anything is decided: a failed read fails the run after the
+            # others (the capture included) are done, never with one still running
+            reads = [selecting] + ([reading_schema] if reading_schema else []) + ([capture] if capture else [])
+            outcomes = await asyncio.gather(*reads, return_exceptions=True)
+            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failed is not None:
+                raise failed
+            target, live = outcomes[0], outcomes[1] if reading_schema else None
+        else:
+            target = await selecting
+            live = await reading_schema if reading_schema else None
+        if live is not None:
             schema = compare_schema(target.schema_version, live.version, live.error)
         else:
             schema = compare_schema(target.schema_version, None, "service has no database configured")
@@ -268,6 +286,15 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         self.record(EventKind.ROLLED_BACK, f"schema rolled back {done.version_before} -> {done.version_after} by "
                     f"{child_id}", child=child_id)
         return None
+    async def _capture(self, service: str, provider: str, artifact_dir: str, current: AppVersion,
+                       healthy: bool) -> None:
+        captured = await self._provider(provider, "capture_state",
+                                        CaptureRequest(service=service, artifact_dir=artifact_dir, current=current),
+                                        CaptureResult, timeout=180)
+        self.record(EventKind.CAPTURED, f"state captured in {artifact_dir}", files=captured.files)
+        if provider in ENV_PROVIDERS and workflow.patched("record-env-on-capture"):
+            await self._record_env(service, provider, healthy)
+
     async def _record_env(self, service: str, provider: str, healthy: bool) -> None:
         """The environment the current deployment runs with (names and hashes here, values in the
         worker's protected store), so `rollback env diff/restore` can compare and put it back. A
