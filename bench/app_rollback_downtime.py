@@ -28,7 +28,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
-from bench.common import Prober  # noqa: E402
+from bench.common import Prober, report  # noqa: E402
 from activities.docker import DeployLedger, deploy  # noqa: E402
 from activities.state import SqliteStore  # noqa: E402
 from starter import engines  # noqa: E402
@@ -139,6 +139,11 @@ async def main(rounds: int) -> None:
     print(f"Docker app rollback v2 -> v1, {rounds} rounds each, demo app polled every 10 ms")
     show("(a) AppRollbackWorkflow (recreate, verify)", ours)
     show("(b) runbook 004: compose down, retag, up -d", theirs)
+    ours_down, theirs_down = (statistics.median(d for d, _ in runs) * 1000 for runs in (ours, theirs))
+    ours_total, theirs_total = (statistics.median(t for _, t in runs) for runs in (ours, theirs))
+    print(f"ratio ours/runbook: downtime {ours_down / theirs_down:.2f}x, total {ours_total / theirs_total:.2f}x")
+    report("docker app rollback", {"downtime_ms": round(ours_down), "runbook_downtime_ms": round(theirs_down),
+                                   "total_s": round(ours_total, 2), "runbook_total_s": round(theirs_total, 2)})
 
 
 if __name__ == "__main__":

@@ -50,3 +50,55 @@ class Prober:
 
     def downtime(self) -> float:
         return longest_failure(self.samples)
+
+
+def report(benchmark: str, figures: dict) -> None:
+    """Add one benchmark's figures to var/bench/results.json (a list of runs) and rewrite
+    var/bench/results.md, so runs on different machines and commits can be compared."""
+    import json
+    import os
+    import platform
+    import shutil
+    import subprocess
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    def version(*command: str) -> str:
+        if not shutil.which(command[0]):
+            return "absent"
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return "unknown"
+        return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else "?"
+
+    from importlib.metadata import version as package_version
+
+    directory = Path(__file__).resolve().parent.parent / "var" / "bench"
+    directory.mkdir(parents=True, exist_ok=True)
+    results = directory / "results.json"
+    runs = json.loads(results.read_text()) if results.exists() else []
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=directory.parent.parent).stdout.strip()
+    runs.append({"benchmark": benchmark, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "commit": commit, "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
+                                               "python": platform.python_version(),
+                                               "temporalio": package_version("temporalio"),
+                                               "postgres": version("pg_restore", "--version"),
+                                               "docker": version("dockerd", "--version")},
+                 "figures": figures})
+    results.write_text(json.dumps(runs, indent=1) + "\n")
+    lines = ["| benchmark | at | commit | cores | figures |", "| --- | --- | --- | --- | --- |"]
+    for run in runs:
+        shown = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in run["figures"].items())
+        lines.append(f"| {run['benchmark']} | {run['at']} | {run['commit']} | {run['machine']['cores']} | {shown} |")
+    (directory / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    """Peak resident memory (VmHWM) of a process, this one by default, in MB."""
+    import os
+
+    status = open(f"/proc/{pid or os.getpid()}/status").read()
+    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024

@@ -22,6 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
+from bench.common import report  # noqa: E402
 from starter import engines  # noqa: E402
 from starter.start import start_or_signal_incident  # noqa: E402
 from tests.contract.server import serve  # noqa: E402
@@ -67,6 +68,8 @@ async def main() -> None:
     p99 = ordered[min(len(ordered) - 1, int(round(0.99 * len(ordered))) - 1)]
     print(f"alert -> 'incident declared' on Slack over {len(seconds)} alerts: p50 {statistics.median(seconds) * 1000:.0f} ms, "
           f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms (target p99 < 1000 ms)")
+    report("alert -> incident declared", {"alerts": len(seconds), "p50_ms": round(statistics.median(seconds) * 1000),
+                                          "p99_ms": round(p99 * 1000)})
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
-from bench.common import Prober  # noqa: E402
+from bench.common import Prober, report  # noqa: E402
 from starter import engines  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
 from worker.main import build_worker  # noqa: E402
@@ -143,6 +143,10 @@ async def main(scale: int) -> None:
           f"(whole run {in_place:.1f} s)")
     print(f"(c) our restore total {total:.1f} s (incl. safety backup) vs bare pg_restore -j 2 {restore_only:.1f} s: "
           f"{total / restore_only:.2f}x")
+    report("database restore", {"scale": scale, "downtime_ms": round(ours.downtime() * 1000),
+                                "in_place_downtime_ms": round(theirs.downtime() * 1000), "total_s": round(total, 1),
+                                "bare_pg_restore_s": round(restore_only, 1),
+                                "ratio_to_bare": round(total / restore_only, 2)})
 
 
 if __name__ == "__main__":

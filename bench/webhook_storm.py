@@ -37,6 +37,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
+from bench.common import peak_rss_mb, report  # noqa: E402
 from starter import engines  # noqa: E402
 from starter.webhook import create_app  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
@@ -119,6 +120,8 @@ async def latency(env, workdir: Path) -> None:
     delays = [(posted[n] - sent[n]) * 1000 for n in names if n in posted]
     print(f"alert -> rollback call reached Vercel, {len(delays)}/{len(names)} services: "
           f"p50 {statistics.median(delays):.0f} ms, p99 {percentile(delays, 0.99):.0f} ms")
+    report("alert -> Vercel rollback POST (sequential)", {"alerts": len(delays), "p50_ms": round(statistics.median(delays)),
+                                                         "p99_ms": round(percentile(delays, 0.99))})
 
 
 async def polling(client, task_queue: str, timeout: float = 60) -> None:
@@ -222,6 +225,7 @@ async def storm(env, workdir: Path) -> None:
             await asyncio.sleep(0.5)
         async for execution in env.client.list_workflows(f"{rollbacks} AND ExecutionStatus = 'Running'"):
             await env.client.get_workflow_handle(execution.id).terminate("bench over")
+        worker_rss = peak_rss_mb(worker.pid)
     finally:
         worker.terminate()
         worker.wait(30)
@@ -240,7 +244,12 @@ async def storm(env, workdir: Path) -> None:
           f"alerts lost {len(timings) - on_timelines} ({on_timelines} counted by the workflows), "
           f"never accepted {report['failures']} (retried: {report['retried'] or 'none'}), "
           f"receiver answer p50 {statistics.median(timings):.1f} ms, "
-          f"p99 {percentile(timings, 0.99):.1f} ms")
+          f"p99 {percentile(timings, 0.99):.1f} ms; peak RSS receiver {peak_rss_mb():.0f} MB, worker {worker_rss:.0f} MB")
+    report("alert storm receiver answer", {"alerts": len(timings), "workflows": started,
+                                           "lost": len(timings) - on_timelines, "p50_ms": round(statistics.median(timings), 1),
+                                           "p99_ms": round(percentile(timings, 0.99), 1),
+                                           "receiver_peak_rss_mb": round(peak_rss_mb(), 1),
+                                           "worker_peak_rss_mb": round(worker_rss, 1)})
 
 
 async def main() -> None:

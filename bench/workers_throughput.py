@@ -30,6 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.webhook_storm import TOKEN, percentile, polling, vercel_in_own_process, vercel_services  # noqa: E402
+from bench.common import peak_rss_mb, report  # noqa: E402
 from starter import engines  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
 from workflows import AppRollbackWorkflow  # noqa: E402
@@ -82,13 +83,17 @@ async def throughput(env, workdir: Path, workers: int, rollbacks: int, postgres:
             task_queue=queue) for name in names]
         outcomes = await asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
         elapsed = time.monotonic() - began
+        rss = [peak_rss_mb(process.pid) for process in processes]
     finally:
         stop(processes)
         fake.terminate()
     failed = sum(1 for o in outcomes if isinstance(o, BaseException))
     per_minute = (rollbacks - failed) / elapsed * 60
     print(f"{workers} worker process(es): {rollbacks - failed}/{rollbacks} rollbacks in {elapsed:.1f} s = "
-          f"{per_minute:.0f} per minute")
+          f"{per_minute:.0f} per minute; worker peak RSS {max(rss):.0f} MB")
+    report(f"rollbacks per minute, {workers} worker(s)", {"rollbacks": rollbacks - failed,
+                                                         "seconds": round(elapsed, 1), "per_minute": round(per_minute),
+                                                         "worker_peak_rss_mb": round(max(rss))})
     return per_minute
 
 
@@ -130,6 +135,8 @@ async def burst(env, workdir: Path, postgres: str | None) -> None:
     delays = [(posted[n] - sent[n]) * 1000 for n in names if n in posted]
     print(f"burst of 10 alerts (10 services at once) -> rollback call reached Vercel, {len(delays)}/10: "
           f"p50 {statistics.median(delays):.0f} ms, p99 {percentile(delays, 0.99):.0f} ms")
+    report("burst of 10 alerts -> rollback POST", {"alerts": len(delays), "p50_ms": round(statistics.median(delays)),
+                                                   "p99_ms": round(percentile(delays, 0.99))})
 
 
 async def main() -> None:
