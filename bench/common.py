@@ -102,3 +102,28 @@ def peak_rss_mb(pid: int | None = None) -> float:
     status = open(f"/proc/{pid or os.getpid()}/status").read()
     line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
+
+
+async def critical_path(client, workflow_id: str, until_activity: str) -> list[str]:
+    """Where a run's time went up to the start of `until_activity`: for each activity, when it was
+    scheduled (ms after the run started), how long it waited for a worker and how long it ran."""
+    scheduled: dict[int, tuple[str, float]] = {}
+    started: dict[int, float] = {}
+    lines, begin = [], None
+    async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
+        at = event.event_time.ToDatetime().timestamp() * 1000
+        begin = begin if begin is not None else at
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            scheduled[event.event_id] = (event.activity_task_scheduled_event_attributes.activity_type.name, at)
+        elif event.HasField("activity_task_started_event_attributes"):
+            started[event.activity_task_started_event_attributes.scheduled_event_id] = at
+            name, queued = scheduled[event.activity_task_started_event_attributes.scheduled_event_id]
+            if name == until_activity:
+                lines.append(f"{at - begin:7.0f} ms  {name} starts (the mutating call)")
+                break
+        elif event.HasField("activity_task_completed_event_attributes"):
+            key = event.activity_task_completed_event_attributes.scheduled_event_id
+            name, queued = scheduled[key]
+            lines.append(f"{queued - begin:7.0f} ms  {name:<44} queued {started[key] - queued:5.0f} ms, "
+                         f"ran {at - started[key]:5.0f} ms")
+    return lines

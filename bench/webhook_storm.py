@@ -37,7 +37,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
-from bench.common import peak_rss_mb, report  # noqa: E402
+from bench.common import critical_path, peak_rss_mb, report  # noqa: E402
 from starter import engines  # noqa: E402
 from starter.webhook import create_app  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
@@ -120,6 +120,10 @@ async def latency(env, workdir: Path) -> None:
     delays = [(posted[n] - sent[n]) * 1000 for n in names if n in posted]
     print(f"alert -> rollback call reached Vercel, {len(delays)}/{len(names)} services: "
           f"p50 {statistics.median(delays):.0f} ms, p99 {percentile(delays, 0.99):.0f} ms")
+    median = sorted(names, key=lambda n: posted.get(n, 0) - sent[n])[len(names) // 2]
+    print(f"where the median one's time went (workflow app-rollback-{median}, ms after its start):")
+    for line in await critical_path(env.client, f"app-rollback-{median}", "vercel.execute"):
+        print("   " + line)
     report("alert -> Vercel rollback POST (sequential)", {"alerts": len(delays), "p50_ms": round(statistics.median(delays)),
                                                          "p99_ms": round(percentile(delays, 0.99))})
 
