@@ -2,7 +2,9 @@
 
 Temporal history is plain text, so workflows only ever see an `EnvSnapshot`: names, keyed
 hashes and a `ref`. The values behind a ref live in a 0600 file under
-``<state_dir>/env/<service>/values/<ref>.json``, written by the worker and read by it alone.
+``<state_dir>/env/<service>/values/<ref>.json``, written by the worker and read by it alone, or,
+with a shared state database (`state_dsn_env`), in that database (kind `env-values`), so any
+worker can read them: protect that database like the secrets it holds.
 
 For a key rotation (or anything else that must set a secret): `EnvStore.put` the new value in
 the worker, pass the returned ref to the provider's ``<provider>.env_set`` activity
@@ -32,8 +34,12 @@ KEEP_SNAPSHOTS = 200
 
 
 class EnvStore:
+    """Values in 0600 files on the worker's disk; with a shared state database (`state_dsn_env`)
+    in that database instead, so every worker can put back what another one recorded."""
+
     def __init__(self, config: ConfigSource):
         self._config = config
+        self._shared = config.config.state_dsn_env is not None
 
     def _dir(self, service: str) -> Path:
         directory = Path(self._config.config.state_dir) / "env" / service / "values"
@@ -43,6 +49,9 @@ class EnvStore:
     def _key(self) -> bytes:
         """The store's hashing key: hashes in history are keyed, so a short value ("true", a
         4-digit PIN) cannot be found again by hashing guesses."""
+        if self._shared:
+            return bytes.fromhex(self._config.state.update("env-secrets", "hash-key",
+                                                           lambda known: known or os.urandom(32).hex()))
         path = self._config.state_path("env", "hash.key")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -61,6 +70,9 @@ class EnvStore:
         the ref is derived from the content, so storing the same environment twice is one file."""
         document = json.dumps({"values": values, "meta": meta or {}}, sort_keys=True)
         ref = hmac.new(self._key(), document.encode(), hashlib.sha256).hexdigest()[:32]
+        if self._shared:
+            self._config.state.update("env-values", f"{service}/{ref}", lambda known: known or document)
+            return ref
         path = self._dir(service) / f"{ref}.json"
         if not path.exists():
             with open_private(path) as fh:
@@ -71,6 +83,13 @@ class EnvStore:
         if not REF.fullmatch(ref or ""):
             raise fail(f"{ref!r} is not an environment reference of this store; nothing was changed",
                        kind="EnvRefUnknown")
+        if self._shared:
+            stored = self._config.state.get("env-values", f"{service}/{ref}")
+            if stored is None:
+                raise fail(f"service {service!r}: no stored environment {ref} in the state database; nothing was "
+                           "changed", kind="EnvRefUnknown")
+            document = json.loads(stored)
+            return document["values"], document.get("meta") or {}
         path = self._dir(service) / f"{ref}.json"
         try:
             document = json.loads(path.read_text())
@@ -131,6 +150,9 @@ class EnvStore:
 
     # -- what this tool set: Vercel's sensitive values cannot be read back -------------------------
     def remember(self, service: str, values: dict[str, str]) -> None:
+        if self._shared:
+            self._config.state.update("env-set-by-us", service, lambda known: {**(known or {}), **values})
+            return
         path = self._config.state_path("env", service, "set-by-us.json")
         known = read_json(path, {})
         known.update(values)
@@ -138,6 +160,8 @@ class EnvStore:
             json.dump(known, fh)
 
     def recall(self, service: str) -> dict[str, str]:
+        if self._shared:
+            return self._config.state.get("env-set-by-us", service, {})
         return read_json(self._config.state_path("env", service, "set-by-us.json"), {})
 
 

@@ -98,7 +98,7 @@ async def task_queue(request):
 
 HISTORIES = ROOT / "tests" / "histories"
 HISTORY_IDS = HISTORIES / "workflow_ids.json"
-PER_KIND = 8  # distinct branches kept per workflow type and ending (a branch: its sequence of events)
+PER_KIND = 12  # distinct branches kept per workflow type and ending (a branch: its sequence of events)
 
 
 async def record_histories(client, queue: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,25 @@ def test_an_upgrade_imports_the_json_ledgers_once(tmp_path):
     store.put("vercel-rolled-away", "shop", ["dpl_bad", "dpl_newer"])
     assert import_legacy_files(config, store) == 0  # what the store has wins
     assert store.get("vercel-rolled-away", "shop") == ["dpl_bad", "dpl_newer"]
+
+
+def test_env_values_live_in_the_shared_database_when_there_is_one(postgres, write_config, monkeypatch, tmp_path):
+    """With `state_dsn_env`, what one worker stored (values behind a ref, the hashing key, what it
+    set itself) another worker reads, and no value file is written on the worker's disk."""
+    from activities.common import ConfigSource
+    from activities.envstore import EnvStore
+
+    _, dsn = create_database(postgres, "state")
+    monkeypatch.setenv("TEST_STATE_DSN", dsn)
+    config = write_config({"web": {"app": {"provider": "docker", "docker": {"container": "web"}},
+                                   "health": {"url": "http://127.0.0.1:9/health"}}})
+    path = Path(config._path)
+    path.write_text(path.read_text() + "state_dsn_env: TEST_STATE_DSN\n")
+    one, other = EnvStore(ConfigSource(path)), EnvStore(ConfigSource(path))
+    ref = one.put("web", {"API_KEY": "canary-value-123"}, {"API_KEY": {"type": "sensitive"}})
+    one.remember("web", {"API_KEY": "canary-value-123"})
+    assert other.get("web", ref) == ({"API_KEY": "canary-value-123"}, {"API_KEY": {"type": "sensitive"}})
+    assert other.hashes({"API_KEY": "x"}) == one.hashes({"API_KEY": "x"})  # one hashing key for all workers
+    assert other.recall("web") == {"API_KEY": "canary-value-123"}
+    state_dir = Path(ConfigSource(path).config.state_dir)
+    assert not any(b"canary-value-123" in p.read_bytes() for p in state_dir.rglob("*") if p.is_file())
