@@ -212,11 +212,11 @@ async def storm(env, workdir: Path) -> None:
     try:
         await polling(env.client, queue)  # a worker still starting up would compete for the CPU
         generator.start()
-        report = await asyncio.to_thread(results.get, True, 120)
+        load = await asyncio.to_thread(results.get, True, 120)
         await asyncio.to_thread(generator.join, 30)
         rollbacks = f"TaskQueue = '{queue}' AND WorkflowType = 'AppRollbackWorkflow'"  # not the locks
         started = (await env.client.count_workflows(rollbacks)).count
-        sent = len(report["timings"])
+        sent = len(load["timings"])
         on_timelines = 0
         for _ in range(60):  # alerts for open runs are forwarded in batches: wait for the last batch
             on_timelines = 0
@@ -236,17 +236,17 @@ async def storm(env, workdir: Path) -> None:
     server.should_exit = True
     await task
     fake_process.terminate()
-    timings = report["timings"]
+    timings = load["timings"]
     if "--per-second" in sys.argv:
         for second in range(11):
-            bucket = [ms for ms, at in zip(timings, report["sent"]) if second <= at < second + 1]
+            bucket = [ms for ms, at in zip(timings, load["sent"]) if second <= at < second + 1]
             if bucket:
                 print(f"  second {second}: {len(bucket)} alerts, p50 {statistics.median(bucket):.1f} ms, "
                       f"p99 {percentile(bucket, 0.99):.1f} ms, max {max(bucket):.1f} ms")
-    print(f"storm: {len(timings)} alerts in {report['elapsed']:.1f} s across {len(names)} services "
+    print(f"storm: {len(timings)} alerts in {load['elapsed']:.1f} s across {len(names)} services "
           f"(load generator in its own process): workflows started {started}, "
           f"alerts lost {len(timings) - on_timelines} ({on_timelines} counted by the workflows), "
-          f"never accepted {report['failures']} (retried: {report['retried'] or 'none'}), "
+          f"never accepted {load['failures']} (retried: {load['retried'] or 'none'}), "
           f"receiver answer p50 {statistics.median(timings):.1f} ms, "
           f"p99 {percentile(timings, 0.99):.1f} ms; peak RSS receiver {peak_rss_mb():.0f} MB, worker {worker_rss:.0f} MB")
     report("alert storm receiver answer", {"alerts": len(timings), "workflows": started,
