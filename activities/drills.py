@@ -1,9 +1,9 @@
 """Rollback drills (runbook 003): the staging target, forward deploys on it, the scratch database's
-removal, and the drill records (one JSON line per drill) the trend is read from."""
+removal, and the drill records the trend is read from (in the shared state store, kind `drills`,
+one document per service: every worker sees the same trend)."""
 
 from __future__ import annotations
 
-import json
 import re
 
 from psycopg import sql
@@ -88,27 +88,32 @@ class DrillActivities:
         """Append this run's measures (once, even when retried) and return the earlier drills of
         the service, oldest first: the trend the report shows."""
         self._config.service(request.service)
-        path = self._config.state_path("drills", f"{request.service}.jsonl")
-        earlier = drill_records(path)
         ours = {(m.run_id, m.kind) for m in request.measures}
-        recorded = {(m.run_id, m.kind) for m in earlier}
-        with path.open("a") as fh:
-            for measure in request.measures:
-                if (measure.run_id, measure.kind) not in recorded:
-                    fh.write(measure.model_dump_json() + "\n")
-        return [m for m in earlier if (m.run_id, m.kind) not in ours]
+        before: list[dict] = []
+
+        def append(current: list) -> list:
+            before[:] = current
+            recorded = {(m["run_id"], m["kind"]) for m in current}
+            return current + [m.model_dump(mode="json") for m in request.measures
+                              if (m.run_id, m.kind) not in recorded]
+
+        await self._config.state.aupdate(DRILLS_KIND, request.service, append, [])
+        return [m for m in _measures(before) if (m.run_id, m.kind) not in ours]
 
 
-def drill_records(path) -> list[DrillMeasure]:
-    """A service's drill records, oldest first (also what `rollback drill list` prints)."""
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
+DRILLS_KIND = "drills"  # state store kind; key: the service
+
+
+def _measures(documents: list) -> list[DrillMeasure]:
     found = []
-    for line in lines:
+    for document in documents:
         try:
-            found.append(DrillMeasure.model_validate(json.loads(line)))
+            found.append(DrillMeasure.model_validate(document))
         except ValueError:
-            continue  # a line cut short by a crash mid-write; the rest still count
+            continue  # a record an older version wrote differently; the rest still count
     return found
+
+
+def drill_records(store, service: str) -> list[DrillMeasure]:
+    """A service's drill records from the state store, oldest first (what `rollback drill list` prints)."""
+    return _measures(store.get(DRILLS_KIND, service, []))

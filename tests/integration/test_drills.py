@@ -15,7 +15,9 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from activities.drills import DrillActivities
+from activities.common import ConfigSource
+from activities.drills import DrillActivities, drill_records
+from activities.state import import_legacy_files
 from starter import engines
 from starter.drills import put_schedule
 from tests.conftest import running_worker
@@ -23,7 +25,7 @@ from tests.helpers import assert_eventually, create_database, kinds, shop_servic
 from tests.integration.test_docker_rollback import docker_service
 from tests.integration.test_restore import backup, count, databases
 from workflows import DrillWorkflow
-from workflows.models import DrillInput, DrillResult, ScratchDatabaseRequest
+from workflows.models import DrillInput, DrillMeasure, DrillRecordRequest, DrillResult, ScratchDatabaseRequest
 
 
 @pytest.fixture
@@ -45,9 +47,9 @@ def drill_db(postgres, write_config, monkeypatch, tmp_path, platform):
     return name, dsn, postgres, make
 
 
-def records(config) -> list[dict]:
-    path = Path(config.config.state_dir) / "drills" / "shop.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def records(config, service: str = "shop") -> list[dict]:
+    """The drill records every worker sees: the shared state store's, not a file of one worker."""
+    return [m.model_dump() for m in drill_records(config.state, service)]
 
 
 @pytest.mark.postgres
@@ -215,6 +217,25 @@ async def test_drill_cli_schedules_lists_pauses_and_deletes(tmp_path, client, te
             return bool(rows) and rows[0]["paused"] and rows[0]["every"] == "84 days, 0:00:00"
 
         await assert_eventually(listed, timeout=30, message="the paused schedule is listed")
+        # drill results: a JSON-lines file an earlier version wrote is imported when a worker starts
+        # (a line cut short by a crash is skipped), then lives in the shared state store with the
+        # records workers add; `drill list` reads them from there
+        earlier = DrillMeasure(service=service, kind="db", method="database", workflow_id="drill-old",
+                               run_id="run-old", started_at=datetime(2026, 8, 1, tzinfo=timezone.utc), seconds=42.0,
+                               target_seconds=1200, passed=True, detail="old")
+        (tmp_path / "state" / "drills").mkdir(parents=True)
+        (tmp_path / "state" / "drills" / f"{service}.jsonl").write_text(earlier.model_dump_json() + "\n{\"cut")
+        source = ConfigSource(path)
+        assert import_legacy_files(source.config, source.state) == 1
+        newer = earlier.model_copy(update={"run_id": "run-new", "workflow_id": "drill-new", "passed": False})
+        seen = await DrillActivities(source).record(DrillRecordRequest(service=service, measures=[newer]))
+        assert [m.run_id for m in seen] == ["run-old"]
+        await DrillActivities(source).record(DrillRecordRequest(service=service, measures=[newer]))  # a retry
+        proc = await run("list", "--json")
+        shown = json.loads(proc.stdout)["last_drills"][service]
+        assert [(m["run_id"], m["passed"]) for m in shown] == [("run-old", True), ("run-new", False)]
+        text = await run("list")
+        assert f"{service}: 2026-08-01 00:00 db  PASS 42.0s (target 1200s) old" in text.stdout
         description = await client.get_schedule_handle(f"drill-{service}").describe()
         assert description.schedule.state.paused and description.schedule.action.task_queue == task_queue
     finally:
