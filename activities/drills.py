@@ -4,13 +4,19 @@ one document per service: every worker sees the same trend)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import shutil
+from pathlib import Path
 
 from psycopg import sql
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.common import ConfigSource, fail, in_thread
 from activities.docker import DeployLedger, connect, deploy, version_of
+from activities.pitr import PitrActivities
 from activities.postgres import connect_to, service_dsn, with_database
 from workflows.models import (
     AppVersion,
@@ -18,6 +24,7 @@ from workflows.models import (
     DrillMeasure,
     DrillRecordRequest,
     ScratchDatabaseRequest,
+    ScratchServerRequest,
     ServiceRef,
     StagingTarget,
 )
@@ -83,6 +90,27 @@ class DrillActivities:
                     sql.Identifier(request.database)))
         return bool(exists)
 
+    @activity.defn(name="drills.discard_pitr")
+    async def discard_pitr(self, request: ScratchServerRequest) -> bool:
+        """Stop a drill's point-in-time recovery server and delete its working directory (data
+        directory and server log); True when there was one. Only a drill's own key is accepted: a
+        restore's recovered copy handed over to a person is never touched through this."""
+        if not DRILL_PITR_KEY.match(request.key):
+            raise fail(f"{request.key!r} is not a drill's point-in-time recovery; nothing was stopped or removed",
+                       kind="DrillRefused")
+        recoveries = PitrActivities(self._config)
+        work = Path(self._config.config.state_dir) / "pitr" / request.key
+        if not work.exists():
+            return False
+        data = work / "pgdata"
+        await recoveries._stop(recoveries._pitr(request.service), data)
+        pid_file = data / "postmaster.pid"
+        if pid_file.exists() and _alive(pid_file):
+            # removing the directory under a running server would leave it holding the port
+            raise ApplicationError(f"the drill's recovered server in {data} did not stop; retrying")
+        await asyncio.to_thread(shutil.rmtree, work)
+        return True
+
     @activity.defn(name="drills.record")
     async def record(self, request: DrillRecordRequest) -> list[DrillMeasure]:
         """Append this run's measures (once, even when retried) and return the earlier drills of
@@ -102,6 +130,18 @@ class DrillActivities:
 
 
 DRILLS_KIND = "drills"  # state store kind; key: the service
+DRILL_PITR_KEY = re.compile(r"^drill-[0-9a-f-]{8,}$")  # drill-<run id>, see workflows/drill.py
+
+
+def _alive(pid_file: Path) -> bool:
+    """Whether the server process a postmaster.pid names still runs (the file outlives a crash)."""
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _measures(documents: list) -> list[DrillMeasure]:

@@ -331,13 +331,20 @@ class DrillConfig(_Strict):
                                        "deploys first and expects back after the rollback.")
     problem_image: str | None = Field(default=None, description="docker: the 'problematic' image with a known "
                                       "benign issue, deployed over the baseline.")
-    targets: dict[Literal["vercel", "docker", "compose", "git", "database"], timedelta] = Field(
+    pitr_age: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0), description=(
+        "With database.pitr (self-hosted): the database drill also recovers the database as it was this long "
+        "before the drill started. A base backup must have finished before that time and the WAL after it be "
+        "archived (archive_timeout), else the drill fails: that PITR target could not be restored."))
+    targets: dict[Literal["vercel", "docker", "compose", "git", "database", "pitr"], timedelta] = Field(
         default_factory=lambda: dict(DRILL_TARGET_DEFAULTS),
-        description="Target time per method; a slower drill is an alert. Unset ones keep the runbook's.")
+        description="Target time per method; a slower drill is an alert. Unset ones keep the runbook's; "
+        "pitr (the point-in-time recovery) defaults to the database target.")
 
     @model_validator(mode="after")
     def _every_target(self) -> "DrillConfig":
-        self.targets = {**DRILL_TARGET_DEFAULTS, **self.targets}
+        # a point-in-time recovery is a database restore: runbook 003's database target unless set
+        database = self.targets.get("database", DRILL_TARGET_DEFAULTS["database"])
+        self.targets = {**DRILL_TARGET_DEFAULTS, "pitr": database, **self.targets}
         return self
 
 

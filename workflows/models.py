@@ -563,6 +563,8 @@ class RestoreIntoRequest(BaseModel):
 class CountsRequest(BaseModel):
     service: str
     database: str | None = None
+    port: int | None = Field(default=None, description="Read a recovered copy running on this loopback port "
+                             "(a point-in-time recovery) instead of the service's server.")
 
 
 class SwapRequest(BaseModel):
@@ -1072,7 +1074,8 @@ class DrillInput(BaseModel):
 
     service: str
     kind: Literal["app", "db", "all"] = Field(default="all", description="app: roll back on the staging target; "
-                                              "db: restore the newest verified backup into a scratch database; "
+                                              "db: restore the newest verified backup into a scratch database "
+                                              "(and, with database.pitr, recover a point in time on a scratch server); "
                                               "all: every drill the service's config allows.")
     requested_by: str = "schedule"
     reason: str = "scheduled rollback drill"
@@ -1093,17 +1096,22 @@ class DrillDeployRequest(BaseModel):
     image: str
 
 
+class ScratchServerRequest(BaseModel):
+    service: str
+    key: str = Field(description="The point-in-time recovery's key (its working directory under state_dir/pitr).")
+
+
 class ScratchDatabaseRequest(BaseModel):
     service: str
     database: str = Field(description="A drill's scratch database, <db>_drill_<8 hex>; nothing else is dropped.")
 
 
 class DrillMeasure(BaseModel):
-    """One drill's measurement, as kept (one JSON line each) in <state_dir>/drills/<service>.jsonl."""
+    """One drill's measurement, as kept in the shared state store (kind `drills`, one list per service)."""
 
     service: str
-    kind: Literal["app", "db"]
-    method: str = Field(description="docker | compose | vercel | git | database: whose target time applies.")
+    kind: Literal["app", "db", "pitr"] = Field(description="pitr: the point-in-time recovery of a database drill.")
+    method: str = Field(description="docker | compose | vercel | git | database | pitr: whose target time applies.")
     workflow_id: str
     run_id: str
     started_at: datetime
@@ -1112,6 +1120,8 @@ class DrillMeasure(BaseModel):
     target_seconds: float
     passed: bool
     detail: str = ""
+    row_counts: dict[str, int] = Field(default_factory=dict, description="db, pitr: rows per table of the "
+                                       "restored copy.")
 
 
 class DrillRecordRequest(BaseModel):

@@ -5,6 +5,10 @@ a corrupt newest backup fails the drill loudly; the app drill rolls a docker sta
 from __future__ import annotations
 
 import json
+import re
+import socket
+import subprocess
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,6 +16,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import yaml
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
@@ -23,9 +28,20 @@ from starter.drills import put_schedule
 from tests.conftest import running_worker
 from tests.helpers import assert_eventually, create_database, kinds, shop_service
 from tests.integration.test_docker_rollback import docker_service
+from tests.integration.test_pitr import archive_current_wal, archiving, ids  # noqa: F401 - archiving: a fixture
 from tests.integration.test_restore import backup, count, databases
-from workflows import DrillWorkflow
-from workflows.models import DrillInput, DrillMeasure, DrillRecordRequest, DrillResult, ScratchDatabaseRequest
+from workflows import BackupWorkflow, BaseBackupWorkflow, DrillWorkflow
+from workflows.models import (
+    BackupInput,
+    BackupManifest,
+    BaseBackup,
+    DrillInput,
+    DrillMeasure,
+    DrillRecordRequest,
+    DrillResult,
+    ScratchDatabaseRequest,
+    ScratchServerRequest,
+)
 
 
 @pytest.fixture
@@ -127,6 +143,79 @@ async def test_a_corrupt_newest_backup_fails_the_drill_loudly(client, task_queue
     assert databases(admin, f"{name}_drill_") == set()
     with pytest.raises(ApplicationError, match="not a drill scratch database"):
         await DrillActivities(config).drop_scratch(ScratchDatabaseRequest(service="shop", database=name))
+
+
+@pytest.mark.postgres
+async def test_database_drill_recovers_a_point_in_time_on_a_scratch_server_and_removes_it(
+        client, task_queue, archiving):
+    dsn, admin, config = archiving
+    config_file = Path(config._path)
+    settings = yaml.safe_load(config_file.read_text())
+    shop = settings["services"]["shop"]
+    shop["database"].update(critical_tables=["orders"], verify_sql=["SELECT count(*) >= 10 FROM orders"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute("INSERT INTO orders (id) SELECT generate_series(1, 10)")
+
+    def drill_at(age: str) -> None:
+        shop["drill"] = {"pitr_age": age}
+        config_file.write_text(yaml.safe_dump(settings))
+
+    def leftovers(run_id: str, port: int | None) -> list[str]:
+        work = Path(config.config.state_dir) / "pitr" / f"drill-{run_id}"
+        found = [f"{work} exists"] if work.exists() else []
+        if subprocess.run(["pgrep", "-f", str(work)], capture_output=True).returncode == 0:
+            found.append("a server process still runs from it")
+        if port is not None:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    found.append(f"port {port} still answers")
+        return found
+
+    async with running_worker(client, config, task_queue):
+        await client.execute_workflow(BaseBackupWorkflow.run, BackupInput(service="shop"), id=f"wf-{uuid.uuid4()}",
+                                      task_queue=task_queue, result_type=BaseBackup)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO orders (id) SELECT generate_series(11, 20)")
+            time.sleep(5)
+            conn.execute("INSERT INTO orders (id) SELECT generate_series(21, 30)")
+            last_commit = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        archive_current_wal(admin)
+        await client.execute_workflow(BackupWorkflow.run, BackupInput(service="shop"), id=f"wf-{uuid.uuid4()}",
+                                      task_queue=task_queue, result_type=BackupManifest)
+        # the point in time: 2.5 s before the last insert, so rows 1-20 and not 21-30
+        drill_at(f"PT{(datetime.now(timezone.utc) - last_commit).total_seconds() + 2.5:.3f}S")
+        handle = await client.start_workflow(DrillWorkflow.run, DrillInput(service="shop", kind="db"),
+                                             id=f"drill-shop-{uuid.uuid4().hex[:6]}", task_queue=task_queue)
+        result = await handle.result()
+        # a point in time the archived WAL does not reach cannot be recovered: the drill fails loudly
+        drill_at("PT0.001S")
+        failing = await client.start_workflow(DrillWorkflow.run, DrillInput(service="shop", kind="db"),
+                                              id=f"drill-shop-{uuid.uuid4().hex[:6]}", task_queue=task_queue)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await failing.result()
+
+    dump, pitr = result.measures
+    assert dump.kind == "db" and dump.passed
+    assert pitr.kind == "pitr" and pitr.method == "pitr" and pitr.passed, pitr.detail
+    assert pitr.row_counts == {"public.orders": 20}  # exactly the rows of that point in time
+    assert pitr.target_seconds == 20 * 60 and 0 < pitr.seconds < pitr.target_seconds
+    assert "1 critical table(s) with data, 1 SQL check(s)" in pitr.detail
+    messages = " | ".join(e.message for e in result.timeline)
+    port = int(re.search(r"on scratch server 127\.0\.0\.1:(\d+)", messages)[1])
+    assert "scratch server stopped and its data directory removed" in messages
+    assert leftovers(handle.result_run_id, port) == []
+    assert "PASS pitr drill (pitr)" in result.report
+
+    message = str(failure.value.cause)
+    assert "rollback drill of shop failed" in message and "pitr: point-in-time recovery to" in message
+    assert "recovery ended before configured recovery target was reached" in message
+    assert leftovers(failing.result_run_id, None) == []
+    assert [(r["kind"], r["passed"]) for r in records(config)] == [("db", True), ("pitr", True),
+                                                                   ("db", True), ("pitr", False)]
+    assert ids(dsn) == list(range(1, 31))  # the live database was only read
+    with pytest.raises(ApplicationError, match="not a drill's point-in-time recovery"):
+        await DrillActivities(config).discard_pitr(ScratchServerRequest(service="shop", key="restore-run"))
 
 
 @pytest.mark.docker
