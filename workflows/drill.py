@@ -2,7 +2,8 @@
 
 App drill: on the service's staging copy (never production) deploy the baseline, deploy the
 "problematic" version, run the real AppRollbackWorkflow as a child, time it, check the baseline
-serves. Database drill: restore the newest verified backup into a scratch database, check it like
+serves. Docker: images; Vercel: promote the configured deployments; git: deploy the branch's head,
+then push and deploy a commit changing a marker file (the child reverts it). Database drill: restore the newest verified backup into a scratch database, check it like
 a real restore would, drop it whatever happens, time it; with self-hosted `database.pitr`, also
 recover a point in time (`drill.pitr_age` before the drill) on a scratch server, check it, stop and
 delete it, time it against its own target. A drill that fails or misses its target
@@ -29,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ArchiveRequest,
         BackupManifest,
         CountsRequest,
+        DrillCheckRequest,
         DrillDeployRequest,
         DrillInput,
         DrillMeasure,
@@ -161,12 +163,20 @@ class DrillWorkflow(RollbackWorkflowBase):
                                  approved_by=f"drill {workflow.info().workflow_id} (staging only)"),
                 id=f"{info.workflow_id}-app-rollback", result_type=AppRollbackResult)
             measure.seconds = (workflow.now() - clock).total_seconds()
-            serving = await workflow.execute_activity(
-                f"{staging.provider}.current", ServiceRef(service=staging.service), result_type=AppVersion,
-                start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY)
-            if serving.id != baseline.id:
-                measure.detail = (f"after the rollback staging serves {serving.label or serving.id}, not the "
-                                  f"baseline {baseline.label}")
+            if staging.provider == "git" and workflow.patched("drill-git"):
+                # a git rollback is a new revert commit: the baseline's code is back when the
+                # branch's head has the baseline's tree, not its sha
+                mismatch = await workflow.execute_activity(
+                    "drills.check_baseline", DrillCheckRequest(service=staging.service, production=request.service,
+                                                               baseline=baseline),
+                    result_type=str, start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY)
+            else:
+                serving = await workflow.execute_activity(
+                    f"{staging.provider}.current", ServiceRef(service=staging.service), result_type=AppVersion,
+                    start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY)
+                mismatch = "" if serving.id == baseline.id else f"staging serves {serving.label or serving.id}"
+            if mismatch:
+                measure.detail = f"after the rollback {mismatch}, not the baseline {baseline.label}"
             elif measure.seconds > measure.target_seconds:
                 measure.detail = (f"app rollback took {_seconds(measure.seconds)}, over the "
                                   f"{_seconds(measure.target_seconds)} target")

@@ -1086,14 +1086,22 @@ class StagingTarget(BaseModel):
 
     service: str = Field(description="The staging service's name in the config.")
     provider: str
-    baseline: str = Field(description="Image (or deployment) that must be serving after the drill.")
-    problem: str = Field(description="The 'problematic' version deployed over it.")
+    baseline: str = Field(description="docker: image; vercel: deployment; git: 'head of <branch>' (the head when "
+                          "the drill starts). What must serve after the drill.")
+    problem: str = Field(description="The 'problematic' version deployed over it (git: a commit changing the "
+                         "drill's marker file).")
+
+
+class DrillCheckRequest(BaseModel):
+    service: str = Field(description="The staging service.")
+    production: str
+    baseline: AppVersion
 
 
 class DrillDeployRequest(BaseModel):
     service: str = Field(description="The staging service: deploys here never touch production.")
     production: str = Field(description="The service drilled; the staging target is checked against it again.")
-    image: str
+    image: str = Field(description="StagingTarget.baseline or .problem: the version to deploy.")
 
 
 class ScratchServerRequest(BaseModel):

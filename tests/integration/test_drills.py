@@ -26,10 +26,12 @@ from activities.state import import_legacy_files
 from starter import engines
 from starter.drills import put_schedule
 from tests.conftest import running_worker
-from tests.helpers import assert_eventually, create_database, kinds, shop_service
+from tests.contract.vercel import realistic
+from tests.helpers import assert_eventually, create_database, git_service, kinds, sh, shop_service
 from tests.integration.test_docker_rollback import docker_service
 from tests.integration.test_pitr import archive_current_wal, archiving, ids  # noqa: F401 - archiving: a fixture
 from tests.integration.test_restore import backup, count, databases
+from tests.integration.test_vercel_rollback import vercel_service
 from workflows import BackupWorkflow, BaseBackupWorkflow, DrillWorkflow
 from workflows.models import (
     BackupInput,
@@ -253,6 +255,83 @@ async def test_app_drill_rolls_the_docker_staging_copy_back_to_the_baseline(clie
     production = docker_engine.client.containers.get(prod)
     assert production.id == containers[prod].id and production.attrs["Image"] == docker_engine.images["v1"]
     assert "verified" in kinds(result.timeline)
+
+
+async def test_app_drill_on_a_vercel_staging_project_promotes_baseline_then_problem_and_rolls_back(
+        client, task_queue, vercel, write_config, monkeypatch):
+    realistic(vercel)  # production: prj_shop, never touched by the drill
+    vercel.add_project("prj_shop_stg", "shop-staging")
+    start = 1_770_000_000_000
+    vercel.add_deployment("prj_shop_stg", "dpl_stggood01", start, meta={"schemaVersion": "3"})
+    problem = vercel.add_deployment("prj_shop_stg", "dpl_stgbad001", start + 60_000, meta={
+        "schemaVersion": "3", "health": "degraded", "errorRate": 0.3})  # the known benign issue
+    vercel.add_deployment("prj_shop_stg", "dpl_stgnewest", start + 120_000)  # what staging serves before
+    monkeypatch.setenv("TEST_VERCEL_TOKEN", vercel.token)
+    staging = vercel_service(vercel)
+    staging["app"]["vercel"]["project"] = "prj_shop_stg"
+    staging["health"].update(url=f"{vercel.url}/_site/prj_shop_stg/health",
+                             version_url=f"{vercel.url}/_site/prj_shop_stg/version")
+    drill = {"staging_service": "shop-staging", "baseline_deployment": "dpl_stggood01",
+             "problem_deployment": problem["url"], "targets": {"vercel": "PT2M"}}  # an id or a URL
+    config = write_config({"shop": vercel_service(vercel, drill=drill), "shop-staging": staging})
+
+    async with running_worker(client, config, task_queue):
+        workflow_id = f"drill-shop-{uuid.uuid4().hex[:6]}"
+        result = await client.execute_workflow(DrillWorkflow.run, DrillInput(service="shop", kind="app"),
+                                               id=workflow_id, task_queue=task_queue, result_type=DrillResult)
+        child = await client.get_workflow_handle(f"{workflow_id}-app-rollback").describe()
+
+    assert result.outcome == "verified", result.report
+    (measure,) = result.measures
+    assert measure.method == "vercel" and measure.passed and measure.target_seconds == 120
+    assert 0 < measure.seconds < 120
+    assert child.workflow_type == "AppRollbackWorkflow" and child.status.name == "COMPLETED"
+    # promote the baseline, promote the problem version, then the child's instant rollback
+    changes = [p.rsplit("/", 2)[-2:] for m, p, _, _ in vercel.calls if m == "POST" and "/prj_shop_stg/" in p]
+    assert changes == [["promote", "dpl_stggood01"], ["promote", "dpl_stgbad001"], ["rollback", "dpl_stggood01"]]
+    assert vercel.production["prj_shop_stg"] == "dpl_stggood01"
+    assert httpx.get(f"{vercel.url}/_site/prj_shop_stg/version", timeout=2).text == "dpl_stggood01"
+    # production was never touched
+    assert vercel.production["prj_shop"] == "dpl_badprodzzz"
+    assert not [p for m, p, _, _ in vercel.calls if m == "POST" and "/prj_shop/" in p]
+
+
+async def test_app_drill_on_a_git_staging_branch_pushes_a_problem_commit_and_reverts_it(
+        client, task_queue, repo, platform, write_config):
+    remote, commits = repo
+    sh("git", "--git-dir", str(remote), "branch", "staging", "main")
+    production = git_service(remote, platform)
+    del production["app"]["git"]["deploy_hook_url_env"]  # production deploys on push to main: never pushed here
+    production["drill"] = {"staging_service": "web-staging", "problem_file": "drill/PROBLEM"}
+    staging = git_service(remote, platform)
+    staging["app"]["git"]["branch"] = "staging"
+    platform.broken_deploys = {2}  # the problem version's deploy comes up unhealthy
+    config = write_config({"web": production, "web-staging": staging})
+
+    async with running_worker(client, config, task_queue):
+        workflow_id = f"drill-web-{uuid.uuid4().hex[:6]}"
+        result = await client.execute_workflow(DrillWorkflow.run, DrillInput(service="web", kind="app"),
+                                               id=workflow_id, task_queue=task_queue, result_type=DrillResult)
+        child = await client.get_workflow_handle(f"{workflow_id}-app-rollback").describe()
+
+    assert result.outcome == "verified", result.report
+    (measure,) = result.measures
+    assert measure.method == "git" and measure.passed and measure.target_seconds == 8 * 60
+    assert child.workflow_type == "AppRollbackWorkflow" and child.status.name == "COMPLETED"
+
+    def on_remote(*args: str) -> str:
+        return sh("git", "--git-dir", str(remote), *args)
+
+    head = on_remote("rev-parse", "staging")
+    problem_commit = on_remote("rev-parse", "staging~1")
+    assert on_remote("rev-parse", "staging~2") == commits["bad2"]  # the baseline: the branch's head at the start
+    assert on_remote("diff", commits["bad2"], head) == ""  # its code is back
+    assert on_remote("diff", "--name-only", commits["bad2"], problem_commit) == "drill/PROBLEM"
+    assert f"Drill-Key: drill:" in on_remote("log", "-1", "--format=%B", problem_commit)
+    assert "Rollback-Key: " in on_remote("log", "-1", "--format=%B", head)  # the child's revert
+    assert platform.hooks == [commits["bad2"], problem_commit, head] and platform.serving == head
+    assert on_remote("rev-parse", "main") == commits["bad2"]  # production's branch untouched
+    assert "problem version a commit changing drill/PROBLEM" in " ".join(e.message for e in result.timeline)
 
 
 @pytest.mark.docker
