@@ -1,6 +1,6 @@
 """The state store: every record a retry or a second worker must see, in one table.
 
-Deploy ledgers, rolled-away lists, last-stable versions, flag values, the incident artifacts
+Deploy ledgers, rolled-away lists, last-stable versions, flag values, drill records, the incident artifacts
 index and the idempotency records of outside calls (Slack, Statuspage, PagerDuty, deploy hooks)
 are keyed JSON documents in `rollback_state (kind, key, value, updated_at)`:
 

@@ -709,7 +709,8 @@ def drill_group() -> None:
 
 drill_kind_option = click.option("--kind", type=click.Choice(["app", "db", "all"]), default="all", show_default=True,
                                  help="app: roll back on the staging target; db: restore the newest verified backup "
-                                      "into a scratch database; all: every drill the config allows.")
+                                      "into a scratch database (and, with database.pitr, a point in time on a "
+                                      "scratch server); all: every drill the config allows.")
 
 
 def _check_drillable(service: str, kind: str) -> None:
