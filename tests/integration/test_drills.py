@@ -34,9 +34,11 @@ from tests.integration.test_restore import backup, count, databases
 from tests.integration.test_vercel_rollback import vercel_service
 from workflows import BackupWorkflow, BaseBackupWorkflow, DrillWorkflow
 from workflows.models import (
+    AppVersion,
     BackupInput,
     BackupManifest,
     BaseBackup,
+    DrillCheckRequest,
     DrillInput,
     DrillMeasure,
     DrillRecordRequest,
@@ -205,8 +207,8 @@ async def test_database_drill_recovers_a_point_in_time_on_a_scratch_server_and_r
     assert "1 critical table(s) with data, 1 SQL check(s)" in pitr.detail
     messages = " | ".join(e.message for e in result.timeline)
     port = int(re.search(r"on scratch server 127\.0\.0\.1:(\d+)", messages)[1])
-    assert "scratch server stopped and its data directory removed" in messages
     assert leftovers(handle.result_run_id, port) == []
+    assert "scratch server stopped and its data directory removed" in messages
     assert "PASS pitr drill (pitr)" in result.report
 
     message = str(failure.value.cause)
@@ -332,6 +334,12 @@ async def test_app_drill_on_a_git_staging_branch_pushes_a_problem_commit_and_rev
     assert platform.hooks == [commits["bad2"], problem_commit, head] and platform.serving == head
     assert on_remote("rev-parse", "main") == commits["bad2"]  # production's branch untouched
     assert "problem version a commit changing drill/PROBLEM" in " ".join(e.message for e in result.timeline)
+    # the check after the rollback compares code (trees), so it does see a head that is not the baseline's
+    check = DrillActivities(config).check_baseline
+    assert await check(DrillCheckRequest(service="web-staging", production="web",
+                                         baseline=AppVersion(provider="git", id=commits["bad2"]))) == ""
+    assert "with SCHEMA_VERSION, app.txt changed" in await check(DrillCheckRequest(
+        service="web-staging", production="web", baseline=AppVersion(provider="git", id=commits["good"])))
 
 
 @pytest.mark.docker
