@@ -121,6 +121,12 @@ class DrillActivities:
             step = "problem"
         else:
             step = "baseline"
+            head_message = await git("log", "-1", "--format=%B", cwd=path)
+            if f"\n{DRILL_KEY_TRAILER}: " in f"\n{head_message}" and f"{DRILL_KEY_TRAILER}: {key}" not in head_message:
+                # an earlier drill's problem version still serving is no baseline to rehearse from
+                raise fail(f"the head of {target.branch} of {target.repo} is an earlier drill's problem commit "
+                           "(its rollback did not happen): revert it on the staging branch first; nothing was "
+                           "deployed", kind="DrillRefused")
         sha = await git("rev-parse", "HEAD", cwd=path)
         await repo._trigger_deploy(request.service, sha, f"{key}:{step}")
         return await repo._version(path, sha, target)

@@ -299,7 +299,7 @@ async def test_app_drill_on_a_vercel_staging_project_promotes_baseline_then_prob
 
 
 async def test_app_drill_on_a_git_staging_branch_pushes_a_problem_commit_and_reverts_it(
-        client, task_queue, repo, platform, write_config):
+        client, task_queue, repo, platform, write_config, tmp_path):
     remote, commits = repo
     sh("git", "--git-dir", str(remote), "branch", "staging", "main")
     production = git_service(remote, platform)
@@ -310,35 +310,55 @@ async def test_app_drill_on_a_git_staging_branch_pushes_a_problem_commit_and_rev
     platform.broken_deploys = {2}  # the problem version's deploy comes up unhealthy
     config = write_config({"web": production, "web-staging": staging})
 
+    def on_remote(*args: str) -> str:
+        return sh("git", "--git-dir", str(remote), *args)
+
+    async def drill() -> DrillResult:
+        return await client.execute_workflow(DrillWorkflow.run, DrillInput(service="web", kind="app"),
+                                             id=f"drill-web-{uuid.uuid4().hex[:6]}", task_queue=task_queue,
+                                             result_type=DrillResult)
+
     async with running_worker(client, config, task_queue):
-        workflow_id = f"drill-web-{uuid.uuid4().hex[:6]}"
-        result = await client.execute_workflow(DrillWorkflow.run, DrillInput(service="web", kind="app"),
-                                               id=workflow_id, task_queue=task_queue, result_type=DrillResult)
-        child = await client.get_workflow_handle(f"{workflow_id}-app-rollback").describe()
+        result = await drill()
+        child = await client.get_workflow_handle(f"{result.measures[0].workflow_id}-app-rollback").describe()
+        head, problem_commit = on_remote("rev-parse", "staging"), on_remote("rev-parse", "staging~1")
+        hooks = list(platform.hooks)
+        # the next quarter's drill starts from where this one left the branch, and compares with it
+        again = await drill()
+        # a problem commit left serving (an earlier drill's rollback never happened) is no baseline
+        seed = tmp_path / "leftover"
+        sh("git", "clone", "--quiet", "--branch", "staging", str(remote), str(seed))
+        (seed / "drill").mkdir(exist_ok=True)
+        (seed / "drill" / "PROBLEM").write_text("left over\n")
+        sh("git", "add", "-A", cwd=seed)
+        sh("git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m",
+           "drill problem left over\n\nDrill-Key: drill:0123", cwd=seed)
+        sh("git", "push", "--quiet", "origin", "HEAD:staging", cwd=seed)
+        with pytest.raises(WorkflowFailureError) as refused:
+            await drill()
 
     assert result.outcome == "verified", result.report
     (measure,) = result.measures
     assert measure.method == "git" and measure.passed and measure.target_seconds == 8 * 60
     assert child.workflow_type == "AppRollbackWorkflow" and child.status.name == "COMPLETED"
-
-    def on_remote(*args: str) -> str:
-        return sh("git", "--git-dir", str(remote), *args)
-
-    head = on_remote("rev-parse", "staging")
-    problem_commit = on_remote("rev-parse", "staging~1")
-    assert on_remote("rev-parse", "staging~2") == commits["bad2"]  # the baseline: the branch's head at the start
+    assert on_remote("rev-parse", f"{problem_commit}~1") == commits["bad2"]  # baseline: the head at the start
     assert on_remote("diff", commits["bad2"], head) == ""  # its code is back
     assert on_remote("diff", "--name-only", commits["bad2"], problem_commit) == "drill/PROBLEM"
-    assert f"Drill-Key: drill:" in on_remote("log", "-1", "--format=%B", problem_commit)
+    assert "Drill-Key: drill:" in on_remote("log", "-1", "--format=%B", problem_commit)
     assert "Rollback-Key: " in on_remote("log", "-1", "--format=%B", head)  # the child's revert
-    assert platform.hooks == [commits["bad2"], problem_commit, head] and platform.serving == head
+    assert hooks == [commits["bad2"], problem_commit, head]  # baseline, problem, revert: each deployed once
     assert on_remote("rev-parse", "main") == commits["bad2"]  # production's branch untouched
     assert "problem version a commit changing drill/PROBLEM" in " ".join(e.message for e in result.timeline)
+
+    assert again.outcome == "verified" and again.measures[0].passed, again.report
+    assert on_remote("rev-parse", "staging~3") == head and "Earlier: " in again.report
+    assert "is an earlier drill's problem commit" in str(refused.value.cause)
+    assert "nothing was deployed" in str(refused.value.cause)
     # the check after the rollback compares code (trees), so it does see a head that is not the baseline's
     check = DrillActivities(config).check_baseline
     assert await check(DrillCheckRequest(service="web-staging", production="web",
-                                         baseline=AppVersion(provider="git", id=commits["bad2"]))) == ""
-    assert "with SCHEMA_VERSION, app.txt changed" in await check(DrillCheckRequest(
+                                         baseline=AppVersion(provider="git", id=on_remote("rev-parse", "staging")))) == ""
+    assert "with SCHEMA_VERSION, app.txt, drill/PROBLEM changed" in await check(DrillCheckRequest(
         service="web-staging", production="web", baseline=AppVersion(provider="git", id=commits["good"])))
 
 
