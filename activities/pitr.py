@@ -177,4 +177,7 @@ class PitrActivities:
 
 def _log_tail(log: Path) -> str:
     lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
-    return " / ".join(lines[-4:]) or "no server log"
+    # the reason (e.g. "FATAL: recovery ended before configured recovery target was reached") comes
+    # a few lines before the shutdown messages that end the log
+    reasons = [line for line in lines[:-4] if "FATAL:" in line or "PANIC:" in line][-2:]
+    return " / ".join(reasons + lines[-4:]) or "no server log"

@@ -178,6 +178,8 @@ class RestoreActivities:
         `request.database` (a restored one, before it is swapped in); the problems found."""
         settings = self._config.service(request.service).database
         dsn, live = service_dsn(self._config, request.service)
+        if request.port:
+            dsn = on_loopback_port(dsn, request.port)
         problems = []
         async with await connect_to(with_database(dsn, request.database or live)) as conn:
             present = {f"{schema}.{table}" for schema, table in await user_tables(conn)}  # names; no counting
@@ -195,6 +197,8 @@ class RestoreActivities:
     @activity.defn(name="postgres.table_counts")
     async def counts(self, request: CountsRequest) -> dict[str, int]:
         dsn, live = service_dsn(self._config, request.service)
+        if request.port:
+            dsn = on_loopback_port(dsn, request.port)
         async with await connect_to(with_database(dsn, request.database or live)) as conn:
             return await table_counts(conn)
 

@@ -1,6 +1,6 @@
 """The state store: every record a retry or a second worker must see, in one table.
 
-Deploy ledgers, rolled-away lists, last-stable versions, flag values, the incident artifacts
+Deploy ledgers, rolled-away lists, last-stable versions, flag values, drill records, the incident artifacts
 index and the idempotency records of outside calls (Slack, Statuspage, PagerDuty, deploy hooks)
 are keyed JSON documents in `rollback_state (kind, key, value, updated_at)`:
 
@@ -331,21 +331,34 @@ def state_store(config: RollbackConfig) -> StateStore:
         return _stores[where]
 
 
-# JSON files earlier versions wrote under state_dir: (glob, kind, key from the file's stem).
-LEGACY_FILES = (("docker/*.json", "docker-ledger", lambda stem: stem),
-                ("vercel/*-rolled-away.json", "vercel-rolled-away", lambda stem: stem.removesuffix("-rolled-away")),
-                ("migrations/*.json", "migrations-stable", lambda stem: stem),
-                ("flags.json", "flags", lambda stem: "all"))
+def _json_lines(text: str) -> list:
+    """A JSON-lines file's records; a line cut short by a crash mid-write is skipped."""
+    found = []
+    for line in text.splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return found
+
+
+# Files earlier versions wrote under state_dir: (glob, kind, key from the file's stem, parser).
+LEGACY_FILES = (("docker/*.json", "docker-ledger", lambda stem: stem, json.loads),
+                ("vercel/*-rolled-away.json", "vercel-rolled-away", lambda stem: stem.removesuffix("-rolled-away"),
+                 json.loads),
+                ("migrations/*.json", "migrations-stable", lambda stem: stem, json.loads),
+                ("flags.json", "flags", lambda stem: "all", json.loads),
+                ("drills/*.jsonl", "drills", lambda stem: stem, _json_lines))  # one drill record per line
 
 
 def import_legacy_files(config: RollbackConfig, store: StateStore) -> int:
-    """Copy ledgers an earlier version kept in JSON files into the store, once (a document the
+    """Copy ledgers an earlier version kept in files into the store, once (a document the
     store already has wins), so an upgrade loses no deploy history; the files are left alone."""
     imported = 0
-    for pattern, kind, key_of in LEGACY_FILES:
+    for pattern, kind, key_of, parse in LEGACY_FILES:
         for file in sorted(Path(config.state_dir).glob(pattern)):
             try:
-                data = json.loads(file.read_text())
+                data = parse(file.read_text())
             except (OSError, ValueError):
                 continue
             key = key_of(file.stem)

@@ -709,7 +709,8 @@ def drill_group() -> None:
 
 drill_kind_option = click.option("--kind", type=click.Choice(["app", "db", "all"]), default="all", show_default=True,
                                  help="app: roll back on the staging target; db: restore the newest verified backup "
-                                      "into a scratch database; all: every drill the config allows.")
+                                      "into a scratch database (and, with database.pitr, a point in time on a "
+                                      "scratch server); all: every drill the config allows.")
 
 
 def _check_drillable(service: str, kind: str) -> None:
@@ -776,17 +777,24 @@ def drill_run(service: str, kind: str, as_json: bool) -> None:
 def drill_list(config: Optional[Path], as_json: bool) -> None:
     """Drill schedules (interval, paused, next run) and each service's last drill results."""
     from activities.common import ConfigSource
+    from temporalio.exceptions import ApplicationError
+
     from activities.drills import drill_records
+    from activities.state import StateUnavailable
     from starter.drills import drill_schedules
+    from workflows.base import cause_message
 
     async def main() -> int:
         rows = await drill_schedules(await _client())
         try:
             source = ConfigSource(config, load_config(config))
             services = sorted(set(source.config.services) | {r["service"] for r in rows})
-            records = {s: drill_records(source.state_path("drills", f"{s}.jsonl"))[-3:] for s in services}
-        except ConfigError:
-            records = {}  # results live beside the worker's state; schedules still list
+            store = source.state  # the shared state store the workers record drills in
+            records = {s: drill_records(store, s)[-3:] for s in services}
+        except (ConfigError, ApplicationError, StateUnavailable) as exc:
+            # results live in the workers' state store; schedules still list without it
+            print(f"drill results not shown: {cause_message(exc)}", file=sys.stderr)
+            records = {}
         if as_json:
             print(json.dumps({"schedules": rows, "last_drills": {s: [m.model_dump(mode="json") for m in ms]
                                                                  for s, ms in records.items() if ms}}, indent=2))

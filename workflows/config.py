@@ -331,13 +331,29 @@ class DrillConfig(_Strict):
                                        "deploys first and expects back after the rollback.")
     problem_image: str | None = Field(default=None, description="docker: the 'problematic' image with a known "
                                       "benign issue, deployed over the baseline.")
-    targets: dict[Literal["vercel", "docker", "compose", "git", "database"], timedelta] = Field(
+    baseline_deployment: str | None = Field(default=None, description="vercel: id or URL of the staging project's "
+                                            "known good production deployment, promoted first and expected back.")
+    problem_deployment: str | None = Field(default=None, description="vercel: id or URL of the 'problematic' "
+                                           "deployment (a known benign issue), promoted over the baseline.")
+    problem_file: str = Field(default="ROLLBACK_DRILL", description="git: the marker file the drill's problem "
+                              "commit writes (path in the staging repository) on top of the branch's head.")
+    pitr_age: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0), description=(
+        "With database.pitr (self-hosted): the database drill also recovers the database as it was this long "
+        "before the drill started. A base backup must have finished before that time and the WAL after it be "
+        "archived (archive_timeout), else the drill fails: that PITR target could not be restored."))
+    targets: dict[Literal["vercel", "docker", "compose", "git", "database", "pitr"], timedelta] = Field(
         default_factory=lambda: dict(DRILL_TARGET_DEFAULTS),
-        description="Target time per method; a slower drill is an alert. Unset ones keep the runbook's.")
+        description="Target time per method; a slower drill is an alert. Unset ones keep the runbook's; "
+        "pitr (the point-in-time recovery) defaults to the database target.")
 
     @model_validator(mode="after")
     def _every_target(self) -> "DrillConfig":
-        self.targets = {**DRILL_TARGET_DEFAULTS, **self.targets}
+        parts = self.problem_file.replace("\\", "/").split("/")
+        if self.problem_file.startswith("/") or ".." in parts or ".git" in parts or not self.problem_file.strip():
+            raise ValueError(f"drill.problem_file {self.problem_file!r} must be a path inside the repository")
+        # a point-in-time recovery is a database restore: runbook 003's database target unless set
+        database = self.targets.get("database", DRILL_TARGET_DEFAULTS["database"])
+        self.targets = {**DRILL_TARGET_DEFAULTS, "pitr": database, **self.targets}
         return self
 
 
@@ -547,11 +563,14 @@ class RollbackConfig(_Strict):
         if staging.app.provider != own.app.provider:
             return (f"service {service!r}: staging {drill.staging_service!r} is a {staging.app.provider} target but "
                     f"production is {own.app.provider}; a drill must rehearse the same method")
-        if own.app.provider != "docker":
-            return (f"service {service!r}: app drills can deploy the baseline and the problem version only on docker "
-                    f"targets so far, not {own.app.provider}")
-        if not drill.baseline_image or not drill.problem_image:
+        if own.app.provider == "compose":
+            return (f"service {service!r}: app drills deploy the baseline and the problem version on docker, vercel "
+                    "and git targets, not compose")
+        if own.app.provider == "docker" and not (drill.baseline_image and drill.problem_image):
             return f"service {service!r}: a docker drill needs drill.baseline_image and drill.problem_image"
+        if own.app.provider == "vercel" and not (drill.baseline_deployment and drill.problem_deployment):
+            return (f"service {service!r}: a vercel drill needs drill.baseline_deployment and "
+                    "drill.problem_deployment (deployments of the staging project)")
         return None
 
     def service(self, name: str) -> ServiceConfig:

@@ -2,8 +2,11 @@
 
 App drill: on the service's staging copy (never production) deploy the baseline, deploy the
 "problematic" version, run the real AppRollbackWorkflow as a child, time it, check the baseline
-serves. Database drill: restore the newest verified backup into a scratch database, check it like
-a real restore would, drop it whatever happens, time it. A drill that fails or misses its target
+serves. Docker: images; Vercel: promote the configured deployments; git: deploy the branch's head,
+then push and deploy a commit changing a marker file (the child reverts it). Database drill: restore the newest verified backup into a scratch database, check it like
+a real restore would, drop it whatever happens, time it; with self-hosted `database.pitr`, also
+recover a point in time (`drill.pitr_age` before the drill) on a scratch server, check it, stop and
+delete it, time it against its own target. A drill that fails or misses its target
 goes to the escalation channel and fails the workflow.
 """
 
@@ -19,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.app_rollback import AppRollbackWorkflow
     from workflows.base import CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, cause_message, guarded
     from workflows.config import DRILL_TARGET_DEFAULTS, DrillConfig
+    from workflows.policy import qualified
     from workflows.models import (
         AppRollbackInput,
         AppRollbackResult,
@@ -26,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ArchiveRequest,
         BackupManifest,
         CountsRequest,
+        DrillCheckRequest,
         DrillDeployRequest,
         DrillInput,
         DrillMeasure,
@@ -34,7 +39,10 @@ with workflow.unsafe.imports_passed_through():
         EventKind,
         Phase,
         RestoreIntoRequest,
+        PitrRecovery,
+        PitrRequest,
         ScratchDatabaseRequest,
+        ScratchServerRequest,
         ServiceContext,
         ServiceRef,
         StagingTarget,
@@ -65,6 +73,7 @@ class DrillWorkflow(RollbackWorkflowBase):
     @workflow.run
     @guarded
     async def run(self, request: DrillInput) -> DrillResult:
+        begun = workflow.now()
         self.start_run(request.service, "P3")
         self.record(EventKind.STARTED, f"{request.kind} rollback drill of {request.service}: {request.reason}",
                     actor=request.requested_by)
@@ -86,6 +95,14 @@ class DrillWorkflow(RollbackWorkflowBase):
                 result.skipped.append("db: no database configured")
             else:
                 result.measures.append(await self._database_drill(request, settings, context))
+                pitr = context.config.database.pitr
+                if pitr is not None and workflow.patched("drill-pitr"):
+                    if pitr.supabase is not None:
+                        # Supabase's PITR replaces the live project's data: nothing a drill may do
+                        result.skipped.append("pitr: Supabase point-in-time restore works in place only; "
+                                              "not drilled")
+                    else:
+                        result.measures.append(await self._pitr_drill(request, settings, context, begun))
         if not result.measures:
             raise ApplicationError(f"service {request.service!r} has nothing to drill ({'; '.join(result.skipped)})",
                                    type="DrillRefused", non_retryable=True)
@@ -146,12 +163,20 @@ class DrillWorkflow(RollbackWorkflowBase):
                                  approved_by=f"drill {workflow.info().workflow_id} (staging only)"),
                 id=f"{info.workflow_id}-app-rollback", result_type=AppRollbackResult)
             measure.seconds = (workflow.now() - clock).total_seconds()
-            serving = await workflow.execute_activity(
-                f"{staging.provider}.current", ServiceRef(service=staging.service), result_type=AppVersion,
-                start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY)
-            if serving.id != baseline.id:
-                measure.detail = (f"after the rollback staging serves {serving.label or serving.id}, not the "
-                                  f"baseline {baseline.label}")
+            if staging.provider == "git" and workflow.patched("drill-git"):
+                # a git rollback is a new revert commit: the baseline's code is back when the
+                # branch's head has the baseline's tree, not its sha
+                mismatch = await workflow.execute_activity(
+                    "drills.check_baseline", DrillCheckRequest(service=staging.service, production=request.service,
+                                                               baseline=baseline),
+                    result_type=str, start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY)
+            else:
+                serving = await workflow.execute_activity(
+                    f"{staging.provider}.current", ServiceRef(service=staging.service), result_type=AppVersion,
+                    start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY)
+                mismatch = "" if serving.id == baseline.id else f"staging serves {serving.label or serving.id}"
+            if mismatch:
+                measure.detail = f"after the rollback {mismatch}, not the baseline {baseline.label}"
             elif measure.seconds > measure.target_seconds:
                 measure.detail = (f"app rollback took {_seconds(measure.seconds)}, over the "
                                   f"{_seconds(measure.target_seconds)} target")
@@ -199,6 +224,7 @@ class DrillWorkflow(RollbackWorkflowBase):
                                    label=f"rollback drill {info.workflow_id}: scratch copy of {source.backup_id}, "
                                          "dropped when the drill ends"),
                 result_type=dict[str, int], retry_policy=CHANGE_RETRY, **LONG_STEP)
+            measure.row_counts = restored
             mismatches = {t: (n, restored.get(t)) for t, n in source.tables.items() if restored.get(t) != n}
             problems = [f"row counts differ from the manifest (expected, restored): {mismatches}"] if mismatches else []
             problems += await workflow.execute_activity(
@@ -227,6 +253,68 @@ class DrillWorkflow(RollbackWorkflowBase):
                 retry_policy=RetryPolicy(maximum_attempts=10, initial_interval=timedelta(seconds=2)))
             self.record(EventKind.EXECUTING, f"scratch database {scratch} " + ("dropped" if dropped else
                                                                                "was never created"))
+        self.record(EventKind.VERIFIED if measure.passed else EventKind.VERIFICATION_FAILED, measure.detail)
+        return measure
+
+    # -- the point-in-time recovery drill ---------------------------------------------------
+    async def _pitr_drill(self, request: DrillInput, settings: DrillConfig, context: ServiceContext,
+                          begun) -> DrillMeasure:
+        """Recover the database as it was `drill.pitr_age` before the drill began, as a real
+        point-in-time restore does (newest base backup before the target, archived WAL replayed,
+        a scratch server on a free loopback port), check it, then stop the server and delete its
+        data directory whatever happened."""
+        info = workflow.info()
+        measure = DrillMeasure(service=request.service, kind="pitr", method="pitr", workflow_id=info.workflow_id,
+                               run_id=info.run_id, started_at=workflow.now(),
+                               target_seconds=settings.targets["pitr"].total_seconds(), passed=False)
+        target_time = begun - settings.pitr_age
+        key = f"drill-{info.run_id}"  # the only shape `drills.discard_pitr` agrees to remove
+        self.record(EventKind.DECIDED, f"point-in-time drill: recover {request.service} as of "
+                    f"{target_time.isoformat()} ({_seconds(settings.pitr_age)} before the drill) on a scratch "
+                    f"server; target {_seconds(measure.target_seconds)}")
+        checks = context.config.database
+        clock = workflow.now()
+        try:
+            recovery = await workflow.execute_activity(
+                "pitr.recover", PitrRequest(service=request.service, target_time=target_time, key=key),
+                result_type=PitrRecovery, retry_policy=CHANGE_RETRY, **LONG_STEP)
+            self.record(EventKind.EXECUTING, f"recovered base backup {recovery.base_backup_id} to "
+                        f"{target_time.isoformat()} on scratch server 127.0.0.1:{recovery.port}")
+            on_scratch = CountsRequest(service=request.service, port=recovery.port)
+            measure.row_counts = await workflow.execute_activity(
+                "postgres.table_counts", on_scratch, result_type=dict[str, int],
+                start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY)
+            # runbook 003: "check critical tables exist and have data"
+            problems = [f"critical table {t} is empty" for t in checks.critical_tables
+                        if measure.row_counts.get(qualified(t)) == 0]
+            problems += await workflow.execute_activity(
+                "postgres.check_database", on_scratch, result_type=list[str],
+                start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY)
+            measure.seconds = (workflow.now() - clock).total_seconds()
+            rows = sum(measure.row_counts.values())
+            if problems:
+                measure.detail = (f"point-in-time recovery to {target_time.isoformat()} fails its checks: "
+                                  f"{'; '.join(problems)}")
+            elif measure.seconds > measure.target_seconds:
+                measure.detail = (f"point-in-time recovery to {target_time.isoformat()} took "
+                                  f"{_seconds(measure.seconds)}, over the {_seconds(measure.target_seconds)} target")
+            else:
+                measure.passed = True
+                measure.detail = (f"recovered to {target_time.isoformat()} from base backup {recovery.base_backup_id} "
+                                  f"and checked in {_seconds(measure.seconds)} (target "
+                                  f"{_seconds(measure.target_seconds)}): {len(measure.row_counts)} tables, {rows} rows, "
+                                  f"{len(checks.critical_tables)} critical table(s) with data, "
+                                  f"{len(checks.verify_sql)} SQL check(s)")
+        except Exception as exc:  # noqa: BLE001 - "cannot recover to that time" is the drill's finding
+            measure.detail = f"point-in-time recovery to {target_time.isoformat()} failed: {cause_message(exc)}"
+        finally:
+            # the scratch server and its data never outlive the drill (cancellation too)
+            discarded = await workflow.execute_activity(
+                "drills.discard_pitr", ScratchServerRequest(service=request.service, key=key), result_type=bool,
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=RetryPolicy(maximum_attempts=10, initial_interval=timedelta(seconds=2)))
+            self.record(EventKind.EXECUTING, "scratch server stopped and its data directory removed" if discarded
+                        else "no scratch server was left to remove")
         self.record(EventKind.VERIFIED if measure.passed else EventKind.VERIFICATION_FAILED, measure.detail)
         return measure
 

@@ -563,6 +563,8 @@ class RestoreIntoRequest(BaseModel):
 class CountsRequest(BaseModel):
     service: str
     database: str | None = None
+    port: int | None = Field(default=None, description="Read a recovered copy running on this loopback port "
+                             "(a point-in-time recovery) instead of the service's server.")
 
 
 class SwapRequest(BaseModel):
@@ -1072,7 +1074,8 @@ class DrillInput(BaseModel):
 
     service: str
     kind: Literal["app", "db", "all"] = Field(default="all", description="app: roll back on the staging target; "
-                                              "db: restore the newest verified backup into a scratch database; "
+                                              "db: restore the newest verified backup into a scratch database "
+                                              "(and, with database.pitr, recover a point in time on a scratch server); "
                                               "all: every drill the service's config allows.")
     requested_by: str = "schedule"
     reason: str = "scheduled rollback drill"
@@ -1083,14 +1086,27 @@ class StagingTarget(BaseModel):
 
     service: str = Field(description="The staging service's name in the config.")
     provider: str
-    baseline: str = Field(description="Image (or deployment) that must be serving after the drill.")
-    problem: str = Field(description="The 'problematic' version deployed over it.")
+    baseline: str = Field(description="docker: image; vercel: deployment; git: 'head of <branch>' (the head when "
+                          "the drill starts). What must serve after the drill.")
+    problem: str = Field(description="The 'problematic' version deployed over it (git: a commit changing the "
+                         "drill's marker file).")
+
+
+class DrillCheckRequest(BaseModel):
+    service: str = Field(description="The staging service.")
+    production: str
+    baseline: AppVersion
 
 
 class DrillDeployRequest(BaseModel):
     service: str = Field(description="The staging service: deploys here never touch production.")
     production: str = Field(description="The service drilled; the staging target is checked against it again.")
-    image: str
+    image: str = Field(description="StagingTarget.baseline or .problem: the version to deploy.")
+
+
+class ScratchServerRequest(BaseModel):
+    service: str
+    key: str = Field(description="The point-in-time recovery's key (its working directory under state_dir/pitr).")
 
 
 class ScratchDatabaseRequest(BaseModel):
@@ -1099,11 +1115,11 @@ class ScratchDatabaseRequest(BaseModel):
 
 
 class DrillMeasure(BaseModel):
-    """One drill's measurement, as kept (one JSON line each) in <state_dir>/drills/<service>.jsonl."""
+    """One drill's measurement, as kept in the shared state store (kind `drills`, one list per service)."""
 
     service: str
-    kind: Literal["app", "db"]
-    method: str = Field(description="docker | compose | vercel | git | database: whose target time applies.")
+    kind: Literal["app", "db", "pitr"] = Field(description="pitr: the point-in-time recovery of a database drill.")
+    method: str = Field(description="docker | compose | vercel | git | database | pitr: whose target time applies.")
     workflow_id: str
     run_id: str
     started_at: datetime
@@ -1112,6 +1128,8 @@ class DrillMeasure(BaseModel):
     target_seconds: float
     passed: bool
     detail: str = ""
+    row_counts: dict[str, int] = Field(default_factory=dict, description="db, pitr: rows per table of the "
+                                       "restored copy.")
 
 
 class DrillRecordRequest(BaseModel):

@@ -53,3 +53,53 @@ def test_drill_intervals():
     for bad in ("0d", "90", "3 months", "-1d"):
         with pytest.raises(ValueError, match="e.g. 90d"):
             parse_every(bad)
+
+
+def vercel(project: str, drill: dict | None = None) -> dict:
+    service = {"app": {"provider": "vercel", "vercel": {"project": project}}, "health": {"url": "http://127.0.0.1:1/h"}}
+    return {**service, "drill": drill} if drill else service
+
+
+def git(branch: str, drill: dict | None = None) -> dict:
+    service = {"app": {"provider": "git", "git": {"repo": "/srv/app.git", "branch": branch}},
+               "health": {"url": "http://127.0.0.1:1/h"}}
+    return {**service, "drill": drill} if drill else service
+
+
+def test_vercel_drills_need_both_deployments_and_git_drills_need_nothing_more():
+    two = {"staging_service": "web-staging", "baseline_deployment": "dpl_good", "problem_deployment": "dpl_bad"}
+    assert problem({"web": vercel("prj_web", two), "web-staging": vercel("prj_web_stg")}) is None
+    assert "needs drill.baseline_deployment and drill.problem_deployment" in problem(
+        {"web": vercel("prj_web", {"staging_service": "web-staging", "baseline_deployment": "dpl_good"}),
+         "web-staging": vercel("prj_web_stg")})
+    assert "points at the production target itself" in problem(
+        {"web": vercel("prj_web", two), "web-staging": vercel("prj_web")})
+    assert problem({"web": git("main", {"staging_service": "web-staging"}), "web-staging": git("staging")}) is None
+    assert "points at the production target itself" in problem(
+        {"web": git("main", {"staging_service": "web-staging"}), "web-staging": git("main")})
+
+
+def test_compose_drills_are_refused_clearly():
+    def compose(project: str, drill: dict | None = None) -> dict:
+        service = {"app": {"provider": "compose", "compose": {"project": project, "service": "web", "file": "c.yml",
+                                                                 "image_env": "IMAGE"}},
+                   "health": {"url": "http://127.0.0.1:1/h"}}
+        return {**service, "drill": drill} if drill else service
+
+    why = problem({"web": compose("shop", {"staging_service": "web-staging"}), "web-staging": compose("shop-stg")})
+    assert "on docker, vercel and git targets, not compose" in why
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside", "a/../../b", ".git/config", " "])
+def test_the_git_marker_file_stays_inside_the_repository(path):
+    with pytest.raises(ValueError, match="must be a path inside the repository"):
+        RollbackConfig.model_validate({"services": {"web": git("main", {"staging_service": "s", "problem_file": path})}})
+
+
+def test_the_pitr_target_follows_the_database_target_unless_set():
+    config = RollbackConfig.model_validate({"services": {
+        "a": docker("a", {"targets": {"database": "PT10M"}}), "b": docker("b", {"targets": {"pitr": "PT30M"}})}})
+    assert config.services["a"].drill.targets["pitr"] == timedelta(minutes=10)
+    assert config.services["b"].drill.targets["pitr"] == timedelta(minutes=30)
+    assert config.services["b"].drill.targets["database"] == timedelta(minutes=20)
+    assert config.services["a"].drill.pitr_age == timedelta(hours=1)
