@@ -5,6 +5,7 @@ Key values must never leave the worker's protected store."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -155,7 +156,7 @@ async def test_openai_key_refused_by_the_models_call_puts_the_old_key_back_and_d
     async with running_worker(client, config, task_queue):
         handle = await start(client, task_queue, keys=["OPENAI_API_KEY"])
         with pytest.raises(WorkflowFailureError) as failure:
-            await handle.result()
+            await asyncio.wait_for(handle.result(), 90)  # a run that passed verification would wait for approval
         status = await handle.query("status", result_type=RollbackStatus)
     message = str(failure.value.cause)
     assert "failed and was undone" in message and "nothing was revoked" in message
