@@ -15,6 +15,7 @@ API allows 60 requests a minute: a 429 is waited out (Retry-After) a few times.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timezone
 
 import httpx
@@ -135,8 +136,11 @@ class SupabaseKeys:
                     kind="ProviderRefused")
 
     async def create(self, client: httpx.AsyncClient, name: str) -> tuple[str, str]:
-        # Supabase key names are lowercase letters, digits and underscores
-        slug = "_".join("".join(c if c.isalnum() else " " for c in name.lower()).split())[:60]
+        # Supabase key names are lowercase letters, digits and underscores, not starting with a digit;
+        # the time tells this rotation's key from the last one's in the dashboard
+        words = "_".join("".join(c if c.isascii() and c.isalnum() else " " for c in name.lower()).split())
+        slug = f"k_{words}"[:48] if words[:1].isdigit() else words[:48]  # 64 characters at most with the time
+        slug = f"{slug}_{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
         response = await self._manage(client, "POST", "", {"reveal": "true"}, {"type": self.new_type, "name": slug})
         if response.status_code != 201:
             raise self._refused(response, f"create a {self.new_type} key for {self.spec.name} in project "
