@@ -4,7 +4,7 @@ create or adopt the new ones, test keys against their provider, revoke old ones.
 Key values stay in the worker: they are read from and written to the protected env store
 (activities/envstore.py) and leave here only as store references, the ids providers assign and
 shortened SHA-256 fingerprints. The provider calls live in one module per provider
-(activities/twilio.py, activities/stripe.py).
+(activities/twilio.py, activities/stripe.py, activities/supabase.py, activities/openai.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.common import ConfigSource, fail
 from activities.envstore import REF, EnvStore
+from activities.openai import OpenAIKeys
 from activities.stripe import StripeKeys
+from activities.supabase import SupabaseKeys
 from activities.twilio import TwilioKeys
 from workflows.config import RotatedKey
 from workflows.models import (KeyAdoptRequest, KeyCreateRequest, KeyMergeRequest, KeyPlanItem, KeyPlanRequest,
@@ -52,7 +54,8 @@ class GenericKeys:
         return response.is_success, f"GET {self.spec.test_url}: {response.status_code}"
 
 
-PROVIDERS = {"twilio": TwilioKeys, "stripe": StripeKeys, "generic": GenericKeys}
+PROVIDERS = {"twilio": TwilioKeys, "stripe": StripeKeys, "supabase": SupabaseKeys, "openai": OpenAIKeys,
+             "generic": GenericKeys}
 REFERENCE = re.compile(r"(file|env|store):(.+)")
 
 
@@ -96,6 +99,7 @@ class KeyActivities:
         names = request.keys or [k.name for k in configured]
         if len(set(names)) != len(names):
             raise fail(f"a key is named twice in {', '.join(names)}; nothing was changed", kind="KeyUnknown")
+        self._check_legacy_together(request.service, names)
         current, _ = self._store.get(request.service, request.ref)
         items = []
         for name in names:
@@ -104,12 +108,29 @@ class KeyActivities:
             if not old:
                 raise fail(f"key {name}: variable {spec.env[0]} is not set (or not readable) in the deployment's "
                            "environment, so there is no old key to replace; nothing was changed", kind="KeyUnknown")
+            old_id = current.get(spec.id_env) if spec.id_env else None
+            # without the old key's id the API cannot revoke it: a person does, and the approval says so
+            by_api = provider.can_revoke and (bool(old_id) or not getattr(provider, "needs_key_id", True))
             items.append(KeyPlanItem(
                 name=name, provider=spec.provider, env=spec.env, id_env=spec.id_env,
-                create="api" if provider.can_create else "person", revoke="api" if provider.can_revoke else "person",
-                test_call=has_test_call(spec), old_key_id=current.get(spec.id_env) if spec.id_env else None,
-                old_fingerprint=fingerprint(old)))
+                create="api" if provider.can_create else "person", revoke="api" if by_api else "person",
+                test_call=has_test_call(spec), old_key_id=old_id, old_fingerprint=fingerprint(old)))
         return items
+
+    def _check_legacy_together(self, service: str, names: list[str]) -> None:
+        """Supabase disables its legacy anon and service_role keys together: rotating one alone
+        would break the app that still runs with the other."""
+        legacy: dict[str, list[str]] = {}
+        for spec in self._config.service(service).keys:
+            if spec.provider == "supabase" and (spec.kind or "").startswith("legacy_"):
+                legacy.setdefault(spec.project or "", []).append(spec.name)
+        for project, keys in legacy.items():
+            chosen = [k for k in keys if k in names]
+            if chosen and len(chosen) != len(keys):
+                left = ", ".join(k for k in keys if k not in names)
+                raise fail(f"Supabase disables the legacy anon and service_role keys of project {project} together: "
+                           f"rotate {', '.join(keys)} in one run (not {', '.join(chosen)} without {left}); nothing "
+                           "was changed", kind="KeyUnknown")
 
     @activity.defn(name="keys.create")
     async def create(self, request: KeyCreateRequest) -> NewKey:
@@ -202,10 +223,13 @@ class KeyActivities:
         spec, provider = self._provider(request.service, request.key)
         if not provider.can_revoke:
             raise fail(f"key {spec.name}: {spec.provider} keys are revoked by a person", kind="KeyUnknown")
-        if not request.key_id:
+        if not request.key_id and getattr(provider, "needs_key_id", True):
             raise fail(f"key {spec.name}: the old key's id is unknown (variable {spec.id_env} was empty); revoke it "
                        "by hand", kind="KeyUnknown")
         async with httpx.AsyncClient(timeout=30) as client:
-            deleted = await provider.revoke(client, request.key_id)
+            deleted = await provider.revoke(client, request.key_id, compromised=request.compromised)
+        if getattr(provider, "legacy", False):  # Supabase's legacy keys: one switch for the project
+            return KeyRevokeResult(key=spec.name, revoked=True,
+                                   detail=f"legacy anon and service_role keys of project {spec.project} disabled")
         return KeyRevokeResult(key=spec.name, revoked=True,
                                detail=f"{request.key_id} deleted" if deleted else f"{request.key_id} was already gone")

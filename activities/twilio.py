@@ -52,7 +52,7 @@ class TwilioKeys:
         body = response.json()
         return body["sid"], body["secret"]
 
-    async def revoke(self, client: httpx.AsyncClient, key_id: str) -> bool:
+    async def revoke(self, client: httpx.AsyncClient, key_id: str, compromised: bool = False) -> bool:
         """True when this call deleted the key, False when it was already gone (a retry)."""
         response = await self._send(client, "DELETE", f"/Keys/{key_id}.json", self._admin())
         if response.status_code == 204:

@@ -371,8 +371,12 @@ def same_app_target(a: AppTarget, b: AppTarget) -> bool:
     return (a.git.repo, a.git.branch) == (b.git.repo, b.git.branch)
 
 
-KEY_PROVIDERS = ("twilio", "stripe", "generic")
-KEY_API_URLS = {"twilio": "https://api.twilio.com", "stripe": "https://api.stripe.com"}
+KEY_PROVIDERS = ("twilio", "stripe", "supabase", "openai", "generic")
+KEY_API_URLS = {"twilio": "https://api.twilio.com", "stripe": "https://api.stripe.com",
+                "supabase": "https://api.supabase.com", "openai": "https://api.openai.com"}
+# what `kind` may be per provider; the first is the default
+KEY_KINDS = {"supabase": ("secret", "publishable", "legacy_anon", "legacy_service_role"),
+             "openai": ("project", "admin")}
 
 
 class RotatedKey(_Strict):
@@ -380,27 +384,49 @@ class RotatedKey(_Strict):
     are here: the key itself lives in the deployment's environment and the provider."""
 
     name: str = Field(description="What people pass as --key, e.g. STRIPE_SECRET_KEY.")
-    provider: Literal["twilio", "stripe", "generic"] = Field(
-        description="twilio: created and revoked through its API; stripe, generic: a person creates the new key "
-        "and revokes the old one (no GA API), the workflow sets, verifies and checks.")
+    provider: Literal["twilio", "stripe", "supabase", "openai", "generic"] = Field(
+        description="twilio, supabase, openai: created and revoked through their APIs; stripe, generic: a person "
+        "creates the new key and revokes the old one (no GA API), the workflow sets, verifies and checks.")
     env: list[str] = Field(default_factory=list, description="Deployment variables holding the key; default [name].")
     id_env: str | None = Field(default=None, description="Deployment variable holding the key's id, set to the "
-                               "new id (Twilio: the SK… sid used with the secret).")
+                               "new id (Twilio: the SK… sid used with the secret; Supabase, OpenAI: the id the "
+                               "old key is revoked by; without it a person revokes the old key).")
     admin_token_env: str | None = Field(default=None, description="Worker variable with the credential that "
-                                        "creates and revokes keys (Twilio: the account's auth token).")
+                                        "creates and revokes keys (Twilio: the account's auth token; Supabase: a "
+                                        "personal access token; OpenAI: an admin key).")
     account: str | None = Field(default=None, description="Twilio: the account SID (AC…).")
+    project: str | None = Field(default=None, description="Supabase: the project ref; OpenAI: the project id "
+                                "(proj_…) of a project key.")
+    kind: str | None = Field(default=None, description="Supabase: secret (default), publishable, legacy_anon or "
+                             "legacy_service_role; OpenAI: project (default) or admin.")
+    service_account: str | None = Field(default=None, description="OpenAI project keys: the service account "
+                                        "(svc_acct_…) the new key is made for.")
     api_url: str | None = Field(default=None, description="Provider API base; default its public API.")
-    test_url: str | None = Field(default=None, description="generic: a GET that must answer 2xx with "
-                                 "`Authorization: Bearer <key>` (the provider's whoami); none: app health only.")
+    test_url: str | None = Field(default=None, description="The GET that tells a working key from a revoked one. "
+                                 "generic: must answer 2xx with `Authorization: Bearer <key>` (the provider's "
+                                 "whoami), none: app health only; supabase: default https://<project>.supabase.co"
+                                 "/rest/v1/ (header apikey); openai: default <api_url>/v1/models (admin keys: "
+                                 "<api_url>/v1/organization/admin_api_keys?limit=1).")
 
     @model_validator(mode="after")
     def _complete(self) -> "RotatedKey":
         if not self.env:
             self.env = [self.name]
-        if self.provider == "twilio":
-            missing = [f for f in ("account", "admin_token_env", "id_env") if not getattr(self, f)]
-            if missing:
-                raise ValueError(f"key {self.name}: twilio needs {', '.join(missing)}")
+        needed = {"twilio": ("account", "admin_token_env", "id_env"), "supabase": ("project", "admin_token_env"),
+                  "openai": ("admin_token_env",)}.get(self.provider, ())
+        if self.provider == "openai" and (self.kind or "project") == "project":
+            needed += ("project", "service_account")
+        missing = [f for f in needed if not getattr(self, f)]
+        if missing:
+            raise ValueError(f"key {self.name}: {self.provider} needs {', '.join(missing)}")
+        kinds = KEY_KINDS.get(self.provider)
+        if kinds is None:
+            if self.kind is not None:
+                raise ValueError(f"key {self.name}: `kind` is for supabase and openai keys, not {self.provider}")
+        elif self.kind is None:
+            self.kind = kinds[0]
+        elif self.kind not in kinds:
+            raise ValueError(f"key {self.name}: {self.provider} kind is one of {', '.join(kinds)}, not {self.kind!r}")
         return self
 
     def base_url(self) -> str:

@@ -27,5 +27,31 @@ def test_twilio_without_account_token_or_id_variable_is_refused():
 
 
 def test_a_provider_without_support_is_refused():
-    with pytest.raises(ValidationError):
-        RotatedKey.model_validate({"name": "OPENAI_API_KEY", "provider": "openai"})
+    with pytest.raises(ValidationError) as error:
+        RotatedKey.model_validate({"name": "AWS_SECRET_ACCESS_KEY", "provider": "aws"})
+    assert "'twilio', 'stripe', 'supabase', 'openai' or 'generic'" in str(error.value)
+
+
+def test_supabase_and_openai_need_where_keys_are_made_and_default_their_kind():
+    with pytest.raises(ValidationError) as error:
+        RotatedKey.model_validate({"name": "SUPABASE_SECRET_KEY", "provider": "supabase"})
+    assert "supabase needs project, admin_token_env" in str(error.value)
+    with pytest.raises(ValidationError) as error:  # project keys are made only for a service account
+        RotatedKey.model_validate({"name": "OPENAI_API_KEY", "provider": "openai", "admin_token_env": "OPENAI_ADMIN"})
+    assert "openai needs project, service_account" in str(error.value)
+    admin = RotatedKey.model_validate({"name": "OPENAI_ADMIN_KEY", "provider": "openai", "kind": "admin",
+                                       "admin_token_env": "OPENAI_ADMIN"})
+    assert admin.base_url() == "https://api.openai.com"
+    supabase = RotatedKey.model_validate({"name": "SUPABASE_SECRET_KEY", "provider": "supabase", "project": "abc",
+                                          "admin_token_env": "SUPABASE_ACCESS_TOKEN"})
+    assert supabase.kind == "secret" and supabase.base_url() == "https://api.supabase.com"
+
+
+def test_a_kind_the_provider_does_not_have_is_refused():
+    with pytest.raises(ValidationError) as error:
+        RotatedKey.model_validate({"name": "K", "provider": "supabase", "project": "abc", "admin_token_env": "T",
+                                   "kind": "service_role"})
+    assert "supabase kind is one of secret, publishable, legacy_anon, legacy_service_role" in str(error.value)
+    with pytest.raises(ValidationError) as error:
+        RotatedKey.model_validate({"name": "STRIPE_SECRET_KEY", "provider": "stripe", "kind": "admin"})
+    assert "`kind` is for supabase and openai keys" in str(error.value)
