@@ -121,12 +121,22 @@ async def latency(env, workdir: Path) -> None:
     delays = [(posted[n] - sent[n]) * 1000 for n in names if n in posted]
     print(f"alert -> rollback call reached Vercel, one at a time, {len(delays)}/{len(names)} services: "
           f"p50 {statistics.median(delays):.0f} ms, p99 {percentile(delays, 0.99):.0f} ms")
+    first = []  # alert -> the run's first activity scheduled (Temporal start -> first activity floor)
+    for name in names:
+        async for event in env.client.get_workflow_handle(f"app-rollback-{name}").fetch_history_events():
+            if event.HasField("activity_task_scheduled_event_attributes"):
+                first.append((event.event_time.ToDatetime().timestamp() - sent[name]) * 1000)
+                break
+    print(f"alert -> first activity scheduled, one at a time: p50 {statistics.median(first):.0f} ms, "
+          f"p99 {percentile(first, 0.99):.0f} ms")
     median = sorted(names, key=lambda n: posted.get(n, 0) - sent[n])[len(names) // 2]
     print(f"where the median one's time went (workflow app-rollback-{median}, ms after its start):")
     for line in await critical_path(env.client, f"app-rollback-{median}", "vercel.execute"):
         print("   " + line)
     report("alert -> Vercel rollback POST (sequential)", {"alerts": len(delays), "p50_ms": round(statistics.median(delays)),
-                                                         "p99_ms": round(percentile(delays, 0.99))})
+                                                         "p99_ms": round(percentile(delays, 0.99)),
+                                                         "first_activity_p50_ms": round(statistics.median(first)),
+                                                         "first_activity_p99_ms": round(percentile(first, 0.99))})
 
 
 async def polling(client, task_queue: str, timeout: float = 60) -> None:
