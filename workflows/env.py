@@ -66,6 +66,17 @@ def env_provider(context: ServiceContext) -> str:
     return provider
 
 
+async def capture_environment(service: str, provider: str, reason: str) -> tuple[HealthSnapshot, EnvSnapshot]:
+    """Health, then the environment running now (values into the protected store: the way back).
+    Shared by env restore and key rotation."""
+    health = await workflow.execute_activity("health.assess", ServiceRef(service=service),
+                                             result_type=HealthSnapshot, **QUICK)
+    snapshot = await workflow.execute_activity(
+        f"{provider}.env_read", EnvReadRequest(service=service, reason=reason, healthy=health.healthy),
+        result_type=EnvSnapshot, **QUICK)
+    return health, snapshot
+
+
 @workflow.defn
 class EnvDiffWorkflow:
     """Record the environment the serving deployment runs with and compare it with the last good
@@ -107,11 +118,7 @@ class EnvRollbackWorkflow(RollbackWorkflowBase):
         result = EnvRestoreResult(service=request.service, outcome="failed", artifact_dir=context.artifact_dir)
 
         # 1. Assess and capture what runs now (its values go to the protected store: the way back)
-        health = await workflow.execute_activity("health.assess", ServiceRef(service=request.service),
-                                                 result_type=HealthSnapshot, **QUICK)
-        current = await workflow.execute_activity(
-            f"{provider}.env_read", EnvReadRequest(service=request.service, reason="captured before env restore",
-                                                   healthy=health.healthy), result_type=EnvSnapshot, **QUICK)
+        health, current = await capture_environment(request.service, provider, "captured before env restore")
         self.record(EventKind.CAPTURED, f"{current.label or current.deployment} runs with {len(current.hashes)} "
                     "variables (recorded: names and hashes here, values in the protected store)",
                     health="healthy" if health.healthy else health.problem or "unhealthy")

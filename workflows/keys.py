@@ -21,14 +21,13 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, bounded_timeline, cause_message, guarded
-    from workflows.env import ENV_SET, QUICK, env_provider
+    from workflows.env import ENV_SET, QUICK, capture_environment, env_provider
     from workflows.models import (
         EnvReadRequest,
         EnvSetRequest,
         EnvSetResult,
         EnvSnapshot,
         EventKind,
-        HealthSnapshot,
         KeyAdoptRequest,
         KeyCreateRequest,
         KeyMergeRequest,
@@ -45,7 +44,6 @@ with workflow.unsafe.imports_passed_through():
         Outcome,
         Phase,
         PostmortemRequest,
-        ServiceRef,
     )
 
 PROVIDER_CALL = dict(start_to_close_timeout=timedelta(seconds=90), retry_policy=CHANGE_RETRY)
@@ -117,11 +115,7 @@ class KeyRotationWorkflow(RollbackWorkflowBase):
         result = KeyRotationResult(service=request.service, outcome="failed", artifact_dir=context.artifact_dir)
 
         # 1. Capture what runs now: the old keys (in the store) are the way back
-        health = await workflow.execute_activity("health.assess", ServiceRef(service=request.service),
-                                                 result_type=HealthSnapshot, **QUICK)
-        before = await workflow.execute_activity(
-            f"{provider}.env_read", EnvReadRequest(service=request.service, reason="captured before key rotation",
-                                                   healthy=health.healthy), result_type=EnvSnapshot, **QUICK)
+        health, before = await capture_environment(request.service, provider, "captured before key rotation")
         self.record(EventKind.CAPTURED, f"{before.label or before.deployment} runs with {len(before.hashes)} "
                     "variables (names and hashes here, values in the protected store)")
 

@@ -17,6 +17,7 @@ import pytest
 from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 
 from activities.audit import audit_path, read_audit
+from tests.integration.test_vercel_rollback import vercel_service
 from tests.conftest import running_worker
 from tests.contract.server import serve
 from tests.contract.stripe import FakeStripe
@@ -60,10 +61,7 @@ def shop(vercel, twilio, stripe, slack, write_config, monkeypatch):
     vercel.add_deployment("prj_shop", "dpl_goodzzzzzz", int(time.time() * 1000) + 1)
     monkeypatch.setenv("TEST_VERCEL_TOKEN", vercel.token)
     config = write_config({"shop": {
-        "app": {"provider": "vercel", "vercel": {"project": "prj_shop", "token_env": "TEST_VERCEL_TOKEN",
-                                                 "api_url": vercel.url, "poll_interval_seconds": 0.1}},
-        "health": {"url": f"{vercel.url}/_site/prj_shop/health", "version_url": f"{vercel.url}/_site/prj_shop/version",
-                   "consecutive_checks": 2, "interval_seconds": 0.2, "timeout_seconds": 1},
+        **vercel_service(vercel),
         "notify": {"slack_webhook_env": "TEST_SLACK_WEBHOOK"},
         "keys": [
             {"name": "TWILIO_API_SECRET", "provider": "twilio", "id_env": "TWILIO_API_KEY", "account": twilio.account,

@@ -20,6 +20,7 @@ from temporalio.client import WorkflowFailureError
 
 from activities.openai import OpenAIKeys
 from starter import engines
+from tests.integration.test_vercel_rollback import vercel_service
 from tests.conftest import running_worker
 from tests.contract.openai import FakeOpenAI
 from tests.contract.server import serve
@@ -78,10 +79,7 @@ def shop(vercel, supabase, openai, slack, write_config, monkeypatch):
     vercel.add_deployment("prj_shop", "dpl_goodzzzzzz", int(time.time() * 1000) + 1)
     monkeypatch.setenv("TEST_VERCEL_TOKEN", vercel.token)
     config = write_config({"shop": {
-        "app": {"provider": "vercel", "vercel": {"project": "prj_shop", "token_env": "TEST_VERCEL_TOKEN",
-                                                 "api_url": vercel.url, "poll_interval_seconds": 0.1}},
-        "health": {"url": f"{vercel.url}/_site/prj_shop/health", "version_url": f"{vercel.url}/_site/prj_shop/version",
-                   "consecutive_checks": 2, "interval_seconds": 0.2, "timeout_seconds": 1},
+        **vercel_service(vercel),
         "notify": {"slack_webhook_env": "TEST_SLACK_WEBHOOK"},
         "keys": [supabase_key(supabase), openai_key(openai)],
     }})
