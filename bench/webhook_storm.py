@@ -41,7 +41,6 @@ from bench.common import critical_path, peak_rss_mb, report  # noqa: E402
 from starter import engines  # noqa: E402
 from starter.webhook import create_app  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
-from worker.main import build_worker  # noqa: E402
 from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
 from workflows.models import RollbackStatus  # noqa: E402
 
@@ -103,18 +102,25 @@ async def latency(env, workdir: Path) -> None:
     config, url, server, task = await run_receiver(env, services, workdir, queue)
     sent: dict[str, float] = {}
     posted: dict[str, float] = {}
-    async with build_worker(env.client, config, queue), httpx.AsyncClient(timeout=30) as http:
-        for name in names:
-            sent[name] = time.time()
-            answer = await http.post(url, headers={"Authorization": f"Bearer {TOKEN}"},
-                                     json={"service": name, "error_rate": 0.3, "fingerprint": name})
-            assert answer.status_code == 202, answer.text
-            deadline = time.monotonic() + 60
-            while name not in posted and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-                calls = (await http.get(f"{url_base}/__calls")).json()
-                posted = {c["path"].split("/")[3].removeprefix("prj_"): c["at"] for c in calls
-                          if c["method"] == "POST" and "/rollback/" in c["path"]}
+    worker = start_worker(env, config, queue)  # as deployed: its own process
+    try:
+        await polling(env.client, queue)
+        async with httpx.AsyncClient(timeout=30) as http:
+            for name in names:
+                sent[name] = time.time()
+                answer = await http.post(url, headers={"Authorization": f"Bearer {TOKEN}"},
+                                         json={"service": name, "error_rate": 0.3, "fingerprint": name})
+                assert answer.status_code == 202, answer.text
+                deadline = time.monotonic() + 60
+                while name not in posted and time.monotonic() < deadline:
+                    # the call's time is the contract server's own record: polling slowly loses no precision
+                    await asyncio.sleep(0.1)
+                    calls = (await http.get(f"{url_base}/__calls")).json()
+                    posted = {c["path"].split("/")[3].removeprefix("prj_"): c["at"] for c in calls
+                              if c["method"] == "POST" and "/rollback/" in c["path"]}
+    finally:
+        worker.terminate()
+        worker.wait(30)
     server.should_exit = True
     await task
     fake_process.terminate()
@@ -137,6 +143,13 @@ async def latency(env, workdir: Path) -> None:
                                                          "p99_ms": round(percentile(delays, 0.99)),
                                                          "first_activity_p50_ms": round(statistics.median(first)),
                                                          "first_activity_p99_ms": round(percentile(first, 0.99))})
+
+
+def start_worker(env, config, queue: str) -> subprocess.Popen:
+    """As deployed: the worker is a process of its own, not sharing the receiver's interpreter."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "rollback"), "worker", "--config", str(config._path)],
+                            env={**os.environ, "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+                                 "TEMPORAL_TASK_QUEUE": queue}, stderr=subprocess.DEVNULL)
 
 
 async def polling(client, task_queue: str, timeout: float = 60) -> None:
@@ -216,10 +229,7 @@ async def storm(env, workdir: Path) -> None:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     generator = context.Process(target=generate_load, args=(url, names, 1000, 10.0, results))
-    # As deployed: the worker is a process of its own, not sharing the receiver's interpreter.
-    worker = subprocess.Popen([str(Path(sys.executable).parent / "rollback"), "worker", "--config", str(config._path)],
-                              env={**os.environ, "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
-                                   "TEMPORAL_TASK_QUEUE": queue}, stderr=subprocess.DEVNULL)
+    worker = start_worker(env, config, queue)
     try:
         await polling(env.client, queue)  # a worker still starting up would compete for the CPU
         generator.start()

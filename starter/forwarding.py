@@ -15,6 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,21 +42,26 @@ class AlertOutbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, workflow_id TEXT NOT NULL, "
-                         "at REAL NOT NULL, notice TEXT NOT NULL)")
+                         "at REAL NOT NULL, notice TEXT NOT NULL, fallback TEXT)")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "fallback" not in columns:  # an outbox an earlier version wrote
+            self._db.execute("ALTER TABLE outbox ADD COLUMN fallback TEXT")
         self._lock = threading.Lock()
 
-    def put(self, workflow_id: str, notice: AlertNotice) -> None:
+    def put(self, workflow_id: str, notice: AlertNotice, fallback: str | None = None) -> None:
+        """Queue `notice` for the open run `workflow_id`; `fallback` (JSON: the start request the
+        alert's decision would make) starts a new run with it if that one has ended meanwhile."""
         with self._lock:
-            self._db.execute("INSERT INTO outbox (workflow_id, at, notice) VALUES (?, ?, ?)",
-                             (workflow_id, time.time(), notice.model_dump_json()))
+            self._db.execute("INSERT INTO outbox (workflow_id, at, notice, fallback) VALUES (?, ?, ?, ?)",
+                             (workflow_id, time.time(), notice.model_dump_json(), fallback))
 
-    def pending(self) -> dict[str, list[tuple[int, float, AlertNotice]]]:
+    def pending(self) -> dict[str, list[tuple[int, float, AlertNotice, str | None]]]:
         with self._lock:
-            rows = self._db.execute("SELECT id, workflow_id, at, notice FROM outbox ORDER BY id LIMIT ?",
+            rows = self._db.execute("SELECT id, workflow_id, at, notice, fallback FROM outbox ORDER BY id LIMIT ?",
                                     (BATCH_ROWS,)).fetchall()
-        found: dict[str, list[tuple[int, float, AlertNotice]]] = {}
-        for row_id, workflow_id, at, notice in rows:
-            found.setdefault(workflow_id, []).append((row_id, at, AlertNotice.model_validate_json(notice)))
+        found: dict[str, list[tuple[int, float, AlertNotice, str | None]]] = {}
+        for row_id, workflow_id, at, notice, fallback in rows:
+            found.setdefault(workflow_id, []).append((row_id, at, AlertNotice.model_validate_json(notice), fallback))
         return found
 
     def delete(self, row_ids: list[int]) -> None:
@@ -71,14 +77,14 @@ class AlertOutbox:
             self._db.close()
 
 
-def counted(rows: list[tuple[int, float, AlertNotice]]) -> AlertBatch:
+def counted(rows: list[tuple]) -> AlertBatch:
     """The rows as one batch: the first MAX_FINGERPRINTS_PER_SIGNAL fingerprints itemised with
     their counts (resolved ones always), the rest only counted."""
     by_fingerprint: dict[str, AlertCount] = {}
     others: list[tuple[float, AlertNotice]] = []
     # an alert that resolved is always itemised: a run watching for its alert to resolve must see it
-    changed = {n.fingerprint or n.summary for _, _, n in rows if n.status != "firing"}
-    for _, at, notice in rows:
+    changed = {row[2].fingerprint or row[2].summary for row in rows if row[2].status != "firing"}
+    for _, at, notice, *_ in rows:
         seen = datetime.fromtimestamp(at, timezone.utc)
         key = notice.fingerprint or notice.summary
         item = by_fingerprint.get(key)
@@ -110,8 +116,9 @@ def keep(directory: Path, workflow_id: str, alerts: list[tuple[float, AlertNotic
 class AlertForwarder:
     """Knows which services' runs are open, queues their alerts, and forwards them in batches."""
 
-    def __init__(self, client: Client):
+    def __init__(self, client: Client, restart: Callable[[str, AlertNotice], Awaitable[str]] | None = None):
         self._client = client
+        self._restart = restart  # starts what a queued alert's fallback says; returns the new run's ID
         self._outboxes: dict[Path, AlertOutbox] = {}
         self._task: asyncio.Task | None = None
         self.forwarded = 0
@@ -136,8 +143,8 @@ class AlertForwarder:
     def queued(self) -> int:
         return sum(outbox.count() for outbox in self._outboxes.values())
 
-    def queue(self, state_dir: str, workflow_id: str, notice: AlertNotice) -> None:
-        self.outbox(state_dir).put(workflow_id, notice)
+    def queue(self, state_dir: str, workflow_id: str, notice: AlertNotice, fallback: str | None = None) -> None:
+        self.outbox(state_dir).put(workflow_id, notice, fallback)
         self.start()
 
     def start(self) -> None:
@@ -165,7 +172,7 @@ class AlertForwarder:
         for outbox in list(self._outboxes.values()):
             for workflow_id, rows in (await asyncio.to_thread(outbox.pending)).items():
                 batch = counted(rows)
-                covered = [row_id for row_id, _, _ in rows]
+                covered = [row[0] for row in rows]
                 try:
                     await self._client.get_workflow_handle(workflow_id).signal("alerts", batch)
                 except RPCError as exc:
@@ -173,13 +180,35 @@ class AlertForwarder:
                         log.warning("could not forward %d alert(s) to %s (%s); kept for the next round",
                                     len(covered), workflow_id, exc.message)
                         continue
-                    log.warning("dropping %d queued alert(s) for %s: the run has ended", len(covered), workflow_id)
+                    if not await self._start_successor(outbox, workflow_id, rows):
+                        continue  # Temporal unavailable: kept for the next round
                 await asyncio.to_thread(keep, outbox.directory / "alerts", workflow_id,
-                                        [(at, notice) for _, at, notice in rows])
+                                        [(at, notice) for _, at, notice, _ in rows])
                 await asyncio.to_thread(outbox.delete, covered)
                 self.forwarded += len(covered)
                 handled += len(covered)
         return handled
+
+    async def _start_successor(self, outbox: AlertOutbox, workflow_id: str, rows: list[tuple]) -> bool:
+        """The run ended before its queued alerts reached it. Alerts whose decision starts a run
+        (a rollback, an incident) start it now, as the receiver would have had it known: the first
+        through signal-with-start, the rest queued for the new run. The others are only recorded.
+        False when that start could not be made (kept for the next round)."""
+        acting = [row for row in rows if row[3]]
+        if not acting or self._restart is None:
+            log.warning("run %s has ended: %d queued alert(s) recorded, none starts a run", workflow_id, len(rows))
+            return True
+        _, _, first, fallback = acting[0]
+        try:
+            successor = await self._restart(fallback, first)
+        except RPCError as exc:
+            log.warning("run %s has ended; starting its successor failed (%s); kept for the next round",
+                        workflow_id, exc.message)
+            return False
+        for _, _, notice, later in acting[1:]:
+            await asyncio.to_thread(outbox.put, successor, notice, later)
+        log.info("run %s had ended: %d queued alert(s) went to %s", workflow_id, len(acting), successor)
+        return True
 
     async def stop(self) -> None:
         """Deliver what is queued (best effort), then close the outboxes."""

@@ -11,8 +11,10 @@ config unavailable) that asks the sender to retry.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
+import time
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -39,7 +41,10 @@ from workflows.models import AcknowledgeInput, Alert, AlertNotice, AppRollbackIn
 
 log = logging.getLogger("rollback.webhook")
 TOKENS_ENV = "ROLLBACK_WEBHOOK_TOKENS"  # the generic endpoint's bearer tokens unless the config says otherwise
-ACTING = ("rollback", "incident")  # decisions that start a rollback (incident: until issue 11's workflow)
+# How long a service's run seen open is trusted without asking Temporal again: in a storm a few
+# lookups per service and second instead of one per delivery; a resolved alert forgets it at once
+# (the run it resolves is about to end, and the next firing one must start a new run).
+OPEN_RUN_TTL_SECONDS = 0.5
 
 
 class BodyTooLarge(Exception):
@@ -80,11 +85,27 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
                       registry=registry)
     deduplicated = Counter("rollback_webhook_deduplicated", "Deliveries seen before", ["source"], registry=registry)
     stores = ReplayStores()
-    forwarder = AlertForwarder(client)
+    async def restart(fallback: str, notice: AlertNotice) -> str:
+        """Start what a queued alert's decision asked for, its run having ended before delivery."""
+        spec = json.loads(fallback)
+        if spec["kind"] == "incident":
+            handle = await start_or_signal_incident(client, task_queue, IncidentInput.model_validate(spec["request"]),
+                                                    notice)
+        else:
+            handle = await start_or_attach_app_rollback(client, task_queue,
+                                                        AppRollbackInput.model_validate(spec["request"]), notice)
+        open_runs[spec["request"]["service"]] = (handle.id, time.monotonic())
+        return handle.id
+
+    forwarder = AlertForwarder(client, restart)
     Gauge("rollback_webhook_alerts_queued", "Alerts for open runs waiting to be forwarded",
           registry=registry).set_function(forwarder.queued)
 
     lookups: dict[str, asyncio.Future] = {}  # service -> the lookup in flight
+    # service -> (its open run, when seen open), trusted for OPEN_RUN_TTL_SECONDS. An alert queued
+    # for a run that has ended by the time it is forwarded starts what its decision asked for
+    # (AlertForwarder._start_successor), so a stale entry delays a start, never loses it.
+    open_runs: dict[str, tuple[str, float]] = {}
 
     async def look_up(service: str) -> str | None:
         candidates = (incident_id(service), app_rollback_id(service))  # an incident takes the alerts first
@@ -95,12 +116,17 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         """The service's open incident or app rollback, if any: asked once per delivery, both IDs at
         once, and shared by the deliveries for the same service that arrive while it is being asked
         (in a storm, one lookup answers many; no answer older than the request that waits for it)."""
+        cached = open_runs.get(service)
+        if service not in known and cached is not None and time.monotonic() - cached[1] < OPEN_RUN_TTL_SECONDS:
+            known[service] = cached[0]
         if service not in known:
             pending = lookups.get(service)
             if pending is None:
                 pending = lookups[service] = asyncio.ensure_future(look_up(service))
                 pending.add_done_callback(lambda _: lookups.pop(service, None))
             known[service] = await asyncio.shield(pending)
+            if known[service] is not None:
+                open_runs[service] = (known[service], time.monotonic())
         return known[service]
 
     async def acknowledge(workflow_id: str, alert: Alert) -> bool:
@@ -127,44 +153,50 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         if alert.status == "firing":
             summary = f"{summary} ({decision.action}, rule: {decision.rule})"
         notice = AlertNotice(source=alert.source, status=alert.status, summary=summary, fingerprint=alert.fingerprint)
-        # Every alert goes on the running incident's timeline, if there is one: queued durably and
-        # forwarded in batches (a storm is a few signals, not one per alert); for a rollback
-        # decision nothing more to do.
-        workflow_id = await open_run(service_name, known)
-        outcome["attached"] = workflow_id is not None
-        if workflow_id is not None:
-            forwarder.queue(settings.state_dir, workflow_id, notice)
-        if decision.action == "acknowledge" and workflow_id == incident_id(service_name):
-            outcome["acknowledged"] = await acknowledge(workflow_id, alert)
-        if decision.action not in ACTING or outcome["attached"]:
-            if outcome["attached"] and decision.action in ACTING:
-                outcome.update(started=True, workflow_id=workflow_id)
-            return outcome
+        # What the decision starts, if anything (also the fallback of an alert queued for a run
+        # that ends before the alert reaches it)
         policy = settings.services[service_name].policy
+        dry_run = settings.webhooks.notify_only or not policy.auto_rollback
+        start = None
         if decision.action == "incident":  # runbook 001 end to end: classify, page, stabilise, plan, ...
-            declared = IncidentInput(
+            start = IncidentInput(
                 service=service_name, severity=decision.severity, reason=f"{alert.source} alert: {alert.summary}",
                 trigger=alert.labels.get("category") or alert.labels.get("issue_type") or "",
                 error_rate=alert.values.get("error_rate"), requested_by=f"webhook:{alert.source}", automatic=True,
-                trigger_rule=decision.rule, dry_run=settings.webhooks.notify_only or not policy.auto_rollback)
-            handle = await start_or_signal_incident(client, task_queue, declared, notice)
-            known[service_name] = handle.id  # the delivery's other alerts for the service attach to it
-            started.labels(alert.source).inc()
-            outcome.update(started=True, workflow_id=handle.id, dry_run=declared.dry_run)
+                trigger_rule=decision.rule, dry_run=dry_run)
+        elif decision.action == "rollback":
+            # the cooldown and the hourly cap are checked by the rollback itself (not on this request's path)
+            start = AppRollbackInput(
+                service=service_name, requested_by=f"webhook:{alert.source}", automatic=True,
+                reason=f"{alert.source} alert: {alert.summary}", severity=decision.severity,
+                trigger_rule=decision.rule, dry_run=dry_run, watch=policy.watch_after_rollback)
+        # Every alert goes on the running incident's (or rollback's) timeline, if there is one:
+        # queued durably and forwarded in batches (a storm is a few signals, not one per alert);
+        # for a rollback decision nothing more to do.
+        if alert.status == "resolved":
+            open_runs.pop(service_name, None)
+        workflow_id = await open_run(service_name, known)
+        if alert.status == "resolved":
+            open_runs.pop(service_name, None)  # the run it resolves is about to end: ask again next time
+        outcome["attached"] = workflow_id is not None
+        if workflow_id is not None:
+            fallback = None if start is None else json.dumps(
+                {"kind": decision.action, "request": start.model_dump(mode="json")})
+            forwarder.queue(settings.state_dir, workflow_id, notice, fallback)
+        if decision.action == "acknowledge" and workflow_id == incident_id(service_name):
+            outcome["acknowledged"] = await acknowledge(workflow_id, alert)
+        if start is None or outcome["attached"]:
+            if outcome["attached"] and start is not None:
+                outcome.update(started=True, workflow_id=workflow_id)
             return outcome
-        reason = f"{alert.source} alert: {alert.summary}"
-        request = AppRollbackInput(
-            service=service_name, requested_by=f"webhook:{alert.source}", automatic=True,
-            reason=reason,
-            severity=decision.severity, trigger_rule=decision.rule,
-            dry_run=settings.webhooks.notify_only or not policy.auto_rollback,
-            watch=policy.watch_after_rollback,
-        )
-        handle = await start_or_attach_app_rollback(client, task_queue, request, notice)
-        known[service_name] = handle.id
+        if isinstance(start, IncidentInput):
+            handle = await start_or_signal_incident(client, task_queue, start, notice)
+        else:
+            handle = await start_or_attach_app_rollback(client, task_queue, start, notice)
+        known[service_name] = handle.id  # the delivery's other alerts for the service attach to it
+        open_runs[service_name] = (handle.id, time.monotonic())
         started.labels(alert.source).inc()
-        # the cooldown and the hourly cap are checked by the rollback itself (not on this request's path)
-        outcome.update(started=True, workflow_id=handle.id, dry_run=request.dry_run)
+        outcome.update(started=True, workflow_id=handle.id, dry_run=start.dry_run)
         return outcome
 
     async def receive(source: str, request: Request) -> Response:

@@ -317,3 +317,34 @@ async def test_a_page_acknowledged_in_pagerduty_acknowledges_the_incident(receiv
         assert again.json()["alerts"][0]["acknowledged"] is False
         assert (await incident.query("status"))["acknowledged_by"] == "Jane Doe (via pagerduty)"
     await incident.terminate("test over")
+
+
+async def test_an_alert_queued_for_a_run_that_ended_starts_the_next_one(receiver, client, task_queue, vercel,
+                                                                        monkeypatch):
+    """The receiver trusts a run it saw open for a moment (a storm asks Temporal a few times a second,
+    not per delivery). If that run ended meanwhile, the rollback alert queued for it is not lost: the
+    forwarder starts what the alert's decision asked for, a new rollback carrying that alert."""
+    import starter.webhook as webhook
+    from tests.receiver import runs_of
+
+    monkeypatch.setattr(webhook, "OPEN_RUN_TTL_SECONDS", 600.0)  # the moment, stretched for the test
+    hook = receiver(policy={"watch_after_rollback": "PT0S"})
+    http = hook.asgi()
+    first = client.get_workflow_handle(hook.workflow_id, result_type=AppRollbackResult)
+    async with running_worker(client, hook.config, task_queue):
+        assert (await http.post("/alerts/generic", json=FIRING, headers=AUTH)).json()["alerts"][0]["started"]
+        assert (await first.result()).outcome == "rolled_back"  # ended; the receiver still thinks it open
+        again = await http.post("/alerts/generic", json={**FIRING, "fingerprint": "a2", "summary": "still 5xx"},
+                                headers=AUTH)
+        (answer,) = again.json()["alerts"]
+        assert answer["attached"] and answer["started"]
+
+        async def successor_started() -> bool:
+            return await runs_of(client, hook.service) == 2
+
+        await assert_eventually(successor_started, message="a new rollback started for the queued alert")
+        second = client.get_workflow_handle(hook.workflow_id, result_type=AppRollbackResult)
+        status = await wait_for_phase(second, "awaiting_approval")  # through the cooldown like any other
+        assert any(e.kind.value == "signal" and "still 5xx" in e.message for e in status.timeline)
+        await second.cancel()
+    assert vercel.count("POST", "/rollback/") == 1

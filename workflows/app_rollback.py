@@ -201,7 +201,13 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         # 6. Execute, with the way back registered first
         self.enter(Phase.EXECUTING)
         self.record(EventKind.EXECUTING, plan.steps[-2])
-        await self.status_page("identified", f"We are rolling {request.service} back to a previous version.")
+        announcing = self.status_page("identified", f"We are rolling {request.service} back to a previous version.")
+        if workflow.patched("announce-beside-execute"):
+            # the public notice goes out while the rollback runs: it must not delay the fix
+            announcing = asyncio.ensure_future(announcing)
+        else:
+            await announcing
+            announcing = None
         executed: ExecuteResult | None = None
         # Workflow IDs are reused per service, so the run ID makes the key unique to this run.
         key = f"{workflow.info().workflow_id}/{workflow.info().run_id}"
@@ -213,6 +219,9 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
                 ExecuteResult, timeout=EXECUTE_TIMEOUT[provider], retry=CHANGE_RETRY,
                 heartbeat=EXECUTE_HEARTBEAT.get(provider),
             )
+            if announcing is not None:
+                await announcing  # before any later status: the page's updates stay in order
+                announcing = None
             self.record(EventKind.ROLLED_BACK, f"{provider} now serves {target.label or target.id}",
                         details=executed.details)
 
@@ -229,6 +238,8 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             self.record(EventKind.VERIFIED, f"{check.consecutive_checks} consecutive healthy checks on "
                         f"{target.label or target.id}")
         except BaseException as exc:  # cancellation compensates too
+            if announcing is not None:
+                await workflow.wait([announcing])  # "identified" lands before the compensation's notice
             await self._compensate(request, current, target, executed, key, exc)
             message = (
                 f"app rollback of {request.service} to {target.label or target.id} failed and was undone: "
@@ -288,9 +299,14 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         return None
     async def _capture(self, service: str, provider: str, artifact_dir: str, current: AppVersion,
                        healthy: bool) -> None:
-        captured = await self._provider(provider, "capture_state",
-                                        CaptureRequest(service=service, artifact_dir=artifact_dir, current=current),
-                                        CaptureResult, timeout=180)
+        capturing = self._provider(provider, "capture_state",
+                                   CaptureRequest(service=service, artifact_dir=artifact_dir, current=current),
+                                   CaptureResult, timeout=180)
+        if provider in ENV_PROVIDERS and workflow.patched("env-beside-capture"):
+            captured, _ = await asyncio.gather(capturing, self._record_env(service, provider, healthy))
+            self.record(EventKind.CAPTURED, f"state captured in {artifact_dir}", files=captured.files)
+            return
+        captured = await capturing
         self.record(EventKind.CAPTURED, f"state captured in {artifact_dir}", files=captured.files)
         if provider in ENV_PROVIDERS and workflow.patched("record-env-on-capture"):
             await self._record_env(service, provider, healthy)
