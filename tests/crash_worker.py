@@ -71,6 +71,10 @@ class CrashAt(Interceptor):
 
     async def park(self, key: str) -> None:
         self.parked.add(key)
+        # activities the workflow scheduled side by side reach this worker a moment apart: let
+        # them register before deciding that nothing else runs (one that arrived unseen would die
+        # unlisted and wait out its whole timeout)
+        await asyncio.sleep(0.5)
         while not self.running.keys() <= self.parked:
             try:
                 activity.heartbeat({"parked": self.at})

@@ -175,7 +175,8 @@ async def assert_crashed_everywhere(client: Client, workers: CrashingWorkers, wo
         return
     executed = await activity_types(client, workflow_ids)
     assert executed <= crashed, f"never crashed at {sorted(executed - crashed)}"
-    assert len(workers.crashes()) >= len(executed)
+    # side-by-side steps may die in one crash: count the calls killed, not the crashes
+    assert sum(len(crash["calls"]) for crash in workers.crashes()) >= len(executed)
 
 
 def with_notify(config, slack_env: str = "TEST_SLACK_WEBHOOK", statuspage=None) -> None:
