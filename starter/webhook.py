@@ -85,6 +85,7 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
                       registry=registry)
     deduplicated = Counter("rollback_webhook_deduplicated", "Deliveries seen before", ["source"], registry=registry)
     stores = ReplayStores()
+
     async def restart(fallback: str, notice: AlertNotice) -> str:
         """Start what a queued alert's decision asked for, its run having ended before delivery."""
         spec = json.loads(fallback)
@@ -113,9 +114,9 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         return next((workflow_id for workflow_id, is_open in zip(candidates, found) if is_open), None)
 
     async def open_run(service: str, known: dict[str, str | None]) -> str | None:
-        """The service's open incident or app rollback, if any: asked once per delivery, both IDs at
-        once, and shared by the deliveries for the same service that arrive while it is being asked
-        (in a storm, one lookup answers many; no answer older than the request that waits for it)."""
+        """The service's open incident or app rollback, if any: both IDs asked at once, the lookup
+        shared by the deliveries for the same service that arrive while it is being asked, and a run
+        seen open trusted for OPEN_RUN_TTL_SECONDS (in a storm, one lookup answers many)."""
         cached = open_runs.get(service)
         if service not in known and cached is not None and time.monotonic() - cached[1] < OPEN_RUN_TTL_SECONDS:
             known[service] = cached[0]
