@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from temporalio.client import WorkflowExecutionStatus
@@ -168,3 +169,29 @@ def history_text(history) -> str:
 
     walk(json.loads(history.to_json()))
     return "\n".join(found)
+
+
+def assert_keys_only_in_the_store(values: list[str], histories: list[str], result, slack, records, root: Path,
+                                  skip=lambda path: False) -> None:
+    """The key-rotation canary: no key value in any decoded history, the result, a Slack message,
+    a log record or a file under `root`, except the protected store (and there 0600); and the
+    store does hold them (they are the way back)."""
+    import json
+    import stat
+
+    for value in values:
+        for text in histories:
+            assert value not in text
+        assert value not in result.model_dump_json()
+        assert value not in json.dumps(slack.messages)
+        for record in records:
+            assert value not in record.getMessage()
+    stored = []
+    for path in Path(root).rglob("*"):
+        if path.is_file() and not skip(path):
+            content = path.read_bytes()
+            if any(v.encode() in content for v in values):
+                stored.append(path)
+                assert "/state/env/shop/" in str(path), f"{path} holds a key outside the protected store"
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stored

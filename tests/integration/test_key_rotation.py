@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import stat
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ from tests.conftest import running_worker
 from tests.contract.server import serve
 from tests.contract.stripe import FakeStripe
 from tests.contract.twilio import FakeTwilio
-from tests.helpers import assert_eventually, history_text, kinds, wait_for_phase
+from tests.helpers import assert_eventually, assert_keys_only_in_the_store, history_text, kinds, wait_for_phase
 from workflows import KeyRotationWorkflow
 from workflows.models import ApprovalInput, KeyReference, KeyRotationInput, KeyRotationResult, RollbackStatus
 
@@ -209,22 +208,8 @@ async def test_person_provides_a_stripe_key_by_reference_and_no_key_value_leaks(
     values = [old["secret"], old["stripe"], new_stripe, twilio.keys[new_sid]]
     assert any('"KeyRotationWorkflow"' in text for text in histories)
     assert any(twilio.created[0] in text for text in histories)  # decoded payloads: ids are there, keys are not
-    for value in values:
-        for text in histories:
-            assert value not in text
-        assert value not in result.model_dump_json()
-        assert value not in json.dumps(slack.messages)
-        for record in caplog.records:
-            assert value not in record.getMessage()
-    stored = []
-    for path in Path(tmp_path).rglob("*"):
-        if path.is_file() and path.parent != handover.parent:
-            content = path.read_bytes()
-            if any(v.encode() in content for v in values):
-                stored.append(path)
-                assert "/state/env/shop/" in str(path), f"{path} holds a key outside the protected store"
-                assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stored
+    assert_keys_only_in_the_store(values, histories, result, slack, caplog.records, tmp_path,
+                                  skip=lambda path: path.parent == handover.parent)
     assert (Path(result.artifact_dir) / "postmortem.md").exists()
     said = json.dumps(slack.messages)
     assert "hand it over" in said and "keys rotated" in said  # the ask for the key and the outcome
