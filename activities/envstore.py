@@ -49,9 +49,10 @@ class EnvStore:
     def _key(self) -> bytes:
         """The store's hashing key: hashes in history are keyed, so a short value ("true", a
         4-digit PIN) cannot be found again by hashing guesses."""
-        if self._shared:
-            return bytes.fromhex(self._config.state.update("env-secrets", "hash-key",
-                                                           lambda known: known or os.urandom(32).hex()))
+        if self._shared:  # read it; only the first worker ever writes it
+            known = self._config.state.get("env-secrets", "hash-key") or self._config.state.update(
+                "env-secrets", "hash-key", lambda known: known or os.urandom(32).hex())
+            return bytes.fromhex(known)
         path = self._config.state_path("env", "hash.key")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
