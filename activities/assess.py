@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 from temporalio import activity
 
-from activities.common import ConfigSource, redact_text
+from activities.common import ConfigSource, http_client, redact_text
 from activities.health import probe
 from activities.postgres import service_dsn
 from workflows.models import AssessReport, EndpointCheck, ServiceRef
@@ -34,7 +34,7 @@ class AssessActivities:
     @activity.defn(name="incident.assess")
     async def assess(self, request: ServiceRef) -> AssessReport:
         service = self._config.service(request.service)
-        async with httpx.AsyncClient(timeout=service.health.timeout_seconds) as client:
+        async with http_client(timeout=service.health.timeout_seconds) as client:
             started = time.monotonic()
             health = await probe(client, service.health)
             elapsed = (time.monotonic() - started) * 1000

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from temporalio import activity
 
-from activities.common import ConfigSource, fail, resolve_secret
+from activities.common import ConfigSource, fail, http_client, resolve_secret
 from workflows.config import KillSwitch
 from workflows.models import FlagsRequest, ServiceRef
 
@@ -53,7 +53,7 @@ class FlagActivities:
         if switch.token_env:
             headers["Authorization"] = f"Bearer {resolve_secret(switch.token_env, service)}"
         url = f"{switch.url.rstrip('/')}/{switch.name}"
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with http_client(timeout=10) as client:
             try:
                 if method == "GET":
                     response = await client.get(url, headers=headers)

@@ -16,7 +16,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, resolve_secret, with_heartbeats, write_artifact
+from activities.common import ConfigSource, fail, http_client, resolve_secret, with_heartbeats, write_artifact
 from workflows.config import GitTarget
 from workflows.models import (
     AppVersion,
@@ -211,7 +211,7 @@ class GitActivities:
         target = self._config_target(service) if config_files else self._target(service)
         if target.deploy_hook_url_env:
             url = resolve_secret(target.deploy_hook_url_env, service)
-            async with httpx.AsyncClient(timeout=30) as client:
+            async with http_client(timeout=30) as client:
                 try:
                     response = await client.post(url, params={"sha": sha})
                 except httpx.HTTPError as exc:

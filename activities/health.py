@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from temporalio import activity
 
-from activities.common import ConfigSource
+from activities.common import ConfigSource, http_client
 from workflows.config import HealthCheck
 from workflows.models import HealthSnapshot, ServiceRef, VerifyRequest, VerifyResult
 
@@ -81,7 +81,7 @@ class HealthActivities:
     @activity.defn(name="health.assess")
     async def assess(self, request: ServiceRef) -> HealthSnapshot:
         check = self._config.service(request.service).health
-        async with httpx.AsyncClient(timeout=check.timeout_seconds) as client:
+        async with http_client(timeout=check.timeout_seconds) as client:
             return await probe(client, check)
 
     @activity.defn(name="health.verify")
@@ -93,7 +93,7 @@ class HealthActivities:
         check = self._config.service(request.service).health
         checks: list[HealthSnapshot] = []
         streak = 0
-        async with httpx.AsyncClient(timeout=check.timeout_seconds) as client:
+        async with http_client(timeout=check.timeout_seconds) as client:
             for attempt in range(check.consecutive_checks * 3):
                 snapshot = await probe(client, check)
                 if snapshot.healthy and request.expected_version and check.version_url:

@@ -18,7 +18,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail
+from activities.common import ConfigSource, fail, http_client
 from activities.envstore import REF, EnvStore
 from activities.openai import OpenAIKeys
 from activities.stripe import StripeKeys
@@ -144,7 +144,7 @@ class KeyActivities:
         async with self._config.state.once("keys-created", f"{request.service}/{request.change_key}") as once:
             if once.done:
                 return NewKey.model_validate(once.result)
-            async with httpx.AsyncClient(timeout=30) as client:
+            async with http_client(timeout=30) as client:
                 key_id, value = await provider.create(client, f"{request.service} {request.key} (rollback keys rotate)")
             material = self._material(request.service, spec, value, key_id)
             once.record(material.model_dump(mode="json"))
@@ -189,7 +189,7 @@ class KeyActivities:
             raise fail(f"{request.reference} holds the key {request.key} already runs with, not a new one; nothing "
                        "was recorded", kind="KeyReference")
         if has_test_call(spec):
-            async with httpx.AsyncClient(timeout=30) as client:
+            async with http_client(timeout=30) as client:
                 works, detail = await provider.test(client, None, value)
             if not works:
                 raise fail(f"the key in {request.reference} does not work with {spec.provider} ({detail}); nothing "
@@ -213,7 +213,7 @@ class KeyActivities:
             return KeyTestResult(key=spec.name, checked=False, detail="no provider test call configured")
         values, _ = self._store.get(request.service, request.ref)
         value = values.get(spec.env[0], "")
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with http_client(timeout=30) as client:
             works, detail = await provider.test(client, values.get(spec.id_env) if spec.id_env else None, value)
         return KeyTestResult(key=spec.name, checked=True, works=works, detail=detail)
 
@@ -226,7 +226,7 @@ class KeyActivities:
         if not request.key_id and getattr(provider, "needs_key_id", True):
             raise fail(f"key {spec.name}: the old key's id is unknown (variable {spec.id_env} was empty); revoke it "
                        "by hand", kind="KeyUnknown")
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with http_client(timeout=30) as client:
             deleted = await provider.revoke(client, request.key_id, compromised=request.compromised)
         if getattr(provider, "legacy", False):  # Supabase's legacy keys: one switch for the project
             return KeyRevokeResult(key=spec.name, revoked=True,

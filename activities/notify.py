@@ -9,7 +9,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, resolve_secret
+from activities.common import ConfigSource, fail, http_client, resolve_secret
 from workflows.models import NotifyRequest
 
 
@@ -57,7 +57,7 @@ class NotifyActivities:
 
     @staticmethod
     async def _post(url: str, request: NotifyRequest) -> None:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with http_client(timeout=10) as client:
             try:
                 response = await client.post(url, json=slack_payload(request))
             except httpx.HTTPError as exc:

@@ -14,7 +14,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, resolve_secret
+from activities.common import ConfigSource, fail, http_client, resolve_secret
 from workflows.models import PagerDutyRequest
 
 # PagerDuty suggests retrying a rate-limited event 30 s later.
@@ -48,7 +48,7 @@ class PagerDutyActivities:
 
     @staticmethod
     async def _send(target, request: PagerDutyRequest, routing_key: str) -> str:
-        async with httpx.AsyncClient(base_url=target.api_url, timeout=10) as client:
+        async with http_client(base_url=target.api_url, timeout=10) as client:
             try:
                 response = await client.post("/v2/enqueue", json=event_body(request, routing_key))
             except httpx.HTTPError as exc:

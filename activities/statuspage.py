@@ -14,7 +14,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, resolve_secret
+from activities.common import ConfigSource, fail, http_client, resolve_secret
 from workflows.models import StatusPageRequest
 
 COMPONENT_FOR_STATUS = {"investigating": "partial_outage", "identified": "partial_outage",
@@ -39,7 +39,7 @@ class StatuspageActivities:
         # each update once too: a retry after the PATCH (or a second worker) must not post it again
         body_hash = hashlib.sha256(request.body.encode()).hexdigest()[:16]
         update_key = f"{request.service}/{request.key}/{request.status}/{body_hash}"
-        async with httpx.AsyncClient(base_url=target.api_url, headers={"Authorization": f"OAuth {key}"},
+        async with http_client(base_url=target.api_url, headers={"Authorization": f"OAuth {key}"},
                                      timeout=20) as client:
             async with self._config.state.once("statuspage", f"{request.service}/{request.key}") as once:
                 incident_id = once.result

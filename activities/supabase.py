@@ -22,7 +22,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, resolve_secret
+from activities.common import ConfigSource, fail, http_client, resolve_secret
 from workflows.config import RotatedKey, SupabasePitr
 from workflows.models import PitrWindow, ServiceRef, SupabaseRestoreRequest
 
@@ -57,7 +57,7 @@ class SupabaseActivities:
     @activity.defn(name="supabase.pitr_window")
     async def pitr_window(self, request: ServiceRef) -> PitrWindow:
         target = self._target(request.service)
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with http_client(timeout=30) as client:
             data = (await self._call(client, target, request.service, "GET", "/database/backups")).json()
         window = data.get("physical_backup_data") or {}
         stamp = lambda key: datetime.fromtimestamp(window[key], timezone.utc) if window.get(key) else None  # noqa: E731
@@ -70,7 +70,7 @@ class SupabaseActivities:
         target = self._target(request.service)
         details = activity.info().heartbeat_details
         posted = bool(details and details[0].get("posted"))
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with http_client(timeout=30) as client:
             status = (await self._call(client, target, request.service, "GET", "")).json().get("status")
             if not posted and status != "RESTORING":
                 await self._call(client, target, request.service, "POST", "/database/backups/restore-pitr",

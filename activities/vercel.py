@@ -18,7 +18,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.common import ConfigSource, fail, resolve_secret, write_artifact
+from activities.common import ConfigSource, fail, http_client, resolve_secret, write_artifact
 from activities.envstore import EnvStore
 from workflows.config import VercelTarget
 from workflows.models import (
@@ -46,7 +46,7 @@ class VercelApi:
 
     def __init__(self, target: VercelTarget, token: str, service: str):
         self.target, self.service = target, service
-        self.http = httpx.AsyncClient(
+        self.http = http_client(
             base_url=target.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
 

@@ -106,20 +106,37 @@ def peak_rss_mb(pid: int | None = None) -> float:
 
 async def critical_path(client, workflow_id: str, until_activity: str) -> list[str]:
     """Where a run's time went up to the start of `until_activity`: for each activity, when it was
-    scheduled (ms after the run started), how long it waited for a worker and how long it ran."""
+    scheduled (ms after the run started), how long it waited for a worker and how long it ran;
+    local activities (the reads before the first change) from their markers' own times."""
+    import json
+
     scheduled: dict[int, tuple[str, float]] = {}
     started: dict[int, float] = {}
     lines, begin = [], None
     async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
         at = event.event_time.ToDatetime().timestamp() * 1000
         begin = begin if begin is not None else at
-        if event.HasField("activity_task_scheduled_event_attributes"):
+        if event.HasField("workflow_task_started_event_attributes") and not lines:
+            lines.append(f"{at - begin:7.0f} ms  first workflow task started (the worker begins the run)")
+        if event.HasField("marker_recorded_event_attributes"):
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name != "core_local_activity" or "data" not in marker.details:
+                continue
+            try:
+                data = json.loads(marker.details["data"].payloads[0].data)
+            except ValueError:  # not the core's plain JSON: nothing to read
+                continue
+            stamp = lambda t: t["seconds"] * 1000 + t["nanos"] / 1e6  # noqa: E731
+            since = stamp(data["original_schedule_time"])
+            lines.append(f"{since - begin:7.0f} ms  {data['activity_type'] + ' (local)':<44} ran "
+                         f"{stamp(data['complete_time']) - since:5.0f} ms (attempt {data['attempt']})")
+        elif event.HasField("activity_task_scheduled_event_attributes"):
             scheduled[event.event_id] = (event.activity_task_scheduled_event_attributes.activity_type.name, at)
         elif event.HasField("activity_task_started_event_attributes"):
             started[event.activity_task_started_event_attributes.scheduled_event_id] = at
             name, queued = scheduled[event.activity_task_started_event_attributes.scheduled_event_id]
             if name == until_activity:
-                lines.append(f"{at - begin:7.0f} ms  {name} starts (the mutating call)")
+                lines.append(f"{queued - begin:7.0f} ms  {name} scheduled, started {at - begin:.0f} ms (the mutating call)")
                 break
         elif event.HasField("activity_task_completed_event_attributes"):
             key = event.activity_task_completed_event_attributes.scheduled_event_id

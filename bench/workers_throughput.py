@@ -126,7 +126,7 @@ async def burst(env, workdir: Path, postgres: str | None) -> None:
             deadline = time.monotonic() + 120
             while len(posted) < len(names) and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
-                calls = (await http.get(f"{url}/__calls")).json()
+                calls = (await http.get(f"{url}/__calls", params={"method": "POST"})).json()
                 posted = {c["path"].split("/")[3].removeprefix("prj_"): c["at"] for c in calls
                           if c["method"] == "POST" and "/rollback/" in c["path"]}
     finally:

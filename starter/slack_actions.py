@@ -29,7 +29,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from activities.audit import append_audit, audit_path
-from activities.common import ConfigSource
+from activities.common import ConfigSource, http_client
 from activities.notify import escape_mrkdwn
 from workflows.models import ApprovalDecision, ApprovalInput, AuditEntry
 
@@ -112,7 +112,7 @@ async def respond(response_url: str, text: str, replace: bool) -> None:
     body = {"replace_original": replace, "text": text,
             "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": escape_mrkdwn(text)}}]}
     try:
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with http_client(timeout=10) as http:
             await http.post(response_url, json=body)
     except httpx.HTTPError as exc:
         log.warning("could not update the Slack message: %s", type(exc).__name__)

@@ -83,11 +83,8 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
 
         # 1. Assess: health and the version serving (at once: neither needs the other)
         parallel = workflow.patched("parallel-reads")
-        assess = workflow.execute_activity(
-            "health.assess", ServiceRef(service=request.service), result_type=HealthSnapshot,
-            start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY,
-        )
-        serving = self._provider(provider, "current", ServiceRef(service=request.service), AppVersion)
+        assess = self.read("health.assess", ServiceRef(service=request.service), HealthSnapshot)
+        serving = self.read(f"{provider}.current", ServiceRef(service=request.service), AppVersion)
         if parallel:
             health, current = await asyncio.gather(assess, serving)
         else:
@@ -116,17 +113,14 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         self.enter(Phase.PLANNING)
         cooldown_check = None
         if request.automatic and not request.require_approval and workflow.patched("cooldown-in-workflow"):
-            cooldown_check = asyncio.ensure_future(workflow.execute_activity(
-                "visibility.recent_automatic_rollbacks", ServiceRef(service=request.service),
-                result_type=RecentRollbacks, start_to_close_timeout=timedelta(seconds=30), retry_policy=READ_RETRY))
-        selecting = self._provider(
-            provider, "select_target",
-            TargetRequest(service=request.service, current=current, explicit=request.target), AppVersion,
-        )
-        reading_schema = workflow.execute_activity(
-            "postgres.schema_version", SchemaRequest(service=request.service), result_type=SchemaVersion,
-            start_to_close_timeout=timedelta(seconds=60), retry_policy=READ_RETRY,
-        ) if config.database is not None else None
+            cooldown_check = asyncio.ensure_future(self.read(
+                "visibility.recent_automatic_rollbacks", ServiceRef(service=request.service), RecentRollbacks,
+                timeout=30))
+        selecting = self.read(f"{provider}.select_target",
+                              TargetRequest(service=request.service, current=current, explicit=request.target),
+                              AppVersion)
+        reading_schema = self.read("postgres.schema_version", SchemaRequest(service=request.service),
+                                   SchemaVersion) if config.database is not None else None
         if parallel:
             # all of them end before anything is decided: a failed read fails the run after the
             # others (the capture included) are done, never with one still running
@@ -299,9 +293,9 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         return None
     async def _capture(self, service: str, provider: str, artifact_dir: str, current: AppVersion,
                        healthy: bool) -> None:
-        capturing = self._provider(provider, "capture_state",
-                                   CaptureRequest(service=service, artifact_dir=artifact_dir, current=current),
-                                   CaptureResult, timeout=180)
+        capturing = self.read(f"{provider}.capture_state",
+                              CaptureRequest(service=service, artifact_dir=artifact_dir, current=current),
+                              CaptureResult, timeout=180)
         if provider in ENV_PROVIDERS and workflow.patched("env-beside-capture"):
             captured, _ = await asyncio.gather(capturing, self._record_env(service, provider, healthy))
             self.record(EventKind.CAPTURED, f"state captured in {artifact_dir}", files=captured.files)
@@ -316,7 +310,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         worker's protected store), so `rollback env diff/restore` can compare and put it back. A
         failure to read it is noted, never a reason to stop the rollback."""
         try:
-            snapshot = await self._provider(provider, "env_read", EnvReadRequest(
+            snapshot = await self.read(f"{provider}.env_read", EnvReadRequest(
                 service=service, reason="captured before an app rollback", healthy=healthy), EnvSnapshot)
         except ActivityError as exc:
             self.record(EventKind.CAPTURED, f"environment not recorded: {_cause(exc)}")

@@ -14,6 +14,8 @@ so verification can read what production serves.
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import threading
 import time
@@ -46,6 +48,8 @@ class FakeVercel:
     production: dict[str, str] = field(default_factory=dict)  # project id -> deployment uid
     calls: list[tuple[str, str, dict, float]] = field(default_factory=list)  # method, path, query, time
     inject: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
+    # route -> seconds the next call of it waits before answering (a slow API; once per entry)
+    stall: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     envs: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))  # project id -> variables
     # a deployment built with NAME=VALUE from here is unhealthy (what a bad env change looks like)
@@ -153,10 +157,14 @@ class FakeVercel:
             if path.startswith("/_site/"):
                 return self._site(path)
             if path == "/__calls":  # introspection for benchmarks that run this server in another process
-                return JSONResponse([{"method": m, "path": p, "at": t} for m, p, _, t in self.calls])
+                wanted = query.get("method")  # ?method=POST: only those (a poller then costs little)
+                return JSONResponse([{"method": m, "path": p, "at": t} for m, p, _, t in self.calls
+                                     if wanted in (None, m)])
             if request.headers.get("authorization") != f"Bearer {self.token}":
                 return _error(401, "forbidden", "The request is missing an authentication token or it is invalid")
             route = self._route_name(request.method, path)
+            if route in self.stall:
+                await asyncio.sleep(self.stall.pop(route))
             if self.inject[route]:
                 status, headers = self.inject[route].popleft()
                 messages = {409: "A rollback is already in progress", 429: "Rate limit exceeded",

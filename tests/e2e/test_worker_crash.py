@@ -60,6 +60,43 @@ async def test_sigkill_during_vercel_polling(client, task_queue, temporal_addres
     assert max(attempts) >= 2  # the execute step really was retried on the new worker
 
 
+async def test_sigkill_during_a_local_read_hands_the_run_to_the_next_worker(client, task_queue, temporal_address,
+                                                                           vercel, write_config, tmp_path):
+    """The reads before the rollback call (lock, config, health, what is serving) are local
+    activities inside a workflow task: a worker killed in one of them loses the task, Temporal gives
+    it to the next worker once the task times out, and that worker reads again and rolls back once."""
+    realistic(vercel)
+    vercel.stall["project"] = 60  # `vercel.current` reads the project: the worker dies while it waits
+    config = write_config({"shop": vercel_service(vercel)})
+    log = tmp_path / "worker.log"
+    worker = start_worker(str(config._path), temporal_address, task_queue, log, TEST_VERCEL_TOKEN=vercel.token)
+    try:
+        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
+                                             id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
+                                             result_type=AppRollbackResult)
+
+        async def reading() -> bool:
+            return any(m == "GET" and p.startswith("/v9/projects/") for m, p, _, _ in vercel.calls)
+
+        await assert_eventually(reading, timeout=60, message="the worker reads what Vercel serves")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        assert vercel.count("POST", "/rollback/") == 0
+
+        worker = start_worker(str(config._path), temporal_address, task_queue, log, TEST_VERCEL_TOKEN=vercel.token)
+        result = await asyncio.wait_for(handle.result(), timeout=90)
+    finally:
+        worker.kill()
+        worker.wait(10)
+    assert result.outcome == "rolled_back", result.message
+    assert vercel.count("POST", "/rollback/") == 1
+    assert vercel.production["prj_shop"] == "dpl_goodprodzz"
+    history = [e async for e in handle.fetch_history_events()]
+    assert any(e.HasField("workflow_task_timed_out_event_attributes") for e in history)  # the lost task
+    reads = sum(1 for m, p, _, _ in vercel.calls if m == "GET" and p.startswith("/v9/projects/"))
+    assert reads >= 2  # read again by the next worker
+
+
 async def test_sigterm_stops_the_worker_cleanly(temporal_address, task_queue, write_config, tmp_path, vercel):
     config = write_config({"shop": vercel_service(vercel)})
     log = tmp_path / "worker.log"

@@ -3,7 +3,10 @@ rollbacks (non-determinism) fails here first. Record new ones with `--record-his
 
 from __future__ import annotations
 
+import copy
+import importlib
 import json
+import pkgutil
 import uuid
 from pathlib import Path
 
@@ -15,7 +18,9 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from tests.conftest import running_worker
 from tests.contract.vercel import realistic
 from tests.integration.test_vercel_rollback import vercel_service
+import workflows
 from worker.codec import data_converter
+from worker.main import WORKFLOW_RUNNER
 from workflows import WORKFLOWS, AppRollbackWorkflow
 from workflows.models import AppRollbackInput, AppRollbackResult
 
@@ -23,7 +28,7 @@ HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=WORKFLOWS, data_converter=data_converter())
+    return Replayer(workflows=WORKFLOWS, data_converter=data_converter(), workflow_runner=WORKFLOW_RUNNER)
 
 
 HOW_TO_PATCH = (
@@ -54,6 +59,30 @@ async def test_recorded_history_replays(path):
         await replayer().replay_workflow(history)
     except Exception as exc:  # noqa: BLE001 - said as what to do about it
         pytest.fail(HOW_TO_PATCH.format(name=path.name, error=exc), pytrace=False)
+
+
+def module_containers() -> dict[str, object]:
+    """Every dict, list and set at module level in workflows/: with the modules passed through the
+    sandbox (worker/main.py), one run's change to them would leak into every later run."""
+    found = {}
+    for info in pkgutil.iter_modules(workflows.__path__):
+        module = importlib.import_module(f"workflows.{info.name}")
+        for name, value in vars(module).items():
+            if isinstance(value, (dict, list, set)) and not name.startswith("__"):
+                found[f"{info.name}.{name}"] = value
+    return found
+
+
+async def test_workflow_code_leaves_module_state_alone():
+    """Module-level containers are constants (named so) and no recorded run changes them."""
+    containers = module_containers()
+    assert all(name.split(".")[1].isupper() for name in containers), sorted(containers)
+    before = copy.deepcopy(containers)
+    for path in RECORDED:
+        await replayer().replay_workflow(
+            WorkflowHistory.from_json(WORKFLOW_IDS.get(path.name, path.stem), path.read_text()), raise_on_replay_failure=False)
+    changed = [name for name, value in containers.items() if value != before[name]]
+    assert not changed, f"workflow code changed module-level state: {changed}"
 
 
 @workflow.defn(name="AppRollbackWorkflow")
