@@ -112,6 +112,7 @@ async def critical_path(client, workflow_id: str, until_activity: str) -> list[s
 
     scheduled: dict[int, tuple[str, float]] = {}
     started: dict[int, float] = {}
+    children: dict[int, float] = {}
     lines, begin = [], None
     async for event in client.get_workflow_handle(workflow_id).fetch_history_events():
         at = event.event_time.ToDatetime().timestamp() * 1000
@@ -130,6 +131,13 @@ async def critical_path(client, workflow_id: str, until_activity: str) -> list[s
             since = stamp(data["original_schedule_time"])
             lines.append(f"{since - begin:7.0f} ms  {data['activity_type'] + ' (local)':<44} ran "
                          f"{stamp(data['complete_time']) - since:5.0f} ms (attempt {data['attempt']})")
+        elif event.HasField("start_child_workflow_execution_initiated_event_attributes"):
+            children[event.event_id] = at
+        elif event.HasField("child_workflow_execution_completed_event_attributes"):
+            child = event.child_workflow_execution_completed_event_attributes
+            since = children[child.initiated_event_id]
+            lines.append(f"{since - begin:7.0f} ms  {'child ' + child.workflow_type.name:<44} ran "
+                         f"{at - since:5.0f} ms")
         elif event.HasField("activity_task_scheduled_event_attributes"):
             scheduled[event.event_id] = (event.activity_task_scheduled_event_attributes.activity_type.name, at)
         elif event.HasField("activity_task_started_event_attributes"):

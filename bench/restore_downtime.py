@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
-from bench.common import Prober, report  # noqa: E402
+from bench.common import Prober, critical_path, report  # noqa: E402
 from starter import engines  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
 from worker.main import build_worker  # noqa: E402
@@ -124,6 +124,7 @@ async def main(scale: int) -> None:
                 waited = time.monotonic() - waited_from
                 result = await handle.result()
                 total = time.monotonic() - started - waited
+            steps = await critical_path(temporal.client, handle.id, "")  # every step, in order
             safety = result.phase_seconds
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("CREATE DATABASE bare")
@@ -140,6 +141,9 @@ async def main(scale: int) -> None:
         cluster.stop()
     print(f"pgbench scale {scale}: database {database_size / 1e6:.0f} MB, archive {size_mb:.0f} MB, {database_mb} rows; "
           f"phases {safety}")
+    print(f"where our restore's time went (ms after its start; the approval wait is {waited * 1000:.0f} ms of it):")
+    for line in steps:
+        print("   " + line)
     print(f"(a) our restore, app-visible downtime (swap):     {ours.downtime() * 1000:8.0f} ms "
           f"(swap step reported {result.swap_downtime_seconds * 1000:.0f} ms)")
     print(f"(b) in-place pg_restore --clean, downtime:        {theirs.downtime() * 1000:8.0f} ms "

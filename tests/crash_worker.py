@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from temporalio import activity
@@ -151,10 +152,13 @@ async def main(argv: list[str] | None = None) -> None:
     if args.standby and not await asyncio.to_thread(sys.stdin.readline):
         return  # the test ended without needing this one
     client = await connect(TemporalSettings())
-    # No workflow cache: no sticky queue on a worker that is about to die, and every workflow task
-    # replays the whole history on the next worker (a determinism check for free).
+    # A workflow cache as in production (without one, the SDK cancels a run's local reads whenever
+    # another run needs the cache, and a lock taken by a local read never arrives), but a short
+    # sticky timeout: a dead worker's next workflow task goes to the standby after a second, and
+    # the standby replays the whole history (a determinism check at every crash).
     worker = build_worker(client, ConfigSource(Path(args.config)), args.task_queue,
-                          interceptors=[CrashAt(args.ledger, args.at, args.only)], max_cached_workflows=0)
+                          interceptors=[CrashAt(args.ledger, args.at, args.only)], max_cached_workflows=100,
+                          sticky_queue_schedule_to_start_timeout=timedelta(seconds=1))
     async with worker:
         print("crash worker started", flush=True)
         await asyncio.Event().wait()
