@@ -107,6 +107,9 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
     # for a run that has ended by the time it is forwarded starts what its decision asked for
     # (AlertForwarder._start_successor), so a stale entry delays a start, never loses it.
     open_runs: dict[str, tuple[str, float]] = {}
+    # service -> the start in flight: deliveries for the service that arrive meanwhile attach to the
+    # run it starts (queued for the forwarder) instead of each sending a signal-with-start
+    starting: dict[str, asyncio.Future] = {}
 
     async def look_up(service: str) -> str | None:
         candidates = (incident_id(service), app_rollback_id(service))  # an incident takes the alerts first
@@ -177,6 +180,9 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         if alert.status == "resolved":
             open_runs.pop(service_name, None)
         workflow_id = await open_run(service_name, known)
+        if workflow_id is None and start is not None and service_name in starting:
+            # another delivery is starting the service's run right now: this alert joins it
+            workflow_id = known[service_name] = await asyncio.shield(starting[service_name])
         if alert.status == "resolved":
             open_runs.pop(service_name, None)  # the run it resolves is about to end: ask again next time
         outcome["attached"] = workflow_id is not None
@@ -190,10 +196,22 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
             if outcome["attached"] and start is not None:
                 outcome.update(started=True, workflow_id=workflow_id)
             return outcome
-        if isinstance(start, IncidentInput):
-            handle = await start_or_signal_incident(client, task_queue, start, notice)
-        else:
-            handle = await start_or_attach_app_rollback(client, task_queue, start, notice)
+        launch = starting[service_name] = asyncio.get_running_loop().create_future()
+        try:
+            if isinstance(start, IncidentInput):
+                handle = await start_or_signal_incident(client, task_queue, start, notice)
+            else:
+                handle = await start_or_attach_app_rollback(client, task_queue, start, notice)
+        except Exception as exc:
+            launch.set_exception(exc)
+            launch.exception()  # retrieved: a start nobody else waited for is not an unhandled error
+            raise
+        except BaseException:
+            launch.cancel()
+            raise
+        finally:
+            starting.pop(service_name, None)
+        launch.set_result(handle.id)
         known[service_name] = handle.id  # the delivery's other alerts for the service attach to it
         open_runs[service_name] = (handle.id, time.monotonic())
         started.labels(alert.source).inc()

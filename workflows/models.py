@@ -503,6 +503,10 @@ class PitrRecovery(BaseModel):
 class ArchiveRequest(BaseModel):
     service: str
     archive: str
+    # Read the whole archive back (pg_restore to /dev/null). A restore skips it: the sha256 proves
+    # the bytes are those fully read when the backup was taken, and pg_restore reads them all again
+    # into a database aside, which nothing serves from until the swap.
+    full_read: bool = True
 
 
 def check_backup_id(value: str, special: tuple[str, ...] = ()) -> str:

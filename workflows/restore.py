@@ -111,15 +111,19 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             if archive is None:
                 return await self.finish(result, "recovered", result.message)
 
-        # 1. Validate the source before anything changes
+        # 1. Validate the source before anything changes. A dry run reads the archive in full; a
+        # restore checks its sha256 against the verified manifest and lets pg_restore, into a
+        # database aside, be the full read (patched: runs from before keep both).
+        overlap = not request.dry_run and workflow.patched("restore-overlap")
         source = await workflow.execute_activity(
-            "backups.validate", ArchiveRequest(service=request.service, archive=archive),
+            "backups.validate", ArchiveRequest(service=request.service, archive=archive, full_read=not overlap),
             result_type=BackupManifest, retry_policy=READ_RETRY, **LONG_STEP,
         )
         result.source = source
-        self.record(EventKind.ASSESSED, f"source {source.backup_id} valid: sha256 matches, full read OK, "
-                    f"{len(source.tables)} tables")
-        result.counts_before = await self._live_counts(request.service)
+        self.record(EventKind.ASSESSED, f"source {source.backup_id} valid: sha256 matches"
+                    + (" its verified manifest" if overlap else ", full read OK") + f", {len(source.tables)} tables")
+        if not overlap:  # else the safety backup counts the live rows, in its dump's own snapshot
+            result.counts_before = await self._live_counts(request.service)
         if request.dry_run:
             self.record(EventKind.RESOLVED, "dry run: nothing was changed")
             return await self.finish(result, "dry_run", "dry run: the source is valid; nothing was changed")
@@ -139,6 +143,8 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             )
         finally:
             await safety  # the swap never happens without the safety backup
+        if overlap:
+            result.counts_before = dict(result.safety_backup.tables)
         result.restored_database = new_database
         self.record(EventKind.EXECUTING, f"restored into {new_database}; live database untouched")
 
@@ -149,9 +155,19 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             self.record(EventKind.VERIFICATION_FAILED, f"row counts differ from the backup: {mismatches}")
             raise ApplicationError(f"restored database {new_database} does not match backup {source.backup_id}: "
                                    f"{mismatches}; the live database was not touched", non_retryable=True)
-        problems = await workflow.execute_activity(
+        checking = workflow.execute_activity(
             "postgres.check_database", CountsRequest(service=request.service, database=new_database),
             result_type=list[str], start_to_close_timeout=timedelta(minutes=10), retry_policy=READ_RETRY)
+        exporting = None
+        if overlap:  # the live rows newer than the backup are exported meanwhile (two reads, no order)
+            exporting = asyncio.ensure_future(self._export_recent_rows(request, result, source.created_at, context))
+            outcomes = await asyncio.gather(checking, exporting, return_exceptions=True)
+            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failed is not None:
+                raise failed
+            problems = outcomes[0]
+        else:
+            problems = await checking
         if problems:
             self.record(EventKind.VERIFICATION_FAILED, "; ".join(problems))
             raise ApplicationError(f"restored database {new_database} fails its checks: {'; '.join(problems)}; the "
@@ -161,7 +177,8 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
                     f"{len(checks.critical_tables)} critical table(s) present, {len(checks.verify_sql)} SQL check(s) pass")
 
         # 6. Recent data report: what the live database has that the backup does not
-        recent = await self._export_recent_rows(request, result, source.created_at, context)
+        recent = exporting.result() if exporting else await self._export_recent_rows(
+            request, result, source.created_at, context)
 
         # 5. Approval, showing what the swap would change and drop
         changes = {t: f"{result.counts_before.get(t)} -> {n}" for t, n in restored.items()
@@ -206,7 +223,10 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
             self.record(EventKind.EXECUTING, "newer rows re-imported: " + "; ".join(
                 f"{t}: {r['imported']} imported, {r['rejected']} rejected{' (' + str(r['reason']) + ')' if r['reason'] else ''}"
                 for t, r in result.reimported.items()))
-        result.counts_after = await self._live_counts(request.service)
+        if overlap and not result.reimported:
+            result.counts_after = dict(restored)  # the swapped-in database, counted after its restore
+        else:
+            result.counts_after = await self._live_counts(request.service)
         return await self._resume(request, result, context, f"restored from {source.backup_id}",
                                   f"the previous database is kept as {swap.kept_old_as}")
 
