@@ -9,7 +9,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.approvals import STEP_KIND, refusal
@@ -123,6 +123,19 @@ def guarded(run):
             await self.release_lock()
 
     return guarded_run
+
+
+async def _as_activity_failure(name: str, running):
+    """A local activity's result; its failure raised as a regular activity's is (ActivityError,
+    the activity's own error as its cause): the SDK raises a local one's bare, and the callers, the
+    failure converter and whoever reads the run's failure expect one shape."""
+    try:
+        return await running
+    except ActivityError:
+        raise
+    except FailureError as exc:  # its error, a timeout, a cancellation
+        raise ActivityError("Activity task failed", scheduled_event_id=0, started_event_id=0, identity="",
+                            activity_type=name, activity_id="", retry_state=None) from exc
 
 
 class RollbackWorkflowBase:
@@ -250,9 +263,9 @@ class RollbackWorkflowBase:
         that dies mid-read loses the workflow task and the next one reads again. Runs that started
         before this change keep their regular activities (replay)."""
         if workflow.patched("local-reads"):
-            return workflow.execute_local_activity(name, argument, result_type=result_type,
-                                                   start_to_close_timeout=timedelta(seconds=timeout),
-                                                   retry_policy=READ_RETRY)
+            return _as_activity_failure(name, workflow.execute_local_activity(
+                name, argument, result_type=result_type, start_to_close_timeout=timedelta(seconds=timeout),
+                retry_policy=READ_RETRY))
         return workflow.execute_activity(name, argument, result_type=result_type,
                                          start_to_close_timeout=timedelta(seconds=timeout), retry_policy=READ_RETRY)
 

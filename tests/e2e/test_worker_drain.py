@@ -22,17 +22,6 @@ from workflows.models import AppRollbackInput, AppRollbackResult
 SLOW_SECONDS = 4.0
 
 
-def slowed(app, state: dict):
-    """The Vercel contract server, but the first project read takes SLOW_SECONDS: vercel.current
-    (an activity without a heartbeat) is in flight long enough to SIGTERM the worker during it."""
-    async def wrapped(scope, receive, send):
-        if scope["type"] == "http" and "/projects/" in scope["path"] and not state["hits"]:
-            state["hits"] += 1
-            await asyncio.sleep(SLOW_SECONDS)
-        await app(scope, receive, send)
-    return wrapped
-
-
 async def attempts_of(handle, activity: str) -> tuple[list[int], int]:
     """The attempt numbers history records for `activity` (Temporal writes the started event of
     the last attempt only, so [1] means no retry) and how many completions."""
@@ -50,9 +39,10 @@ async def attempts_of(handle, activity: str) -> tuple[list[int], int]:
 
 
 async def run_with_sigterm(client, temporal_address, task_queue, write_config, tmp_path, grace: int):
-    fake, state = FakeVercel(), {"hits": 0}
+    fake = FakeVercel()
     realistic(fake)
-    server = serve(slowed(fake.app(), state))
+    fake.job_seconds = SLOW_SECONDS  # Vercel's rollback job: vercel.execute waits for it to finish
+    server = serve(fake.app())
     fake.url = server.url
     config = write_config({"shop": vercel_service(fake)})
     log = tmp_path / "first.log"
@@ -62,10 +52,11 @@ async def run_with_sigterm(client, temporal_address, task_queue, write_config, t
     try:
         await assert_eventually(lambda: asyncio.to_thread(lambda: "worker started" in log.read_text()), 30,
                                 message="worker started")
-        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop", dry_run=True),
+        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
                                              id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
                                              result_type=AppRollbackResult)
-        await assert_eventually(lambda: asyncio.sleep(0, state["hits"] == 1), 20, message="vercel.current in flight")
+        await assert_eventually(lambda: asyncio.sleep(0, fake.count("POST", "/rollback/") == 1), 20,
+                                message="vercel.execute in flight (the rollback POSTed, its job running)")
         signalled = time.monotonic()
         first.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(first.wait, 60)
@@ -73,7 +64,7 @@ async def run_with_sigterm(client, temporal_address, task_queue, write_config, t
         second = start_worker(str(config._path), temporal_address, task_queue, tmp_path / "second.log",
                               TEST_VERCEL_TOKEN=fake.token)
         result = await asyncio.wait_for(handle.result(), timeout=90)
-        return code, stopped_after, result, await attempts_of(handle, "vercel.current")
+        return code, stopped_after, result, await attempts_of(handle, "vercel.execute"), fake
     finally:
         stop(first)
         if second is not None:
@@ -82,18 +73,20 @@ async def run_with_sigterm(client, temporal_address, task_queue, write_config, t
 
 
 async def test_sigterm_lets_the_running_activity_finish(client, temporal_address, task_queue, write_config, tmp_path):
-    code, stopped_after, result, (started, completed) = await run_with_sigterm(
+    code, stopped_after, result, (started, completed), fake = await run_with_sigterm(
         client, temporal_address, task_queue, write_config, tmp_path, grace=30)
     assert code == 0
     assert stopped_after > SLOW_SECONDS - 1.5  # it waited for the Vercel answer rather than leaving at once
     assert started == [1] and completed == 1  # finished by the draining worker, never retried
-    assert result.outcome == "dry_run"
+    assert result.outcome == "rolled_back", result.message
+    assert fake.count("POST", "/rollback/") == 1
 
 
 async def test_a_step_longer_than_the_grace_is_cancelled_and_retried(client, temporal_address, task_queue,
                                                                      write_config, tmp_path):
-    code, stopped_after, result, (started, completed) = await run_with_sigterm(
+    code, stopped_after, result, (started, completed), fake = await run_with_sigterm(
         client, temporal_address, task_queue, write_config, tmp_path, grace=1)
     assert code == 0 and stopped_after < SLOW_SECONDS
     assert started == [2] and completed == 1  # cancelled on the first worker, run again by the second
-    assert result.outcome == "dry_run"
+    assert result.outcome == "rolled_back", result.message
+    assert fake.count("POST", "/rollback/") == 1
