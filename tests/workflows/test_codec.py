@@ -58,8 +58,19 @@ async def rollback_with(client, config, task_queue: str) -> str:
 
 def payloads_in(message: Message, skip=("search_attributes",)):
     """Every Payload anywhere in a history event, except search attributes (the server indexes
-    those) and the SDK's own patch markers (a `workflow.patched` id): plain by design, documented."""
-    if getattr(message, "marker_name", None) == "core_patch":
+    those), the SDK's own patch markers (a `workflow.patched` id) and the SDK's bookkeeping in a
+    local activity's marker (its `data`: sequence number, attempt, activity type and times, what a
+    regular activity's events carry as plain fields): plain by design, documented. A local
+    activity's `result` is ours, and is checked."""
+    marker = getattr(message, "marker_name", None)
+    if marker == "core_patch":
+        return
+    if marker == "core_local_activity":
+        for name, details in message.details.items():
+            if name != "data":
+                yield from details.payloads
+        if message.HasField("failure"):
+            yield from payloads_in(message.failure, skip)
         return
     for field, value in message.ListFields():
         if field.name in skip:
