@@ -41,9 +41,11 @@ from workflows.models import AcknowledgeInput, Alert, AlertNotice, AppRollbackIn
 
 log = logging.getLogger("rollback.webhook")
 TOKENS_ENV = "ROLLBACK_WEBHOOK_TOKENS"  # the generic endpoint's bearer tokens unless the config says otherwise
-# How long a service's run seen open is trusted without asking Temporal again: in a storm a few
-# lookups per service and second instead of one per delivery; a resolved alert forgets it at once
-# (the run it resolves is about to end, and the next firing one must start a new run).
+# How long a service's run seen open is trusted without asking Temporal again. Past that, a
+# delivery still goes to the run last seen open while a lookup in the background asks again: no
+# delivery waits for a lookup once its service has been seen (an alert queued for a run that
+# ended meanwhile starts the next one: AlertForwarder._start_successor). A resolved alert forgets
+# the run at once (the run it resolves is about to end, and the next firing one must start anew).
 OPEN_RUN_TTL_SECONDS = 0.5
 
 
@@ -116,13 +118,34 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
         found = await asyncio.gather(*(forwarder.is_open(workflow_id) for workflow_id in candidates))
         return next((workflow_id for workflow_id, is_open in zip(candidates, found) if is_open), None)
 
+    def refresh(service: str) -> None:
+        """Ask again, in the background, whether the service's run last seen open still is."""
+        if service in lookups:
+            return
+        pending = lookups[service] = asyncio.ensure_future(look_up(service))
+
+        def done(future: asyncio.Future) -> None:
+            lookups.pop(service, None)
+            if future.cancelled():
+                return
+            if future.exception() is not None:
+                log.warning("lookup of %s's open run failed: %s", service, future.exception())
+            elif future.result() is None:
+                open_runs.pop(service, None)  # ended: the next delivery looks up (and starts) anew
+            else:
+                open_runs[service] = (future.result(), time.monotonic())
+
+        pending.add_done_callback(done)
+
     async def open_run(service: str, known: dict[str, str | None]) -> str | None:
         """The service's open incident or app rollback, if any: both IDs asked at once, the lookup
         shared by the deliveries for the same service that arrive while it is being asked, and a run
-        seen open trusted for OPEN_RUN_TTL_SECONDS (in a storm, one lookup answers many)."""
+        seen open trusted (past OPEN_RUN_TTL_SECONDS, while it is asked again in the background)."""
         cached = open_runs.get(service)
-        if service not in known and cached is not None and time.monotonic() - cached[1] < OPEN_RUN_TTL_SECONDS:
+        if service not in known and cached is not None:
             known[service] = cached[0]
+            if time.monotonic() - cached[1] >= OPEN_RUN_TTL_SECONDS:
+                refresh(service)
         if service not in known:
             pending = lookups.get(service)
             if pending is None:
