@@ -336,10 +336,12 @@ class VercelActivities:
         """POST a rollback or promote unless this activity already did, then poll it to the end."""
         info = activity.info()
         details = info.heartbeat_details[0] if info.heartbeat_details else {}
-        started_ms = int(info.scheduled_time.timestamp() * 1000) - 5_000
-        last = (await api.project()).get("lastAliasRequest") or {}
-        ours = (last.get("toDeploymentId") == deployment_id and last.get("type") == kind
-                and (details.get("posted") or (last.get("requestedAt") or 0) >= started_ms))
+        ours = False
+        if info.attempt > 1 or details:  # an earlier attempt may have POSTed before it died: look first
+            started_ms = int(info.scheduled_time.timestamp() * 1000) - 5_000
+            last = (await api.project()).get("lastAliasRequest") or {}
+            ours = (last.get("toDeploymentId") == deployment_id and last.get("type") == kind
+                    and (details.get("posted") or (last.get("requestedAt") or 0) >= started_ms))
         if not ours:
             path = (f"/v1/projects/{api.target.project}/rollback/{deployment_id}" if kind == "rollback"
                     else f"/v10/projects/{api.target.project}/promote/{deployment_id}")
