@@ -30,7 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.webhook_storm import TOKEN, percentile, polling, vercel_in_own_process, vercel_services  # noqa: E402
-from bench.common import peak_rss_mb, report  # noqa: E402
+from bench.common import critical_path, peak_rss_mb, report  # noqa: E402
 from starter import engines  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
 from workflows import AppRollbackWorkflow  # noqa: E402
@@ -135,6 +135,13 @@ async def burst(env, workdir: Path, postgres: str | None) -> None:
     delays = [(posted[n] - sent[n]) * 1000 for n in names if n in posted]
     print(f"burst of 10 alerts (10 services at once) -> rollback call reached Vercel, {len(delays)}/10: "
           f"p50 {statistics.median(delays):.0f} ms, p99 {percentile(delays, 0.99):.0f} ms")
+    slowest = max(names, key=lambda n: posted.get(n, float("inf")) - sent[n])
+    handle = env.client.get_workflow_handle(f"app-rollback-{slowest}")
+    began = (await handle.describe()).start_time.timestamp()
+    print(f"where the slowest one's time went: its alert reached Temporal as a started run "
+          f"{(began - sent[slowest]) * 1000:.0f} ms after it was sent; then (ms after that start):")
+    for line in await critical_path(env.client, handle.id, "vercel.execute"):
+        print("   " + line)
     report("burst of 10 alerts -> rollback POST", {"alerts": len(delays), "p50_ms": round(statistics.median(delays)),
                                                    "p99_ms": round(percentile(delays, 0.99))})
 

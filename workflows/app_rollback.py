@@ -58,6 +58,7 @@ def _cause(exc: BaseException) -> str:
 class AppRollbackWorkflow(RollbackWorkflowBase):
     rollback_type = "app"
     locks = ("service",)  # and the database's, taken when the schema must be rolled back first
+    lock_beside_reads = True  # health and what is serving are read meanwhile; `locked()` below
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,6 +91,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         else:
             health = await assess
             current = await serving
+        await self.locked()  # before the capture, which writes
         self.record(
             EventKind.ASSESSED,
             f"{provider} runs {current.label or current.id}; health: "

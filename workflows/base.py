@@ -94,7 +94,12 @@ def guarded(run):
         self.requested_by = getattr(request, "requested_by", "unknown")
         ending = "ended"
         try:
-            await self.take_lock(request)
+            if self.lock_beside_reads and workflow.patched("lock-beside-reads"):
+                # taken while the run's first reads go on; the run waits for it (`locked`) before
+                # anything that writes
+                self.locking = asyncio.ensure_future(self.take_lock(request))
+            else:
+                await self.take_lock(request)
             self.audit("started", actor=self.requested_by, reason=getattr(request, "reason", ""),
                        service=getattr(request, "service", ""), dry_run=getattr(request, "dry_run", False))
             # written at the first checkpoint or the end, with the rest: an activity here would
@@ -120,6 +125,8 @@ def guarded(run):
         finally:
             self.audit(ending, phase=self.phase.value)
             await self.flush_audit()
+            if self.locking is not None:  # the run ended before it waited for its lock: let go of it too
+                await asyncio.gather(self.locking, return_exceptions=True)
             await self.release_lock()
 
     return guarded_run
@@ -144,6 +151,9 @@ class RollbackWorkflowBase:
     rollback_type = "rollback"
     # What a run of this workflow holds while it may change things: the service, its database.
     locks: tuple[str, ...] = ()
+    # The lock is taken beside the run's first reads, which must then call `locked()` before
+    # anything that writes (else the lock is taken before the run begins).
+    lock_beside_reads = False
 
     def __init__(self) -> None:
         self.events: list[TimelineEvent] = []
@@ -160,6 +170,7 @@ class RollbackWorkflowBase:
         self.off_values: dict[str, str] = {}
         self.live_changed = False
         self.held: LockRelease | None = None
+        self.locking: asyncio.Future | None = None
         self.alert_counts: dict[str, AlertCount] = {}
         self.alerts_received = 0
         # A child of an incident leaves the public status page to the incident (one incident there).
@@ -254,6 +265,13 @@ class RollbackWorkflowBase:
                 type="Locked", non_retryable=True)
         held = self.held.resources if self.held is not None else []
         self.held = LockRelease(resources=sorted({*held, *result.resources}), holder=me)
+
+    async def locked(self) -> None:
+        """Wait for the lock taken beside the first reads (`lock_beside_reads`): held, or the run
+        fails naming its holder."""
+        if self.locking is not None:
+            locking, self.locking = self.locking, None
+            await locking
 
     def read(self, name: str, argument, result_type, *, timeout: int = 60):
         """A quick, repeatable step on the way to the first change (take a lock, read the config,

@@ -43,6 +43,9 @@ async def test_a_second_run_under_another_id_is_refused_naming_the_holder(client
         message = str(refused.value.cause)
         assert f"service:shop is locked by AppRollbackWorkflow {first.id}" in message
         assert fake.count("POST", "/rollback/") == 0  # the refused run changed nothing
+        # it took its lock beside its first reads, and wrote nothing (no capture) before it was refused
+        kinds = [event.kind.value for event in (await second.query(AppRollbackWorkflow.status)).timeline]
+        assert "captured" not in kinds and kinds[-1] == "failed", kinds
         dry = await start_app(client, task_queue, dry_run=True)  # a dry run changes nothing: no lock
         assert (await dry.result()).outcome == "dry_run"
 
