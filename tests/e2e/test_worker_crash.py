@@ -26,31 +26,42 @@ def start_worker(config_path: str, address: str, task_queue: str, log: Path, **e
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-async def test_sigkill_during_vercel_polling(client, task_queue, temporal_address, vercel, write_config, tmp_path):
-    realistic(vercel)
-    vercel.job_seconds = 6  # long enough to kill the worker mid-poll
-    config = write_config({"shop": vercel_service(vercel)})
-    log = tmp_path / "worker.log"
+async def killed_and_resumed(client, temporal_address, task_queue, vercel, config, log: Path, reached, message: str,
+                             after_kill) -> tuple:
+    """Start an app rollback of shop on a worker, SIGKILL the worker once `reached()` holds, check
+    `after_kill()`, start a new worker and return the run's handle and result."""
     worker = start_worker(str(config._path), temporal_address, task_queue, log, TEST_VERCEL_TOKEN=vercel.token)
     try:
         handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
                                              id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
                                              result_type=AppRollbackResult)
-
-        async def polling() -> bool:
-            return vercel.count("POST", "/rollback/") == 1 and sum(
-                1 for m, p, q, _ in vercel.calls if q.get("rollbackInfo") == "true") >= 3
-
-        await assert_eventually(polling, timeout=60, message="rollback POSTed and being polled")
+        await assert_eventually(reached, timeout=60, message=message)
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
-        assert vercel.production["prj_shop"] == "dpl_badprodzzz"  # the job was still running
-
+        after_kill()
         worker = start_worker(str(config._path), temporal_address, task_queue, log, TEST_VERCEL_TOKEN=vercel.token)
         result = await asyncio.wait_for(handle.result(), timeout=90)
     finally:
         worker.kill()
         worker.wait(10)
+    return handle, result
+
+
+async def test_sigkill_during_vercel_polling(client, task_queue, temporal_address, vercel, write_config, tmp_path):
+    realistic(vercel)
+    vercel.job_seconds = 6  # long enough to kill the worker mid-poll
+    config = write_config({"shop": vercel_service(vercel)})
+
+    async def polling() -> bool:
+        return vercel.count("POST", "/rollback/") == 1 and sum(
+            1 for m, p, q, _ in vercel.calls if q.get("rollbackInfo") == "true") >= 3
+
+    def still_running() -> None:
+        assert vercel.production["prj_shop"] == "dpl_badprodzzz"  # the job was still running
+
+    handle, result = await killed_and_resumed(client, temporal_address, task_queue, vercel, config,
+                                              tmp_path / "worker.log", polling, "rollback POSTed and being polled",
+                                              still_running)
     assert result.outcome == "rolled_back"
     assert vercel.count("POST", "/rollback/") == 1  # exactly once, across the crash
     assert vercel.production["prj_shop"] == "dpl_goodprodzz"
@@ -68,33 +79,25 @@ async def test_sigkill_during_a_local_read_hands_the_run_to_the_next_worker(clie
     realistic(vercel)
     vercel.stall["project"] = 60  # `vercel.current` reads the project: the worker dies while it waits
     config = write_config({"shop": vercel_service(vercel)})
-    log = tmp_path / "worker.log"
-    worker = start_worker(str(config._path), temporal_address, task_queue, log, TEST_VERCEL_TOKEN=vercel.token)
-    try:
-        handle = await client.start_workflow(AppRollbackWorkflow.run, AppRollbackInput(service="shop"),
-                                             id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
-                                             result_type=AppRollbackResult)
 
-        async def reading() -> bool:
-            return any(m == "GET" and p.startswith("/v9/projects/") for m, p, _, _ in vercel.calls)
+    def project_reads() -> int:
+        return sum(1 for m, p, _, _ in vercel.calls if m == "GET" and p.startswith("/v9/projects/"))
 
-        await assert_eventually(reading, timeout=60, message="the worker reads what Vercel serves")
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
+    async def reading() -> bool:
+        return project_reads() >= 1
+
+    def nothing_posted() -> None:
         assert vercel.count("POST", "/rollback/") == 0
 
-        worker = start_worker(str(config._path), temporal_address, task_queue, log, TEST_VERCEL_TOKEN=vercel.token)
-        result = await asyncio.wait_for(handle.result(), timeout=90)
-    finally:
-        worker.kill()
-        worker.wait(10)
+    handle, result = await killed_and_resumed(client, temporal_address, task_queue, vercel, config,
+                                              tmp_path / "worker.log", reading,
+                                              "the worker reads what Vercel serves", nothing_posted)
     assert result.outcome == "rolled_back", result.message
     assert vercel.count("POST", "/rollback/") == 1
     assert vercel.production["prj_shop"] == "dpl_goodprodzz"
     history = [e async for e in handle.fetch_history_events()]
     assert any(e.HasField("workflow_task_timed_out_event_attributes") for e in history)  # the lost task
-    reads = sum(1 for m, p, _, _ in vercel.calls if m == "GET" and p.startswith("/v9/projects/"))
-    assert reads >= 2  # read again by the next worker
+    assert project_reads() >= 2  # read again by the next worker
 
 
 async def test_sigterm_stops_the_worker_cleanly(temporal_address, task_queue, write_config, tmp_path, vercel):
