@@ -40,7 +40,7 @@ class StatuspageActivities:
         body_hash = hashlib.sha256(request.body.encode()).hexdigest()[:16]
         update_key = f"{request.service}/{request.key}/{request.status}/{body_hash}"
         async with http_client(base_url=target.api_url, headers={"Authorization": f"OAuth {key}"},
-                                     timeout=20) as client:
+                               timeout=20) as client:
             async with self._config.state.once("statuspage", f"{request.service}/{request.key}") as once:
                 incident_id = once.result
                 if not once.done:  # a crash may have come between create and recording it

@@ -106,9 +106,10 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
           registry=registry).set_function(forwarder.queued)
 
     lookups: dict[str, asyncio.Future] = {}  # service -> the lookup in flight
-    # service -> (its open run, when seen open), trusted for OPEN_RUN_TTL_SECONDS. An alert queued
-    # for a run that has ended by the time it is forwarded starts what its decision asked for
-    # (AlertForwarder._start_successor), so a stale entry delays a start, never loses it.
+    # service -> (its open run, when seen open), asked again in the background once older than
+    # OPEN_RUN_TTL_SECONDS. An alert queued for a run that has ended by the time it is forwarded
+    # starts what its decision asked for (AlertForwarder._start_successor), so a stale entry delays
+    # a start, never loses it.
     open_runs: dict[str, tuple[str, float]] = {}
     # service -> the start in flight: deliveries for the service that arrive meanwhile attach to the
     # run it starts (queued for the forwarder) instead of each sending a signal-with-start
