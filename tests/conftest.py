@@ -119,16 +119,34 @@ async def keep_history(client, workflow_id: str, run_id: str | None, workflow_ty
     its kind has fewer than PER_KIND)."""
     import hashlib
 
+    from temporalio.client import WorkflowHistory
+
     history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
     shape = ",".join(str(event.event_type) for event in history.events)
     digest = hashlib.sha256(shape.encode()).hexdigest()[:10]
     kind = f"{workflow_type}-{status.name.lower()}"
     path = HISTORIES / f"{kind}-{digest}.json"
-    if not path.exists() and (always or len(list(HISTORIES.glob(f"{kind}-*.json"))) < PER_KIND):
+    kept = list(HISTORIES.glob(f"{kind}-*.json"))
+    # a run of code patched since the corpus filled up is kept whatever the count: each new
+    # `workflow.patched` branch gets its history
+    patches = patch_ids(history)
+    new_code = not any(patches <= patch_ids(WorkflowHistory.from_json(workflow_id, kept_path.read_text()))
+                       for kept_path in kept)
+    if not path.exists() and (always or new_code or len(kept) < PER_KIND):
         path.write_text(history.to_json())
         # a replay needs the run's own workflow ID: child workflow IDs are derived from it
         ids = json.loads(HISTORY_IDS.read_text()) if HISTORY_IDS.exists() else {}
         HISTORY_IDS.write_text(json.dumps({**ids, path.name: workflow_id}, indent=1, sort_keys=True) + "\n")
+
+
+def patch_ids(history) -> frozenset[str]:
+    """The `workflow.patched` ids a run's history carries (the SDK's patch markers)."""
+    found = set()
+    for event in history.events:
+        marker = event.marker_recorded_event_attributes
+        if event.HasField("marker_recorded_event_attributes") and marker.marker_name == "core_patch":
+            found.add(json.loads(marker.details["patch-data"].payloads[0].data)["id"])
+    return frozenset(found)
 
 
 @pytest.fixture
