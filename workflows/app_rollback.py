@@ -58,7 +58,6 @@ def _cause(exc: BaseException) -> str:
 class AppRollbackWorkflow(RollbackWorkflowBase):
     rollback_type = "app"
     locks = ("service",)  # and the database's, taken when the schema must be rolled back first
-    lock_beside_reads = True  # health and what is serving are read meanwhile; `locked()` below
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,7 +82,8 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         result = AppRollbackResult(service=request.service, outcome="failed", artifact_dir=context.artifact_dir)
 
         # 1. Assess: health and the version serving (at once: neither needs the other)
-        parallel = workflow.patched("parallel-reads")
+        # reads side by side, as regular activities; local reads go one at a time (see `read`)
+        parallel = not self.local_reads and workflow.patched("parallel-reads")
         assess = self.read("health.assess", ServiceRef(service=request.service), HealthSnapshot)
         serving = self.read(f"{provider}.current", ServiceRef(service=request.service), AppVersion)
         if parallel:
@@ -91,7 +91,6 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         else:
             health = await assess
             current = await serving
-        await self.locked()  # before the capture, which writes
         self.record(
             EventKind.ASSESSED,
             f"{provider} runs {current.label or current.id}; health: "
@@ -115,9 +114,12 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         self.enter(Phase.PLANNING)
         cooldown_check = None
         if request.automatic and not request.require_approval and workflow.patched("cooldown-in-workflow"):
-            cooldown_check = asyncio.ensure_future(self.read(
-                "visibility.recent_automatic_rollbacks", ServiceRef(service=request.service), RecentRollbacks,
-                timeout=30))
+            cooldown_check = self.read("visibility.recent_automatic_rollbacks", ServiceRef(service=request.service),
+                                       RecentRollbacks, timeout=30)
+            if self.local_reads:
+                cooldown_check = await cooldown_check  # one read at a time
+            else:
+                cooldown_check = asyncio.ensure_future(cooldown_check)
         selecting = self.read(f"{provider}.select_target",
                               TargetRequest(service=request.service, current=current, explicit=request.target),
                               AppVersion)
@@ -141,7 +143,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             schema = compare_schema(target.schema_version, None, "service has no database configured")
         within_cooldown = request.require_approval
         if cooldown_check is not None:
-            within_cooldown = (await cooldown_check).limit_reached
+            within_cooldown = (cooldown_check if self.local_reads else await cooldown_check).limit_reached
         plan = plan_app_rollback(request.service, current, target, schema, config.policy, request.automatic,
                                  within_cooldown=within_cooldown)
         result.plan, result.to_version = plan, target.label or target.id
@@ -298,7 +300,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         capturing = self.read(f"{provider}.capture_state",
                               CaptureRequest(service=service, artifact_dir=artifact_dir, current=current),
                               CaptureResult, timeout=180)
-        if provider in ENV_PROVIDERS and workflow.patched("env-beside-capture"):
+        if provider in ENV_PROVIDERS and not self.local_reads and workflow.patched("env-beside-capture"):
             captured, _ = await asyncio.gather(capturing, self._record_env(service, provider, healthy))
             self.record(EventKind.CAPTURED, f"state captured in {artifact_dir}", files=captured.files)
             return

@@ -94,12 +94,8 @@ def guarded(run):
         self.requested_by = getattr(request, "requested_by", "unknown")
         ending = "ended"
         try:
-            if self.lock_beside_reads and workflow.patched("lock-beside-reads"):
-                # taken while the run's first reads go on; the run waits for it (`locked`) before
-                # anything that writes
-                self.locking = asyncio.ensure_future(self.take_lock(request))
-            else:
-                await self.take_lock(request)
+            self.local_reads = workflow.patched("sequential-local-reads")
+            await self.take_lock(request)
             self.audit("started", actor=self.requested_by, reason=getattr(request, "reason", ""),
                        service=getattr(request, "service", ""), dry_run=getattr(request, "dry_run", False))
             # written at the first checkpoint or the end, with the rest: an activity here would
@@ -125,8 +121,6 @@ def guarded(run):
         finally:
             self.audit(ending, phase=self.phase.value)
             await self.flush_audit()
-            if self.locking is not None:  # the run ended before it waited for its lock: let go of it too
-                await asyncio.gather(self.locking, return_exceptions=True)
             await self.release_lock()
 
     return guarded_run
@@ -151,9 +145,6 @@ class RollbackWorkflowBase:
     rollback_type = "rollback"
     # What a run of this workflow holds while it may change things: the service, its database.
     locks: tuple[str, ...] = ()
-    # The lock is taken beside the run's first reads, which must then call `locked()` before
-    # anything that writes (else the lock is taken before the run begins).
-    lock_beside_reads = False
 
     def __init__(self) -> None:
         self.events: list[TimelineEvent] = []
@@ -170,7 +161,7 @@ class RollbackWorkflowBase:
         self.off_values: dict[str, str] = {}
         self.live_changed = False
         self.held: LockRelease | None = None
-        self.locking: asyncio.Future | None = None
+        self.local_reads = False  # decided at the start of the run (guarded): see `read`
         self.alert_counts: dict[str, AlertCount] = {}
         self.alerts_received = 0
         # A child of an incident leaves the public status page to the incident (one incident there).
@@ -266,21 +257,20 @@ class RollbackWorkflowBase:
         held = self.held.resources if self.held is not None else []
         self.held = LockRelease(resources=sorted({*held, *result.resources}), holder=me)
 
-    async def locked(self) -> None:
-        """Wait for the lock taken beside the first reads (`lock_beside_reads`): held, or the run
-        fails naming its holder."""
-        if self.locking is not None:
-            locking, self.locking = self.locking, None
-            await locking
-
     def read(self, name: str, argument, result_type, *, timeout: int = 60):
         """A quick, repeatable step on the way to the first change (take a lock, read the config,
         the health, what is serving): a local activity, run by this worker inside the workflow task.
         Each regular activity costs a round trip through the server (a task to dispatch, then a
         workflow task to resume): 30-50 ms each between an alert and the rollback call. A worker
         that dies mid-read loses the workflow task and the next one reads again. Runs that started
-        before this change keep their regular activities (replay)."""
-        if workflow.patched("local-reads"):
+        before this change keep their regular activities (replay).
+
+        Local reads are awaited one at a time, never side by side (`local_reads` turns the callers'
+        gathers off): on replay the SDK hands a local activity its recorded result as soon as it is
+        asked for, not when it arrived, so local reads in concurrent tasks can be numbered in
+        another order than in the run that recorded them, a nondeterminism error (seen with the
+        capture and the env read when a read outlasted its workflow task)."""
+        if self.local_reads:
             return _as_activity_failure(name, workflow.execute_local_activity(
                 name, argument, result_type=result_type, start_to_close_timeout=timedelta(seconds=timeout),
                 retry_policy=READ_RETRY))

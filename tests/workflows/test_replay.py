@@ -45,6 +45,19 @@ def test_the_corpus_covers_every_workflow_type():
     assert not missing, f"no recorded history for {sorted(missing)}: run the suite with --record-history"
 
 
+def test_the_corpus_covers_every_patch():
+    """Each `workflow.patched` branch has a recorded history, so replay checks the new code too."""
+    import re
+
+    from tests.conftest import patch_ids
+
+    patched = {m for path in Path(workflows.__path__[0]).glob("*.py")
+               for m in re.findall(r'workflow\.patched\("([a-z0-9-]+)"\)', path.read_text())}
+    recorded = set().union(*(patch_ids(WorkflowHistory.from_json(path.stem, path.read_text())) for path in RECORDED))
+    missing = patched - recorded
+    assert not missing, f"no recorded history runs the patched code of {sorted(missing)}: run the suite with --record-history"
+
+
 IDS_FILE = HISTORIES / "workflow_ids.json"
 WORKFLOW_IDS = json.loads(IDS_FILE.read_text()) if IDS_FILE.exists() else {}
 
