@@ -18,7 +18,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from activities.common import ConfigSource, fail
 from tests.conftest import running_worker
-from tests.helpers import kinds
+from tests.helpers import assert_eventually, kinds
 from workflows import IncidentWorkflow
 from workflows.models import (
     AcknowledgeInput,
@@ -187,6 +187,10 @@ async def test_raised_to_p1_the_incident_goes_public(skipping_env, tmp_path, sla
         assert statuspage.incidents == {}
         await handle.execute_update(IncidentWorkflow.set_severity,
                                     SeverityInput(severity="P1", reason="checkout affected too", by="alice"))
+        # raised after the incident was announced, the update itself opens the page; raised while it
+        # is still being announced, the announcement goes out as P1's, public: a moment later
+        await assert_eventually(lambda: asyncio.sleep(0, bool(statuspage.incidents)), 10,
+                                message="a status page incident for the P1")
         (incident,) = statuspage.incidents.values()
         assert incident["status"] == "investigating" and statuspage.components["cmp_web"] == "partial_outage"
         await handle.execute_update(IncidentWorkflow.set_severity,
