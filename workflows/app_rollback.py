@@ -10,7 +10,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, bounded_timeline, guarded
+    from workflows.base import (CHANGE_RETRY, READ_RETRY, RollbackWorkflowBase, all_settled, bounded_timeline,
+                                guarded)
     from workflows.models import (
         AppRollbackInput,
         AppRollbackResult,
@@ -113,13 +114,14 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
         # 3. Target and schema check (and, for an alert's rollback, the cooldown, meanwhile)
         self.enter(Phase.PLANNING)
         cooldown_check = None
+        within_cooldown = request.require_approval
         if request.automatic and not request.require_approval and workflow.patched("cooldown-in-workflow"):
-            cooldown_check = self.read("visibility.recent_automatic_rollbacks", ServiceRef(service=request.service),
-                                       RecentRollbacks, timeout=30)
-            if self.local_reads:
-                cooldown_check = await cooldown_check  # one read at a time
+            counting = self.read("visibility.recent_automatic_rollbacks", ServiceRef(service=request.service),
+                                 RecentRollbacks, timeout=30)
+            if self.local_reads:  # one read at a time
+                within_cooldown = (await counting).limit_reached
             else:
-                cooldown_check = asyncio.ensure_future(cooldown_check)
+                cooldown_check = asyncio.ensure_future(counting)
         selecting = self.read(f"{provider}.select_target",
                               TargetRequest(service=request.service, current=current, explicit=request.target),
                               AppVersion)
@@ -129,10 +131,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             # all of them end before anything is decided: a failed read fails the run after the
             # others (the capture included) are done, never with one still running
             reads = [selecting] + ([reading_schema] if reading_schema else []) + ([capture] if capture else [])
-            outcomes = await asyncio.gather(*reads, return_exceptions=True)
-            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
-            if failed is not None:
-                raise failed
+            outcomes = await all_settled(*reads)
             target, live = outcomes[0], outcomes[1] if reading_schema else None
         else:
             target = await selecting
@@ -141,9 +140,8 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
             schema = compare_schema(target.schema_version, live.version, live.error)
         else:
             schema = compare_schema(target.schema_version, None, "service has no database configured")
-        within_cooldown = request.require_approval
         if cooldown_check is not None:
-            within_cooldown = (cooldown_check if self.local_reads else await cooldown_check).limit_reached
+            within_cooldown = (await cooldown_check).limit_reached
         plan = plan_app_rollback(request.service, current, target, schema, config.policy, request.automatic,
                                  within_cooldown=within_cooldown)
         result.plan, result.to_version = plan, target.label or target.id

@@ -126,6 +126,16 @@ def guarded(run):
     return guarded_run
 
 
+async def all_settled(*steps) -> list:
+    """Every step's result once all of them have ended; a failure is raised after the others are
+    done, never with one still running."""
+    outcomes = await asyncio.gather(*steps, return_exceptions=True)
+    failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+    if failed is not None:
+        raise failed
+    return outcomes
+
+
 async def _as_activity_failure(name: str, running):
     """A local activity's result; its failure raised as a regular activity's is (ActivityError,
     the activity's own error as its cause): the SDK raises a local one's bare, and the callers, the

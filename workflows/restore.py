@@ -11,7 +11,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.base import CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, cause_message, guarded
+    from workflows.base import (CHANGE_RETRY, LONG_STEP, READ_RETRY, RollbackWorkflowBase, all_settled,
+                                cause_message, guarded)
     from workflows.models import (
         ArchiveRequest,
         BackupInput,
@@ -161,11 +162,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
         exporting = None
         if overlap:  # the live rows newer than the backup are exported meanwhile (two reads, no order)
             exporting = asyncio.ensure_future(self._export_recent_rows(request, result, source.created_at, context))
-            outcomes = await asyncio.gather(checking, exporting, return_exceptions=True)
-            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
-            if failed is not None:
-                raise failed
-            problems = outcomes[0]
+            problems, _ = await all_settled(checking, exporting)
         else:
             problems = await checking
         if problems:
