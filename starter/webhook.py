@@ -89,17 +89,20 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
     deduplicated = Counter("rollback_webhook_deduplicated", "Deliveries seen before", ["source"], registry=registry)
     stores = ReplayStores()
 
+    async def launch(start: IncidentInput | AppRollbackInput, notice: AlertNotice) -> str:
+        """Start (or signal) the run a decision asks for, with the alert; its ID, now known open."""
+        if isinstance(start, IncidentInput):
+            handle = await start_or_signal_incident(client, task_queue, start, notice)
+        else:
+            handle = await start_or_attach_app_rollback(client, task_queue, start, notice)
+        open_runs[start.service] = (handle.id, time.monotonic())
+        return handle.id
+
     async def restart(fallback: str, notice: AlertNotice) -> str:
         """Start what a queued alert's decision asked for, its run having ended before delivery."""
         spec = json.loads(fallback)
-        if spec["kind"] == "incident":
-            handle = await start_or_signal_incident(client, task_queue, IncidentInput.model_validate(spec["request"]),
-                                                    notice)
-        else:
-            handle = await start_or_attach_app_rollback(client, task_queue,
-                                                        AppRollbackInput.model_validate(spec["request"]), notice)
-        open_runs[spec["request"]["service"]] = (handle.id, time.monotonic())
-        return handle.id
+        model = IncidentInput if spec["kind"] == "incident" else AppRollbackInput
+        return await launch(model.model_validate(spec["request"]), notice)
 
     forwarder = AlertForwarder(client, restart)
     Gauge("rollback_webhook_alerts_queued", "Alerts for open runs waiting to be forwarded",
@@ -221,26 +224,22 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
             if outcome["attached"] and start is not None:
                 outcome.update(started=True, workflow_id=workflow_id)
             return outcome
-        launch = starting[service_name] = asyncio.get_running_loop().create_future()
+        launched = starting[service_name] = asyncio.get_running_loop().create_future()
         try:
-            if isinstance(start, IncidentInput):
-                handle = await start_or_signal_incident(client, task_queue, start, notice)
-            else:
-                handle = await start_or_attach_app_rollback(client, task_queue, start, notice)
+            started_id = await launch(start, notice)
         except Exception as exc:
-            launch.set_exception(exc)
-            launch.exception()  # retrieved: a start nobody else waited for is not an unhandled error
+            launched.set_exception(exc)
+            launched.exception()  # retrieved: a start nobody else waited for is not an unhandled error
             raise
         except BaseException:
-            launch.cancel()
+            launched.cancel()
             raise
         finally:
             starting.pop(service_name, None)
-        launch.set_result(handle.id)
-        known[service_name] = handle.id  # the delivery's other alerts for the service attach to it
-        open_runs[service_name] = (handle.id, time.monotonic())
+        launched.set_result(started_id)
+        known[service_name] = started_id  # the delivery's other alerts for the service attach to it
         started.labels(alert.source).inc()
-        outcome.update(started=True, workflow_id=handle.id, dry_run=start.dry_run)
+        outcome.update(started=True, workflow_id=started_id, dry_run=start.dry_run)
         return outcome
 
     async def receive(source: str, request: Request) -> Response:
