@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import yaml
 
 from activities.docker import DeployLedger, deploy
 from activities.migrations import apply_up
@@ -23,7 +24,8 @@ from tests.conftest import running_worker
 from tests.helpers import assert_eventually, create_database, kinds, set_postgres_flag, wait_for_phase
 from tests.migration_sets import columns, write_migrations
 from workflows import BackupWorkflow, IncidentWorkflow
-from workflows.models import AlertNotice, ApprovalInput, BackupInput, BackupManifest, IncidentInput, IncidentResult
+from workflows.models import (AlertNotice, ApprovalInput, BackupInput, BackupManifest, IncidentInput, IncidentResult,
+                             ResolveInput)
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
@@ -185,6 +187,41 @@ async def test_full_emergency_from_alert_to_postmortem(client, task_queue, produ
     data = json.loads(Path(result.postmortem[1]).read_text())
     assert set(data["durations"]) == {"time_to_detect", "time_to_acknowledge", "time_to_mitigate", "time_to_resolve"}
     assert all(v is not None for v in data["durations"].values())
+
+
+async def test_critical_rows_the_restore_cannot_bring_back_keep_the_incident_open(client, task_queue, production):
+    """Runbook 001's verification counts the critical tables. `audit` has no timestamp column, so
+    its rows written after the backup are neither exported nor re-imported by the restore: the
+    incident must not call that resolved. It escalates naming the table and both counts, keeps
+    processing stopped, and waits for a person."""
+    site = production
+    settings = yaml.safe_load(Path(site.config._path).read_text())
+    settings["services"]["web"]["database"]["critical_tables"] = ["accounts", "audit"]
+    Path(site.config._path).write_text(yaml.safe_dump(settings))
+    async with running_worker(client, site.config, task_queue):
+        await release_bad_v2(client, task_queue, site)
+        with psycopg.connect(site.dsn) as conn:  # written after the backup, in a table with no timestamp
+            conn.execute("INSERT INTO audit (note) VALUES ('refund 1'), ('refund 2')")
+        handle = await start_or_signal_incident(
+            client, task_queue, IncidentInput(service="web", reason="error ratio 27 % after v2", error_rate=0.27,
+                                              automatic=True, requested_by="alertmanager"),
+            AlertNotice(source="alertmanager", summary="DemoErrorRatioHigh", fingerprint="f1"))
+        await wait_for_phase(handle, "awaiting_approval", timeout=120)
+        await handle.execute_update("approve", ApprovalInput(approver="alice", reason="plan looks right"))
+        await wait_for_phase(handle, "mitigating", timeout=180)
+        lost = "critical table public.audit has 0 rows, had 2 before the rollback"
+        state = await handle.query(IncidentWorkflow.status)
+        assert any(e.kind.value == "verification_failed" and lost in e.message for e in state.timeline), \
+            state.timeline[-3:]
+        await assert_eventually(lambda: _async(any(lost in m["text"] and "ESCALATION" in m["text"]
+                                                   for m in site.slack.messages)), timeout=10, message="escalation")
+        assert site.flag() == "false"  # processing stays stopped while a person looks
+        assert site.plans()[:10] == ["pro"] * 4 + ["free"] * 6  # what the restore did bring back stays
+        await handle.execute_update(IncidentWorkflow.resolve, ResolveInput(reason="refunds re-entered by hand",
+                                                                           by="alice"))
+        result = IncidentResult.model_validate(await handle.result())
+    assert result.outcome == "resolved", result.message
+    assert not any(e.kind.value == "verified" and "critical tables" in e.message for e in result.timeline)
 
 
 async def test_dry_run_changes_nothing_anywhere(client, task_queue, production):
