@@ -36,6 +36,7 @@ bench: install
 	$(VENV)/bin/python bench/webhook_storm.py
 	$(VENV)/bin/python bench/restore_downtime.py
 	$(VENV)/bin/python bench/workers_throughput.py
+	$(VENV)/bin/python bench/incident_declared.py
 
 clean:
 	rm -rf var .pytest_cache

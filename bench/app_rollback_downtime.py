@@ -29,19 +29,18 @@ from temporalio.testing import WorkflowEnvironment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from activities.common import ConfigSource  # noqa: E402
-from bench.common import Prober, critical_path, report  # noqa: E402
+from bench.common import Prober, critical_path, peak_rss_mb, report, worker_process  # noqa: E402
 from activities.docker import DeployLedger, deploy  # noqa: E402
 from activities.state import SqliteStore  # noqa: E402
 from starter import engines  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
-from worker.main import build_worker  # noqa: E402
 from workflows import AppRollbackWorkflow  # noqa: E402
 from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
 from workflows.models import AppRollbackInput, AppRollbackResult  # noqa: E402
 
 
 PATHS: list[list[str]] = []  # each round's critical path up to docker.execute
+WORKER_RSS: list[float] = []  # each round's worker process, peak resident MB
 
 
 def version_prober(port: int, client: httpx.Client) -> Prober:
@@ -76,7 +75,7 @@ async def workflow_round(env, engine, address: str, workdir: Path) -> tuple[floa
     deploy(engine, name, "demo-web:v2", ledger)
     wait_for_version(port, "v2")
     queue = f"bench-{uuid.uuid4()}"
-    async with build_worker(env.client, ConfigSource(config_path), queue):
+    async with worker_process(env.client, config_path, queue) as worker:
         with httpx.Client(timeout=0.5) as http, version_prober(port, http) as poller:
             started = time.monotonic()
             workflow_id = f"bench-{uuid.uuid4()}"
@@ -86,6 +85,7 @@ async def workflow_round(env, engine, address: str, workdir: Path) -> tuple[floa
             # time to good: the old version answers (the run goes on verifying and reporting)
             total = await asyncio.to_thread(wait_for_version, port, "v1") - started
             result = await handle.result()
+        WORKER_RSS.append(peak_rss_mb(worker.pid))
         PATHS.append(await critical_path(env.client, workflow_id, "docker.execute"))
     assert result.outcome == "rolled_back", result.message
     for container in engine.containers.list(all=True, filters={"name": name}):
@@ -176,10 +176,12 @@ async def main(rounds: int) -> None:
     ours_down, theirs_down, floor_down = (statistics.median(d for d, _ in runs) * 1000
                                           for runs in (ours, theirs, floor))
     ours_total, theirs_total = (statistics.median(t for _, t in runs) for runs in (ours, theirs))
+    print(f"worker process peak RSS: {max(WORKER_RSS):.0f} MB")
     print(f"ratio ours/runbook: downtime {ours_down / theirs_down:.2f}x, time to good {ours_total / theirs_total:.2f}x")
     report("docker app rollback", {"downtime_ms": round(ours_down), "runbook_downtime_ms": round(theirs_down),
                                    "floor_downtime_ms": round(floor_down),
-                                   "time_to_good_s": round(ours_total, 2), "runbook_time_to_good_s": round(theirs_total, 2)})
+                                   "time_to_good_s": round(ours_total, 2), "runbook_time_to_good_s": round(theirs_total, 2),
+                                   "worker_peak_rss_mb": round(max(WORKER_RSS))})
 
 
 if __name__ == "__main__":

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
+
+ROLLBACK = str(Path(sys.executable).parent / "rollback")
 
 
 def longest_failure(samples: list[tuple[float, bool]]) -> float:
@@ -93,6 +101,53 @@ def report(benchmark: str, figures: dict) -> None:
         shown = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in run["figures"].items())
         lines.append(f"| {run['benchmark']} | {run['at']} | {run['commit']} | {run['machine']['cores']} | {shown} |")
     (directory / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def worker_env(client, queue: str, extra: dict | None = None) -> dict[str, str]:
+    """The environment of a `rollback worker` (or `rollback webhook`) process on `queue`."""
+    return {**os.environ, "TEMPORAL_ADDRESS": client.service_client.config.target_host, "TEMPORAL_TASK_QUEUE": queue,
+            **(extra or {})}
+
+
+def start_workers(count: int, config: Path, env: dict) -> list[subprocess.Popen]:
+    """As deployed: each worker a process of its own, not sharing the interpreter of the bench's
+    load generator, probes or receiver."""
+    return [subprocess.Popen([ROLLBACK, "worker", "--config", str(config)], env=env, stderr=subprocess.DEVNULL)
+            for _ in range(count)]
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(30)
+
+
+async def polling(client, task_queue: str, timeout: float = 60) -> None:
+    """Wait until a worker polls the task queue."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    request = DescribeTaskQueueRequest(namespace=client.namespace, task_queue=TaskQueue(name=task_queue),
+                                       task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
+    deadline = time.monotonic() + timeout
+    while not (await client.workflow_service.describe_task_queue(request)).pollers:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker did not start polling")
+        await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def worker_process(client, config: Path, queue: str):
+    """One `rollback worker` process on `queue`, polling before the block runs; yields it (for
+    its peak RSS)."""
+    (process,) = start_workers(1, config, worker_env(client, queue))
+    try:
+        await polling(client, queue)  # a worker still starting up would compete for the CPU
+        yield process
+    finally:
+        stop([process])
 
 
 def peak_rss_mb(pid: int | None = None) -> float:

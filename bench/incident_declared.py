@@ -14,6 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import yaml
@@ -21,14 +22,12 @@ from temporalio.testing import WorkflowEnvironment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from activities.common import ConfigSource  # noqa: E402
-from bench.common import report  # noqa: E402
+from bench.common import peak_rss_mb, report, worker_process  # noqa: E402
 from starter import engines  # noqa: E402
 from starter.start import start_or_signal_incident  # noqa: E402
 from tests.contract.server import serve  # noqa: E402
 from tests.contract.slack import HOOK_PATH, FakeSlack  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
-from worker.main import build_worker  # noqa: E402
 from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
 from workflows.models import AlertNotice, IncidentInput  # noqa: E402
 
@@ -50,26 +49,30 @@ async def main() -> None:
                                                 search_attributes=SEARCH_ATTRIBUTES,
                                                 data_converter=data_converter(), dev_server_log_level="error")
     seconds = []
+    queue = f"bench-{uuid.uuid4()}"
     try:
-        async with build_worker(env.client, ConfigSource(root / "rollback.yaml"), "bench"):
+        async with worker_process(env.client, root / "rollback.yaml", queue) as worker:
             for service in services:
                 started = time.perf_counter()
                 handle = await start_or_signal_incident(
-                    env.client, "bench", IncidentInput(service=service, severity="P0", reason="bench alert"),
+                    env.client, queue, IncidentInput(service=service, severity="P0", reason="bench alert"),
                     AlertNotice(source="alertmanager", summary="HighErrorRate", fingerprint=service))
                 while not any(f"Service: {service}\n" in m["text"] for m in slack.messages):
                     await asyncio.sleep(0.002)
                 seconds.append(time.perf_counter() - started)
                 await handle.terminate("benchmark done")
+            worker_rss = peak_rss_mb(worker.pid)
     finally:
         await env.shutdown()
         server.stop()
     ordered = sorted(seconds)
     p99 = ordered[min(len(ordered) - 1, int(round(0.99 * len(ordered))) - 1)]
     print(f"alert -> 'incident declared' on Slack over {len(seconds)} alerts: p50 {statistics.median(seconds) * 1000:.0f} ms, "
-          f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms (target p99 < 1000 ms)")
+          f"p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms (target p99 < 1000 ms); worker process peak RSS "
+          f"{worker_rss:.0f} MB")
     report("alert -> incident declared", {"alerts": len(seconds), "p50_ms": round(statistics.median(seconds) * 1000),
-                                          "p99_ms": round(p99 * 1000)})
+                                          "p99_ms": round(p99 * 1000),
+                                          "worker_peak_rss_mb": round(worker_rss)})
 
 
 if __name__ == "__main__":

@@ -29,15 +29,12 @@ from pathlib import Path
 import httpx
 import uvicorn
 import yaml
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.testing import WorkflowEnvironment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from activities.common import ConfigSource  # noqa: E402
-from bench.common import critical_path, peak_rss_mb, report  # noqa: E402
+from bench.common import critical_path, peak_rss_mb, polling, report, start_workers, stop, worker_env  # noqa: E402
 from starter import engines  # noqa: E402
 from starter.webhook import create_app  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
@@ -102,7 +99,7 @@ async def latency(env, workdir: Path) -> None:
     config, url, server, task = await run_receiver(env, services, workdir, queue)
     sent: dict[str, float] = {}
     posted: dict[str, float] = {}
-    worker = start_worker(env, config, queue)  # as deployed: its own process
+    (worker,) = start_workers(1, config._path, worker_env(env.client, queue))
     try:
         await polling(env.client, queue)
         async with httpx.AsyncClient(timeout=30) as http:
@@ -120,8 +117,7 @@ async def latency(env, workdir: Path) -> None:
                     posted = {c["path"].split("/")[3].removeprefix("prj_"): c["at"] for c in calls
                               if c["method"] == "POST" and "/rollback/" in c["path"]}
     finally:
-        worker.terminate()
-        worker.wait(30)
+        stop([worker])
     server.should_exit = True
     await task
     fake_process.terminate()
@@ -144,24 +140,6 @@ async def latency(env, workdir: Path) -> None:
                                                          "p99_ms": round(percentile(delays, 0.99)),
                                                          "first_step_p50_ms": round(statistics.median(first)),
                                                          "first_step_p99_ms": round(percentile(first, 0.99))})
-
-
-def start_worker(env, config, queue: str) -> subprocess.Popen:
-    """As deployed: the worker is a process of its own, not sharing the receiver's interpreter."""
-    return subprocess.Popen([str(Path(sys.executable).parent / "rollback"), "worker", "--config", str(config._path)],
-                            env={**os.environ, "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
-                                 "TEMPORAL_TASK_QUEUE": queue}, stderr=subprocess.DEVNULL)
-
-
-async def polling(client, task_queue: str, timeout: float = 60) -> None:
-    """Wait until a worker polls the task queue."""
-    request = DescribeTaskQueueRequest(namespace=client.namespace, task_queue=TaskQueue(name=task_queue),
-                                       task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)
-    deadline = time.monotonic() + timeout
-    while not (await client.workflow_service.describe_task_queue(request)).pollers:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the worker did not start polling")
-        await asyncio.sleep(0.2)
 
 
 def alertmanager_alert(service: str, number: int) -> dict:
@@ -230,7 +208,7 @@ async def storm(env, workdir: Path) -> None:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     generator = context.Process(target=generate_load, args=(url, names, 1000, 10.0, results))
-    worker = start_worker(env, config, queue)
+    (worker,) = start_workers(1, config._path, worker_env(env.client, queue))
     try:
         await polling(env.client, queue)  # a worker still starting up would compete for the CPU
         generator.start()
@@ -253,8 +231,7 @@ async def storm(env, workdir: Path) -> None:
             await env.client.get_workflow_handle(execution.id).terminate("bench over")
         worker_rss = peak_rss_mb(worker.pid)
     finally:
-        worker.terminate()
-        worker.wait(30)
+        stop([worker])
     server.should_exit = True
     await task
     fake_process.terminate()

@@ -29,16 +29,14 @@ from temporalio.testing import WorkflowEnvironment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.webhook_storm import TOKEN, percentile, polling, vercel_in_own_process, vercel_services  # noqa: E402
-from bench.common import critical_path, peak_rss_mb, report  # noqa: E402
+from bench.webhook_storm import TOKEN, percentile, vercel_in_own_process, vercel_services  # noqa: E402
+from bench.common import (ROLLBACK, critical_path, peak_rss_mb, polling, report, start_workers, stop,  # noqa: E402
+                          worker_env)
 from starter import engines  # noqa: E402
 from worker.codec import data_converter  # noqa: E402
 from workflows import AppRollbackWorkflow  # noqa: E402
 from workflows.base import SEARCH_ATTRIBUTES  # noqa: E402
 from workflows.models import AppRollbackInput  # noqa: E402
-
-ROLLBACK = str(Path(sys.executable).parent / "rollback")
-
 
 def write_config(workdir: Path, services: dict, postgres: str | None) -> Path:
     document = {"state_dir": str(workdir / "state"), "artifact_dir": str(workdir / "incidents"),
@@ -50,21 +48,8 @@ def write_config(workdir: Path, services: dict, postgres: str | None) -> Path:
     return path
 
 
-def process_env(address: str, queue: str, postgres: str | None) -> dict:
-    return {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_TASK_QUEUE": queue,
-            **({"BENCH_STATE_DSN": postgres} if postgres else {})}
-
-
-def start_workers(count: int, config: Path, env: dict) -> list[subprocess.Popen]:
-    return [subprocess.Popen([ROLLBACK, "worker", "--config", str(config)], env=env, stderr=subprocess.DEVNULL)
-            for _ in range(count)]
-
-
-def stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.wait(30)
+def state_dsn(postgres: str | None) -> dict[str, str]:
+    return {"BENCH_STATE_DSN": postgres} if postgres else {}
 
 
 async def throughput(env, workdir: Path, workers: int, rollbacks: int, postgres: str | None) -> float:
@@ -72,8 +57,7 @@ async def throughput(env, workdir: Path, workers: int, rollbacks: int, postgres:
     fake, url = vercel_in_own_process(names)
     queue = f"bench-{uuid.uuid4()}"
     config = write_config(workdir, vercel_services(url, names, "never"), postgres)
-    processes = start_workers(workers, config, process_env(env.client.service_client.config.target_host, queue,
-                                                            postgres))
+    processes = start_workers(workers, config, worker_env(env.client, queue, state_dsn(postgres)))
     try:
         await polling(env.client, queue)
         await asyncio.sleep(1)  # the other workers finish starting too
@@ -102,8 +86,7 @@ async def burst(env, workdir: Path, postgres: str | None) -> None:
     fake, url = vercel_in_own_process(names)
     queue = f"bench-{uuid.uuid4()}"
     config = write_config(workdir, vercel_services(url, names, "never"), postgres)
-    environment = {**process_env(env.client.service_client.config.target_host, queue, postgres),
-                   "BENCH_HOOK_TOKEN": TOKEN}
+    environment = worker_env(env.client, queue, {**state_dsn(postgres), "BENCH_HOOK_TOKEN": TOKEN})
     port = engines.free_port()
     receiver = subprocess.Popen([ROLLBACK, "webhook", "--config", str(config), "--host", "127.0.0.1", "--port",
                                  str(port)], env=environment, stderr=subprocess.DEVNULL)
