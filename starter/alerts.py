@@ -28,6 +28,10 @@ from workflows.config import AlertsConfig, WebhookSource
 from workflows.models import Alert
 
 STALE_SECONDS = 300  # signed timestamps further than this from now, either way, are refused
+# PagerDuty retries a delivery we answered 5xx for about 20 minutes, with the event's original
+# occurred_at (and holds the deliveries queued behind it): its events may be that old. A replay
+# inside the window is still caught, by the event id the replay records keep for replay_ttl.
+PAGERDUTY_STALE_SECONDS = 3600
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF][0-9a-fA-F]{2}")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -110,14 +114,14 @@ def _epoch(stamp: Any) -> float | None:
     return None
 
 
-def _within_window(what: str, stamp: Any, now: float) -> None:
+def _within_window(what: str, stamp: Any, now: float, oldest: float = STALE_SECONDS) -> None:
     if stamp is None or stamp == "":
         raise Refused(401, "missing_timestamp", f"{what} is missing: cannot tell a replay from a fresh event")
     moment = _epoch(stamp)
     if moment is None or not math.isfinite(moment):
         raise Refused(401, "bad_timestamp", f"{what} is not a timestamp")
-    if now - moment > STALE_SECONDS:
-        raise Refused(401, "stale", f"{what} is more than 5 minutes old")
+    if now - moment > oldest:
+        raise Refused(401, "stale", f"{what} is more than {oldest // 60:.0f} minutes old")
     if moment - now > STALE_SECONDS:
         raise Refused(401, "future", f"{what} is more than 5 minutes in the future")
 
@@ -131,7 +135,8 @@ def check_fresh(source: str, headers: dict[str, str], body: dict, now: float | N
         _within_window("Sentry-Hook-Timestamp", headers.get("sentry-hook-timestamp"), now)
     elif source == "pagerduty":
         event = body.get("event")
-        _within_window("event.occurred_at", event.get("occurred_at") if isinstance(event, dict) else None, now)
+        _within_window("event.occurred_at", event.get("occurred_at") if isinstance(event, dict) else None, now,
+                       oldest=PAGERDUTY_STALE_SECONDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,6 +214,11 @@ def _normalised(labels: dict[str, str], alertname: Any, service: Any, severity: 
 # Values
 
 
+# Prometheus templates' `humanize` writes 0.23 as "230m" and 1500 as "1.5k"
+SI_PREFIXES = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9}
+_SI_NUMBER = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s?([kMGTmuµn])$")
+
+
 class ValueReader:
     """Reads an alert's value where its source puts it. After each `read`, `notes` holds why a
     value was dropped: parsers pass `values=reader.read(…), notes=reader.notes` (keyword
@@ -223,10 +233,13 @@ class ValueReader:
             return None
         text = raw.strip() if isinstance(raw, str) else raw
         percent = isinstance(text, str) and text.endswith("%")
+        scale = 1.0
+        if isinstance(text, str) and (prefixed := _SI_NUMBER.match(text)):
+            text, scale = prefixed.group(1), SI_PREFIXES[prefixed.group(2)]  # Prometheus' humanize: "230m"
         try:
             if isinstance(text, bool) or not isinstance(text, (str, int, float)):
                 raise ValueError
-            number = float(text.rstrip("%") if isinstance(text, str) else text)
+            number = float(text.rstrip("%") if isinstance(text, str) else text) * scale
         except (ValueError, OverflowError):
             shown = repr(raw[:40]) if isinstance(raw, str) else f"(a JSON {type(raw).__name__})"
             self.notes.append(f"{where} {shown} is not a number: treated as absent")
@@ -272,7 +285,9 @@ class ValueReader:
 
 # Grafana: "[ var='B' labels={service=shop} value=0.23 ], [ var='C' labels={} value=1 ]"
 # (older: "[ metric='' labels={} value=14151.33 ]")
-_VALUE_STRING = re.compile(r"\[\s*(?:var|metric)='([^']*)'\s+labels=\{.*?\}\s+value=([^\s\]]+)\s*\]")
+# (classic conditions: "[ var='B0' metric='shop' labels={service=shop} value=0.23 ]")
+_VALUE_STRING = re.compile(r"\[\s*(?:var|metric)='([^']*)'(?:\s+metric='[^']*')?\s+labels=\{.*?\}\s+"
+                           r"value=([^\s\]]+)\s*\]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +322,28 @@ def _prometheus_style(source: str, body: dict, values: ValueReader) -> list[Aler
     return alerts
 
 
+GRAFANA_LEGACY_STATES = {"alerting": "firing", "no_data": "firing", "ok": "resolved"}  # pending, paused: info
+
+
+def parse_grafana(body: dict, headers: dict[str, str], values: ValueReader) -> list[Alert]:
+    """Grafana's unified alerting (Alertmanager's envelope), or a legacy dashboard alert (Grafana
+    up to 10: `ruleName`, `state`, `evalMatches`, `tags`)."""
+    if "alerts" in body or not {"ruleName", "evalMatches"} & body.keys():
+        return _prometheus_style("grafana", body, values)
+    tags = _labels(body.get("tags"))
+    matches = [_dict(m) for m in body.get("evalMatches") or [] if isinstance(m, dict)]
+    series = {(_text(m.get("metric")) or str(number)): m.get("value") for number, m in enumerate(matches)}
+    rule = _text(body.get("ruleId")) or _text(body.get("ruleName")) or ""
+    return [Alert(
+        source="grafana", status=GRAFANA_LEGACY_STATES.get(_text(body.get("state")) or "", "info"),
+        fingerprint=f"legacy:{rule}", severity=tags.get("severity"),
+        summary=_text(body.get("title")) or _text(body.get("ruleName")) or "",
+        labels=_normalised(tags, body.get("ruleName"), None, None),
+        values=values.read({}, series), notes=values.notes,
+        links=[url] if (url := _text(body.get("ruleUrl"))) else [],
+        occurrence="")]  # no time in it: a reminder and a new firing look the same, so neither is a replay
+
+
 _SENTRY_PROJECT_IN_URL = re.compile(r"/projects/[^/]+/([^/]+)/")
 
 
@@ -339,6 +376,8 @@ def parse_sentry(body: dict, headers: dict[str, str], values: ValueReader) -> li
         projects = rule.get("projects") or metric.get("projects") or [None]
         status = "resolved" if action == "resolved" else "firing" if action in ("critical", "warning") else "info"
         tags = _labels(rule.get("tags"))
+        if environment := _text(rule.get("environment")):  # the rule's, as an issue alert's event tags have it
+            tags.setdefault("environment", environment)
         links = [url] if (url := _text(data.get("web_url"))) else []
         fingerprint = f"metric:{_text(metric.get('id')) or _text(rule.get('id'))}"
         alerts = []
@@ -369,10 +408,21 @@ def parse_sentry(body: dict, headers: dict[str, str], values: ValueReader) -> li
 
 
 DATADOG_FIRING = ("triggered", "re-triggered", "warn", "re-warn", "renotify", "no data", "re-no data")
+# Datadog sends a renotification of the same alert cycle with a new event id: the same occurrence
+# as the notification it repeats (keyed by $ALERT_CYCLE_KEY when the template has it).
+DATADOG_REPEATS = {"re-triggered": "Triggered", "renotify": "Triggered", "re-warn": "Warn", "re-no data": "No Data"}
+# "[P1] [Recovered on {service:shop}] Checkout 5xx": $EVENT_TITLE carries the transition
+_DATADOG_TITLE_TRANSITION = re.compile(
+    r"^\s*(?:\[[^\]]*\]\s*)*?\[\s*(Re-Triggered|Triggered|Recovered|Re-Warn|Warn|Re-No Data|No Data|Renotify)\b",
+    re.IGNORECASE)
+# $ALERT_TYPE / $EVENT_TYPE-style alert types: "success" is how Datadog marks a recovery
+_DATADOG_ALERT_TYPES = {"error": "Triggered", "warning": "Warn", "success": "Recovered"}
+_DATADOG_PRIORITY = re.compile(r"^P[0-5]$", re.IGNORECASE)
 
 
 def _datadog_tags(*raws: Any) -> dict[str, str]:
-    """`$TAGS` / `$ALERT_SCOPE`: "service:checkout, env:prod" (or a JSON list of such)."""
+    """`$ALERT_SCOPE` / `$TAGS`: "service:checkout, env:prod" (or a JSON list of such); the first
+    raw that has a key wins, so the scope (the group that fired) goes before the monitor's tags."""
     tags: dict[str, str] = {}
     for raw in raws:
         items = raw if isinstance(raw, list) else (_text(raw) or "").split(",")
@@ -387,29 +437,62 @@ def _first(body: dict, *names: str) -> str:
     return next((text for name in names if (text := _text(body.get(name)))), "")
 
 
+def _datadog_transition(fields: dict, title: str) -> str:
+    """$ALERT_TRANSITION where the template has it, else the `[Recovered on …]` of the title
+    (Datadog's default payload), else $ALERT_TYPE (`success` is a recovery); else Triggered: a
+    monitor notification that says nothing more is an alert."""
+    if explicit := _first(fields, "transition", "alert_transition"):
+        return explicit
+    if found := _DATADOG_TITLE_TRANSITION.match(title):
+        return found.group(1).title()  # "re-no data" -> "Re-No Data", as $ALERT_TRANSITION writes it
+    return _DATADOG_ALERT_TYPES.get(_first(fields, "alert_type").lower(), "Triggered")
+
+
 def parse_datadog(body: dict, headers: dict[str, str], values: ValueReader) -> list[Alert]:
     """The Datadog payload is a template people write: the README's recommended template adds
-    $ALERT_ID, $AGGREG_KEY, $ALERT_TRANSITION, $ALERT_PRIORITY, $ALERT_METRIC, $ALERT_TITLE and
-    $TAGS to the default fields; the names with or without the `alert_` prefix are read."""
-    transition = _first(body, "transition", "alert_transition") or "Triggered"
-    tags = _datadog_tags(body.get("tags"), body.get("alert_scope") or body.get("scope"))
-    if metric := _first(body, "alert_metric", "metric"):
+    $ALERT_ID, $AGGREG_KEY, $ALERT_CYCLE_KEY, $ALERT_TRANSITION, $ALERT_PRIORITY, $ALERT_METRIC,
+    $ALERT_TITLE, $ALERT_SCOPE and $TAGS to the default fields; the names with or without the
+    `alert_` prefix are read, at the top level or in an `alert` object."""
+    nested = _dict(body.get("alert"))
+    fields = {**{k: v for k, v in nested.items() if not isinstance(v, (dict, list))},
+              **{f"alert_{k}": v for k, v in nested.items() if not isinstance(v, (dict, list))}, **body}
+    title = _first(fields, "alert_title", "title", "event_title")
+    transition = _datadog_transition(fields, title)
+    tags = _datadog_tags(fields.get("alert_scope") or fields.get("scope"), fields.get("tags"))
+    if metric := _first(fields, "alert_metric", "metric"):
         tags.setdefault("metric", metric)
-    title = _first(body, "alert_title", "title", "event_title")
     # "[Triggered on {host:a}] Checkout 5xx" -> "Checkout 5xx": the monitor's name, stable across transitions
     alertname = re.sub(r"^(\s*\[[^\]]*\])+\s*", "", title)
-    priority = _first(body, "alert_priority", "priority")
-    severity = priority or ("warning" if transition.lower() in ("warn", "re-warn") else "")
-    status = ("resolved" if transition.lower() == "recovered"
-              else "firing" if transition.lower() in DATADOG_FIRING else "info")
-    event_id = _first(body, "id", "event_id")
+    # $ALERT_PRIORITY is P1-P5; a `priority` field is often $PRIORITY, the event's normal/low
+    priority = next((p for p in (_first(fields, "alert_priority"), _first(fields, "priority"))
+                     if _DATADOG_PRIORITY.match(p)), "")
+    kind = transition.lower()
+    if priority:
+        tags.setdefault("priority", priority.upper())
+    # a warning threshold is a warning whatever the monitor's priority: never an automatic rollback
+    severity = "warning" if kind in ("warn", "re-warn") else priority
+    status = "resolved" if kind == "recovered" else "firing" if kind in DATADOG_FIRING else "info"
+    event_id = _first(fields, "id", "event_id")
+    cycle = _first(fields, "alert_cycle_key", "cycle_key")
+    repeated = DATADOG_REPEATS.get(kind, transition)
+    occurrence = (f"{cycle}|{repeated}" if cycle else f"{event_id}|{transition}" if event_id else "")
     labels = _normalised(tags, alertname, None, severity)
     return [Alert(source="datadog", status=status,
-                  fingerprint=_first(body, "aggreg_key", "alert_cycle_key", "alert_id") or event_id,
+                  fingerprint=_first(fields, "aggreg_key", "alert_cycle_key", "alert_id") or event_id,
                   severity=labels["severity"] or None, summary=title, labels=labels,
-                  values=values.read(body), notes=values.notes,
-                  links=[link] if (link := _first(body, "link")) else [],
-                  occurrence=f"{event_id}|{transition}" if event_id else "")]
+                  values=values.read(fields), notes=values.notes,
+                  links=[link] if (link := _first(fields, "link")) else [],
+                  occurrence=occurrence)]
+
+
+def ended_occurrences(alert: Alert) -> list[str]:
+    """The occurrences of the firing notices a resolved alert ends: their replay records are
+    forgotten, so the alert can fire again. Datadog keys each notice by its transition, and a
+    recovery ends whichever of Triggered, Warn or No Data came before it."""
+    if alert.source == "datadog" and alert.occurrence.endswith("|Recovered"):
+        key = alert.occurrence.removesuffix("|Recovered")
+        return [f"{key}|{transition}" for transition in ("Triggered", "Warn", "No Data")]
+    return [alert.occurrence]
 
 
 PAGERDUTY_FIRING = ("incident.triggered", "incident.reopened", "incident.escalated")
@@ -448,7 +531,7 @@ def parse_generic(body: dict, headers: dict[str, str], values: ValueReader) -> l
 
 PARSERS: dict[str, Callable[[dict, dict, ValueReader], list[Alert]]] = {
     "alertmanager": lambda body, headers, values: _prometheus_style("alertmanager", body, values),
-    "grafana": lambda body, headers, values: _prometheus_style("grafana", body, values),
+    "grafana": parse_grafana,
     "sentry": parse_sentry,
     "datadog": parse_datadog,
     "pagerduty": parse_pagerduty,
@@ -463,6 +546,9 @@ def parse(source: str, raw: bytes, headers: dict[str, str], options: AlertsConfi
     Refused(401) when its signed timestamp is stale, in the future or missing (unless
     `check_timestamps` is off, as for a saved payload)."""
     body = load_json(raw)
+    if source == "pagerduty" and "event" not in body and isinstance(body.get("messages"), list):
+        raise Refused(400, "malformed", "a PagerDuty v2 webhook (messages[]): PagerDuty retired v2 webhooks; add a v3 "
+                      "webhook subscription (Integrations > Generic Webhooks (v3)) instead")
     if check_timestamps:
         check_fresh(source, headers, body)
     values = ValueReader(options or AlertsConfig())

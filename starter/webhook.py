@@ -30,7 +30,7 @@ from temporalio.service import RPCError
 
 from activities.common import ConfigSource
 from activities.state import StateUnavailable
-from starter.alerts import SOURCES, Refused, authenticate, parse
+from starter.alerts import SOURCES, Refused, authenticate, ended_occurrences, parse
 from starter.flags import flag_routes
 from starter.forwarding import AlertForwarder
 from starter.replay import ReplayStores
@@ -283,8 +283,8 @@ def create_app(client: Client, config: ConfigSource, task_queue: str) -> Starlet
             log.error("could not start or signal a workflow: %s", exc)
             raise Refused(503, "temporal_unavailable", "Temporal unavailable; retry") from None
         # The same alert may fire again after it resolved, even with the same startsAt: new then.
-        store.forget([replay_key(source, v.alert.occurrence, "firing") for v in fresh
-                      if v.alert.occurrence and v.alert.status == "resolved"])
+        store.forget([replay_key(source, occurrence, "firing") for v in fresh
+                      if v.alert.occurrence and v.alert.status == "resolved" for occurrence in ended_occurrences(v.alert)])
         return JSONResponse({"accepted": True, "alerts": results, "replayed": new.count(False)}, status_code=202)
 
     def make_endpoint(source: str):

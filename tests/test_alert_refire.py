@@ -84,3 +84,24 @@ async def test_firing_again_after_resolved_with_the_same_starts_at_is_new(receiv
     again = await post(hook.asgi(), alertmanager("firing"))  # and after a restart
     assert again.status_code == 202 and again.json()["alerts"][0]["attached"] is True
     await client.get_workflow_handle(hook.workflow_id).terminate("test over")
+
+
+async def test_a_datadog_monitor_firing_again_after_its_recovery_is_new(receiver, client):
+    """A template that puts $ALERT_ID (the monitor, the same every time) in `id`: the recovery must
+    end the firing's replay record, or the monitor's next trigger is answered as a replay for a day."""
+    hook = receiver()
+    http = hook.asgi()
+
+    async def notify(transition: str):
+        raw = json.dumps({"id": "1234", "title": f"[{transition} on {{service:shop}}] Checkout 5xx rate",
+                          "alert_transition": transition, "alert_priority": "P1", "tags": "service:shop",
+                          "error_rate": "0.3"}).encode()
+        return await http.post("/alerts/datadog", content=raw, headers=signed_headers("datadog", raw))
+
+    assert (await notify("Triggered")).status_code == 202
+    assert (await notify("Triggered")).json()["duplicate"] is True  # the same notice again: a replay
+    recovered = await notify("Recovered")
+    assert recovered.status_code == 202 and recovered.json()["alerts"][0]["status"] == "resolved"
+    again = await notify("Triggered")
+    assert again.status_code == 202 and "duplicate" not in again.json(), again.text
+    await client.get_workflow_handle(hook.workflow_id).terminate("test over")

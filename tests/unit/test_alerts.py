@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from starter.alerts import Refused, authenticate, check_fresh, load_json, parse
+from starter.alerts import Refused, authenticate, check_fresh, ended_occurrences, load_json, parse
 from workflows.config import AlertsConfig, HealthCheck, RollbackConfig, WebhookSource
 from workflows.models import Alert
 from workflows.policy import classify_severity, decide
@@ -79,7 +79,9 @@ def test_grafana_values_map_and_value_string():
 
 def test_sentry_metric_alert_service_from_the_rules_projects():
     alert = only(parse("sentry", golden("sentry_metric_alert.json"), SENTRY_METRIC, check_timestamps=False))
-    assert alert.labels == {"alertname": "Checkout errors", "service": "shop", "severity": "critical"}
+    # the rule's environment is a label, as an issue alert's event tags make it one
+    assert alert.labels == {"alertname": "Checkout errors", "service": "shop", "severity": "critical",
+                            "environment": "production"}
     assert alert.status == "firing" and classify_severity(alert) == "P1"
     body = json.loads(golden("sentry_metric_alert.json"))
     body["action"] = "warning"
@@ -102,8 +104,9 @@ def test_sentry_issue_alert_project_slug_rule_name_and_level():
 def test_datadog_tags_priority_metric_and_title():
     alert = only(parse("datadog", golden("datadog.json"), {}))
     assert alert.labels == {"env": "prod", "service": "shop", "team": "payments", "alertname": "Checkout 5xx rate",
-                            "metric": "trace.http.request.errors", "severity": "P1"}
-    assert classify_severity(alert) == "P1" and alert.occurrence == "7382940012345678901|Triggered"
+                            "metric": "trace.http.request.errors", "severity": "P1", "priority": "P1"}
+    # keyed by the alert cycle: a renotification of it (new event id) is the same occurrence
+    assert classify_severity(alert) == "P1" and alert.occurrence == "7382940012345678000|Triggered"
     recovered = json.loads(golden("datadog.json"))
     recovered["alert_transition"] = "Recovered"
     assert only(parse("datadog", json.dumps(recovered).encode(), {})).status == "resolved"
@@ -113,6 +116,85 @@ def test_datadog_tags_priority_metric_and_title():
     old_template = {"id": "1", "title": "[Warn] x", "transition": "Warn", "tags": "service:shop", "error_rate": "3%"}
     alert = only(parse("datadog", json.dumps(old_template).encode(), {}))
     assert alert.labels["severity"] == "warning" and alert.values == {"error_rate": 0.03}
+
+
+def datadog(**fields) -> Alert:
+    return only(parse("datadog", json.dumps(fields).encode(), {}))
+
+
+def test_datadog_transition_from_the_default_payloads_title_its_alert_type_or_a_nested_template():
+    """Datadog's default payload has no transition field: its title says `[Recovered on …]`. A
+    recovery must never read as a new alert (it would start a rollback)."""
+    recovered = only(parse("datadog", golden("datadog_default_recovered.json"), {}))
+    assert (recovered.status, recovered.labels["service"], recovered.labels["alertname"]) == \
+        ("resolved", "shop", "Checkout 5xx rate")
+    assert recovered.occurrence == "7382940012345678999|Recovered"
+    assert datadog(id="2", title="[P2] [Re-Triggered on {service:shop}] 5xx", tags="service:shop").status == "firing"
+    assert datadog(id="3", title="[No Data on {service:shop}] 5xx", tags="service:shop").status == "firing"
+    assert datadog(id="4", title="[Recovered] 5xx", alert_type="success", tags="service:shop").status == "resolved"
+    assert datadog(id="5", title="5xx", alert_type="success", tags="service:shop").status == "resolved"
+    nested = datadog(id="6", title="5xx", tags="service:shop", alert={"transition": "Recovered", "priority": "normal"})
+    assert nested.status == "resolved" and nested.labels["severity"] == ""
+    # a warning threshold is a warning (P2: notify only) whatever the monitor's priority; the
+    # priority stays a label a rule can match
+    warn = datadog(id="7", title="[Warn on {service:shop}] 5xx", alert_priority="P1", tags="service:shop")
+    assert (warn.status, classify_severity(warn), warn.labels["priority"]) == ("firing", "P2", "P1")
+
+
+def test_datadog_event_priority_is_not_the_monitors_and_the_scope_names_the_service():
+    # $PRIORITY (normal/low) is the event's priority, not the monitor's P1-P5
+    assert classify_severity(datadog(id="1", title="5xx", transition="Triggered", priority="low",
+                                     tags="service:shop")) == "P1"
+    assert classify_severity(datadog(id="1", title="5xx", priority="P3", tags="service:shop")) == "P3"
+    # a monitor tagged with its owner's service, grouped by service: the group that fired decides
+    alert = datadog(id="9", alert_transition="Triggered", alert_scope="service:shop",
+                    tags="env:prod,monitor,service:checkout,service:shop")
+    assert alert.labels["service"] == "shop"
+
+
+def test_datadog_renotification_is_a_repeat_and_a_recovery_ends_the_cycle():
+    cycle = {"alert_cycle_key": "c1", "title": "[Triggered on {service:shop}] 5xx", "tags": "service:shop"}
+    first = datadog(id="e1", alert_transition="Triggered", **cycle)
+    renotified = datadog(id="e2", alert_transition="Re-Triggered", **cycle)
+    assert first.occurrence == renotified.occurrence == "c1|Triggered"
+    # a template with $ALERT_ID in `id` (no cycle key): the recovery ends whatever fired before it,
+    # so the monitor's next trigger is new, not a replay of the last one
+    recovered = datadog(id="1234", alert_transition="Recovered", tags="service:shop")
+    assert {"1234|Triggered", "1234|Warn"} <= set(ended_occurrences(recovered))
+    assert datadog(id="1234", alert_transition="Triggered", tags="service:shop").occurrence in \
+        ended_occurrences(recovered)
+
+
+def test_grafana_legacy_dashboard_alert():
+    """Grafana up to 10's legacy alerting posts one rule's state, not an Alertmanager envelope."""
+    alert = only(parse("grafana", golden("grafana_legacy_alerting.json"), {}))
+    assert (alert.status, alert.labels["service"], alert.labels["alertname"], classify_severity(alert)) == \
+        ("firing", "shop", "HighErrorRate", "P1")
+    assert alert.values == {"error_rate": 0.23} and alert.links[0].startswith("http://localhost:3000/d/")
+    body = json.loads(golden("grafana_legacy_alerting.json"))
+    assert only(parse("grafana", json.dumps({**body, "state": "ok", "evalMatches": []}).encode(), {})).status == \
+        "resolved"
+    assert only(parse("grafana", json.dumps({**body, "state": "pending"}).encode(), {})).status == "info"
+
+
+def test_prometheus_humanized_and_grafana_classic_condition_values():
+    body = json.loads(golden("alertmanager_firing.json"))
+    body["alerts"][0]["annotations"]["value"] = "230m"  # {{ $value | humanize }} of 0.23
+    assert only(parse("alertmanager", json.dumps(body).encode(), {})).values == {"error_rate": 0.23}
+    body["alerts"][0]["annotations"]["value"] = "5 minutes"
+    alert = only(parse("alertmanager", json.dumps(body).encode(), {}))
+    assert alert.values == {} and "not a number" in alert.notes[0]
+    grafana = json.loads(golden("grafana_firing.json"))
+    grafana["alerts"][0].pop("values", None)
+    grafana["alerts"][0]["valueString"] = "[ var='B0' metric='shop' labels={service=shop} value=0.31 ]"
+    assert only(parse("grafana", json.dumps(grafana).encode(), {})).values == {"error_rate": 0.31}
+
+
+def test_pagerduty_v2_webhook_is_a_clear_400():
+    v2 = {"messages": [{"event": "incident.trigger", "incident": {"id": "PT4KHLK", "title": "x"}}]}
+    with pytest.raises(Refused) as refused:
+        parse("pagerduty", json.dumps(v2).encode(), {})
+    assert refused.value.status == 400 and "v3 webhook" in str(refused.value)
 
 
 def test_pagerduty_service_priority_and_title():
@@ -207,7 +289,11 @@ def test_signed_timestamps_within_five_minutes_either_way():
         with pytest.raises(Refused) as refused:
             check_fresh("sentry", {} if stamp is None else {"sentry-hook-timestamp": stamp}, {}, now)
         assert (refused.value.status, refused.value.reason) == (401, reason)
-    for offset, reason in ((-400, "stale"), (400, "future")):
+    # PagerDuty retries a 5xx-answered delivery for ~20 minutes with its original occurred_at
+    # (a 4xx drops it for good): an hour old is still taken, the event id catches a replay
+    assert only(parse("pagerduty", golden("pagerduty_triggered.json", datetime.now(timezone.utc)
+                                          - timedelta(minutes=25)), {})).status == "firing"
+    for offset, reason in ((-3700, "stale"), (400, "future")):
         raw = golden("pagerduty_triggered.json", datetime.now(timezone.utc) + timedelta(seconds=offset))
         with pytest.raises(Refused) as refused:
             parse("pagerduty", raw, {})
