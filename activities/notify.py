@@ -27,7 +27,8 @@ def slack_payload(request: NotifyRequest) -> dict:
             {"type": "mrkdwn", "text": f"*{escape_mrkdwn(k)}*\n{escape_mrkdwn(v)}"} for k, v in request.fields.items()]})
     if request.approval_for:
         # Block Kit buttons; the receiver's /slack/actions turns a press into the approve/reject Update
-        value = json.dumps({"workflow_id": request.approval_for, "step": request.approval_step or ""})
+        value = json.dumps({"workflow_id": request.approval_for, "step": request.approval_step or "",
+                            **({"run_id": request.approval_run} if request.approval_run else {})})
         blocks.append({"type": "actions", "block_id": "approval", "elements": [
             {"type": "button", "action_id": "approve", "style": "primary", "value": value,
              "text": {"type": "plain_text", "text": "Approve"}},

@@ -339,8 +339,11 @@ class RestoreActivities:
                 "SELECT datname FROM pg_database WHERE datname = ANY(%s)",
                 ([live, request.new_database, request.keep_old_as],))).fetchall()}
             if request.keep_old_as in names and request.new_database not in names:
+                # an earlier attempt swapped, and may have died before it let connections in again
+                for database in (live_id, old_id):
+                    await conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(database))
                 return SwapResult(live=live, kept_old_as=request.keep_old_as, downtime_seconds=0.0,
-                                  terminated_sessions=0)  # an earlier attempt swapped
+                                  terminated_sessions=0)
             if request.new_database not in names:
                 raise fail(f"restored database {request.new_database} is missing; nothing was swapped")
             started = time.monotonic()

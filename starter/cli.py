@@ -936,12 +936,22 @@ DECIDED = {"approve": "approved", "reject": "rejected"}
 def _decide(workflow_id: str, reason: str, approver: str | None, update: str) -> None:
     async def main() -> int:
         client = await _client()
-        await _status(client, workflow_id)  # clear error for an unknown ID
+        state = await _status(client, workflow_id)  # clear error for an unknown ID
+        # the step shown by that status: if the run moves on to another one meanwhile, the decision
+        # is refused rather than applied to a step nobody looked at
         handle = client.get_workflow_handle(workflow_id)
-        decision = ApprovalInput(approver=approver or os.environ.get("USER", "cli"), reason=reason, channel="cli")
+        decision = ApprovalInput(approver=approver or os.environ.get("USER", "cli"), reason=reason, channel="cli",
+                                 step=state.waiting_for_approval)
         try:
             await handle.execute_update(update, decision)
         except WorkflowUpdateFailedError as exc:
+            cause = getattr(exc.cause, "message", "") or ""
+            if getattr(exc.cause, "type", "") == "AlreadyDecided" and \
+                    f" already {DECIDED[update]} by {decision.approver} (" in cause:
+                # the same decision by the same person, sent again (a retry after a timeout): done
+                print(f"{workflow_id}: {state.waiting_for_approval or 'the step'} was already {DECIDED[update]} "
+                      f"by you ({decision.approver})")
+                return 0
             if getattr(exc.cause, "type", "") != "NotAllowed":  # the workflow records its own policy refusals
                 _audit_refusal(workflow_id, update, decision, str(exc.cause or exc))
             raise CliError(f"{update} refused: {exc.cause or exc}") from None

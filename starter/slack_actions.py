@@ -67,24 +67,27 @@ def slack_routes(client: Client, config: ConfigSource) -> list[Route]:
             action = payload["actions"][0]
             user = payload["user"]["id"]
             target = json.loads(action["value"])
-            workflow_id, step = target["workflow_id"], target.get("step", "")
+            workflow_id, step, run_id = target["workflow_id"], target.get("step", ""), target.get("run_id")
             verb = action["action_id"]
         except (KeyError, IndexError, ValueError, TypeError, UnicodeDecodeError):
             return JSONResponse({"error": "not a block_actions payload"}, status_code=400)
         if verb not in ("approve", "reject"):
             return JSONResponse({"error": f"unknown action {verb!r}"}, status_code=400)
         person = next((name for name, p in settings.people.items() if p.slack == user), None)
-        task = BackgroundTask(decide, settings, workflow_id, step, verb, user, person, payload.get("response_url"))
+        task = BackgroundTask(decide, settings, workflow_id, run_id, step, verb, user, person,
+                              payload.get("response_url"))
         return Response(status_code=200, background=task)
 
-    async def decide(settings, workflow_id, step, verb, user, person, response_url) -> None:
+    async def decide(settings, workflow_id, run_id, step, verb, user, person, response_url) -> None:
         if person is None:
             text = f"Slack user {user} is not in the approver list; nothing was decided"
             audit_refusal(settings, workflow_id, step, verb, f"slack:{user}", text)
         else:
-            decision = ApprovalInput(approver=person, reason=f"{verb}d in Slack", channel="slack", slack_user=user)
+            # the button's own run and step: an old message never decides a later run, or another step
+            decision = ApprovalInput(approver=person, reason=f"{verb}d in Slack", channel="slack", slack_user=user,
+                                     step=step or None)
             try:
-                answer = await client.get_workflow_handle(workflow_id).execute_update(
+                answer = await client.get_workflow_handle(workflow_id, run_id=run_id or None).execute_update(
                     verb, decision, result_type=ApprovalDecision)
                 text = f"{answer.step}: {verb}d by {person}" + (
                     f"; waiting for {answer.still_needed} more approver(s)" if answer.still_needed else "")

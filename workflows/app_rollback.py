@@ -68,6 +68,7 @@ class AppRollbackWorkflow(RollbackWorkflowBase):
     @guarded
     async def run(self, request: AppRollbackInput) -> AppRollbackResult:
         self.start_run(request.service, request.severity, request.automatic)
+        self.approval_only_from_a_parent(request)
         self.public_updates = not request.approved_by  # a parent incident keeps the status page
         self.record(
             EventKind.STARTED,

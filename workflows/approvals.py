@@ -56,6 +56,6 @@ def refusal(rules: ApproverRules | None, kinds: list[str], approver: str, reques
     if approving and approver == requested_by and any(kind in rules.four_eyes for kind in kinds):
         return (f"{approver} requested this run and may not approve its own {'/'.join(kinds)} step (four eyes): "
                 "someone else must decide; your decision was not recorded")
-    if approver in already:
+    if approving and approver in already:  # changing one's mind (a rejection) is allowed
         return f"{approver} already approved this step; another approver is needed; your decision was not recorded"
     return None

@@ -179,6 +179,7 @@ class RollbackWorkflowBase:
         # The approver policy (from the config, at the start) and what the checkpoint asks of it.
         self.requested_by = "unknown"
         self.approvers: ApproverRules | None = None
+        self.policy_loaded = False  # set by service_context; a checkpoint loads it if a run did not
         self.awaiting_kinds: list[str] = []
         self.approvers_needed = 1
         self.approvals_given: list[str] = []
@@ -299,6 +300,9 @@ class RollbackWorkflowBase:
         self._refuse_second_decision()
         if self.awaiting_step is None:
             raise ValueError("this rollback is not waiting for an approval")
+        if decision.step and decision.step != self.awaiting_step:
+            raise ValueError(f"this decision is for {decision.step!r}, but the run now waits for "
+                             f"{self.awaiting_step!r}: look at it (`rollback status`) before deciding")
         if not decision.approver.strip():
             raise ValueError("an approver identity is required")
         if not decision.reason.strip():
@@ -446,7 +450,8 @@ class RollbackWorkflowBase:
         info = workflow.info()
         request = NotifyRequest(service=self.service, key=f"{info.workflow_id}/{info.run_id}:{key}", text=text,
                                 fields=fields, escalation=escalation,
-                                approval_for=info.workflow_id if buttons else None, approval_step=buttons)
+                                approval_for=info.workflow_id if buttons else None, approval_step=buttons,
+                                approval_run=info.run_id if buttons else None)
         if await self._best_effort("notify.slack", request, bool, "Slack notification"):
             self.record(EventKind.NOTIFIED, f"Slack: {text}")
 
@@ -469,6 +474,10 @@ class RollbackWorkflowBase:
         On timeout it escalates (timeline + escalation notice) and waits one more period; after
         that it returns None and the caller must not proceed.
         """
+        if not self.policy_loaded and workflow.patched("policy-at-every-checkpoint"):
+            # a run that never read its service's config (restore cleanup, migration repair) would
+            # otherwise have no approver policy, and anyone could approve, the requester too
+            await self.service_context(self.service)
         self.awaiting_step, self.decision = step, None
         self.awaiting_kinds = kinds or [STEP_KIND.get(step, "database")]
         self.approvers_needed, self.approvals_given = max(1, approvers_needed), []
@@ -575,11 +584,20 @@ class RollbackWorkflowBase:
             return "not_approved"
         return None if decision.approved else "rejected"
 
+    def approval_only_from_a_parent(self, request) -> None:
+        """`approved_by` in an input stands for a parent workflow's checkpoint (an incident's plan,
+        a drill). A run no parent started ignores it, and says so: a start input from the UI or
+        `temporal workflow start` cannot stand in for the approver policy."""
+        if request.approved_by and workflow.info().parent is None and workflow.patched("approval-only-from-a-parent"):
+            self.record(EventKind.DECIDED, f"approved_by {request.approved_by!r} in the input ignored: only a parent "
+                        "workflow's checkpoint approves ahead; this run asks like any other", actor=request.approved_by)
+            request.approved_by = None
+
     async def service_context(self, service: str) -> ServiceContext:
         """The service's config (secret names only), this run's artifact directory, and the
         approver policy its Update handlers enforce from now on."""
         context = await self.read("config.service", ServiceRef(service=service), ServiceContext, timeout=30)
-        self.approvers = context.approvers
+        self.approvers, self.policy_loaded = context.approvers, True
         return context
 
     def close(self, result, outcome: str, message: str, succeeded: bool):

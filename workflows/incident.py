@@ -163,7 +163,7 @@ class IncidentWorkflow(RollbackWorkflowBase):
         self._acknowledge(ack.by, ack.note)
         if self.paged:  # the page PagerDuty holds open is someone's now
             await self._pagerduty("acknowledge", f"{self.service} incident acknowledged by {ack.by}")
-        return f"acknowledged by {ack.by}"
+        return f"acknowledged by {self.acknowledged_by}"  # two at once: the first one is the one
 
     @acknowledge.validator
     def _check_acknowledge(self, ack: AcknowledgeInput) -> None:
@@ -204,11 +204,15 @@ class IncidentWorkflow(RollbackWorkflowBase):
 
     @workflow.update
     def resolve(self, request: ResolveInput) -> str:
-        self.resolution = request
+        refusal_first = workflow.patched("refused-resolve-changes-nothing")
+        if not refusal_first:
+            self.resolution = request
         if self.awaiting_step is not None and self.decision is None:
-            # closing the incident answers its open question: the plan is not carried out
+            # closing the incident answers its open question: the plan is not carried out (and
+            # one the approver policy refuses here raises before anything changed)
             self._decide(ApprovalInput(approver=request.by, reason=f"incident resolved: {request.reason}"),
                          approved=False)
+        self.resolution = request
         return f"resolving: {request.reason}"
 
     @resolve.validator
@@ -217,7 +221,8 @@ class IncidentWorkflow(RollbackWorkflowBase):
             raise ValueError("a reason is required")
         if self.resolution is not None or self.closed:
             raise ValueError("the incident is already resolved")
-        if self.phase in (Phase.EXECUTING, Phase.VERIFYING):
+        verified = self.phase == Phase.VERIFYING and self.milestones is not None and self.milestones.mitigated
+        if self.phase in (Phase.EXECUTING, Phase.VERIFYING) and not verified:  # the watch after it may be cut short
             raise ValueError(f"the incident is {self.phase.value}; wait for it to finish or fail")
 
     def _acknowledge(self, by: str, note: str = "") -> None:
@@ -267,20 +272,26 @@ class IncidentWorkflow(RollbackWorkflowBase):
             self.record(EventKind.RESOLVED, "dry run: plan only, nothing was changed")
             return await self._close_result(result, "dry_run", "dry run: plan only, nothing was changed")
 
+        # A person who resolved it while it was assessed (a false alarm) stops it here: nothing
+        # is switched off, backed up or asked
+        resolved_early = self.resolution is not None and workflow.patched("resolved-before-acting")
         # 3. Stabilise before anything destructive: processing off, a verified emergency backup
-        self.enter(Phase.EXECUTING)
-        result.kill_switches_before = await self.stop_processing(request.service, config.kill_switches)
-        if config.database is not None:
-            result.emergency_backup = await self._child(
-                BackupWorkflow.run, "BackupWorkflow", "emergency-backup",
-                BackupInput(service=request.service, reason=f"emergency backup of {incident_id(request.service)}"),
-                BackupManifest)
-            self.record(EventKind.CAPTURED, f"emergency backup {result.emergency_backup.backup_id} verified "
-                        f"(sha256 {result.emergency_backup.sha256[:12]}…, full read OK)")
+        if not resolved_early:
+            self.enter(Phase.EXECUTING)
+            result.kill_switches_before = await self.stop_processing(request.service, config.kill_switches)
+            if config.database is not None:
+                result.emergency_backup = await self._child(
+                    BackupWorkflow.run, "BackupWorkflow", "emergency-backup",
+                    BackupInput(service=request.service, reason=f"emergency backup of {incident_id(request.service)}"),
+                    BackupManifest)
+                self.record(EventKind.CAPTURED, f"emergency backup {result.emergency_backup.backup_id} verified "
+                            f"(sha256 {result.emergency_backup.sha256[:12]}…, full read OK)")
 
         # 4. One approval for the whole plan; it acknowledges too
         problem = None
-        if self.plan.steps:
+        if self.resolution is not None and (resolved_early or workflow.patched("resolved-before-acting")):
+            self.record(EventKind.DECIDED, "resolved before the plan was asked for: nothing is carried out")
+        elif self.plan.steps:
             # the plan's database steps need approvers the database policy admits too (and four eyes)
             database = self.plan.migration_target is not None or self.plan.restore_from is not None
             p0_restore = self.severity == "P0" and self.plan.restore_from is not None

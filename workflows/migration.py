@@ -74,6 +74,7 @@ class MigrationRollbackWorkflow(RollbackWorkflowBase):
     @guarded
     async def run(self, request: MigrationRollbackInput) -> MigrationRollbackResult:
         self.start_run(request.service, "P1")
+        self.approval_only_from_a_parent(request)
         self.record(EventKind.STARTED, f"migration rollback of {request.service} to {request.target}: "
                     f"{request.reason}", actor=request.requested_by, dry_run=request.dry_run)
         result = MigrationRollbackResult(service=request.service, outcome="failed")

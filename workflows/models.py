@@ -94,6 +94,9 @@ class ApprovalInput(BaseModel):
     reason: str = ""
     channel: str = "ui"
     slack_user: str | None = None
+    step: str | None = Field(default=None, description="The checkpoint this decision is for (the CLI and Slack "
+                             "send it): refused when the run waits for another step (a stale button, a re-run "
+                             "command), so nobody decides a step they did not see.")
 
 
 class ApproverRules(BaseModel):
@@ -284,6 +287,8 @@ class NotifyRequest(BaseModel):
     approval_for: str | None = Field(default=None, description="Workflow id: the message carries Approve / "
                                      "Reject buttons for its waiting step (Slack interactivity).")
     approval_step: str | None = None
+    approval_run: str | None = Field(default=None, description="The run the buttons are for: a press of an old "
+                                     "message never decides a later run of the same workflow id.")
 
 
 class PostmortemRequest(BaseModel):

@@ -95,6 +95,7 @@ class DatabaseRestoreWorkflow(RollbackWorkflowBase):
     @guarded
     async def run(self, request: RestoreInput) -> RestoreResult:
         self.start_run(request.service, "P1")
+        self.approval_only_from_a_parent(request)
         self.record(EventKind.STARTED, f"restore of {request.service} from {request.source}: {request.reason}",
                     actor=request.requested_by, dry_run=request.dry_run)
         result = RestoreResult(service=request.service, outcome="failed")

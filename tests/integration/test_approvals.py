@@ -10,6 +10,7 @@ import hmac
 import json
 import time
 import uuid
+from datetime import timedelta
 from urllib.parse import urlencode
 
 import httpx
@@ -25,8 +26,9 @@ from tests.conftest import running_worker
 from tests.contract.slack import RESPONSE_PATH
 from tests.helpers import assert_eventually, create_database, kinds, wait_for_phase
 from tests.receiver import serving
-from workflows import BackupWorkflow, DatabaseRestoreWorkflow
-from workflows.models import ApprovalInput, BackupInput, BackupManifest, RestoreInput, RestoreResult, RollbackStatus
+from workflows import BackupWorkflow, DatabaseRestoreWorkflow, RestoreCleanupWorkflow
+from workflows.models import (ApprovalInput, BackupInput, BackupManifest, CleanupInput, CleanupResult, RestoreInput,
+                              RestoreResult, RollbackStatus)
 
 pytestmark = pytest.mark.postgres
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -93,7 +95,8 @@ async def test_policy_refuses_then_a_signed_slack_press_approves(client, task_qu
         buttons = next(b for b in asked["blocks"] if b["type"] == "actions")["elements"]
         assert [b["action_id"] for b in buttons] == ["approve", "reject"]
         value = buttons[0]["value"]
-        assert json.loads(value)["workflow_id"] == handle.id
+        # the press decides this run's swap, never a later run of the same workflow id
+        assert json.loads(value) == {"workflow_id": handle.id, "step": "database swap", "run_id": handle.result_run_id}
         respond_to = f"{slack.url}{RESPONSE_PATH}carol"
 
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
@@ -143,3 +146,43 @@ async def test_policy_refuses_then_a_signed_slack_press_approves(client, task_qu
 
 async def _async(value):
     return value
+
+
+async def test_no_way_around_the_policy(client, task_queue, policy_config):
+    """An approver named in a start input, a decision sent for another step, a cleanup that drops
+    databases: each goes through the same policy as the checkpoint itself."""
+    config, dsn = policy_config
+    async with running_worker(client, config, task_queue):
+        manifest = await client.execute_workflow(BackupWorkflow.run, BackupInput(service="shop"),
+                                                 id=f"wf-{uuid.uuid4()}", task_queue=task_queue,
+                                                 result_type=BackupManifest)
+        # started from the UI with `approved_by` (meant for a parent incident's checkpoint): it asks all the same
+        handle = await client.start_workflow(
+            DatabaseRestoreWorkflow.run, RestoreInput(service="shop", source=manifest.backup_id, requested_by="bob",
+                                                      approved_by="carol"),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=RestoreResult)
+        status = await wait_for_phase(handle, "awaiting_approval", timeout=60)
+        assert any("approved_by 'carol' in the input ignored" in e.message for e in status.timeline)
+        # a decision for another step (a stale button, a re-run command) decides nothing
+        with pytest.raises(WorkflowUpdateFailedError) as other:
+            await handle.execute_update("approve", ApprovalInput(approver="carol", reason="ok", channel="cli",
+                                                                 step="run down migrations"))
+        assert "now waits for 'database swap'" in str(other.value.cause)
+        await handle.execute_update("approve", ApprovalInput(approver="carol", reason="ok", channel="cli",
+                                                             step="database swap"))
+        assert (await handle.result()).outcome == "restored"
+
+        # the database the restore kept is dropped only by someone the database policy admits,
+        # and not by the one who asked for the cleanup (four eyes)
+        cleanup = await client.start_workflow(
+            RestoreCleanupWorkflow.run, CleanupInput(service="shop", older_than=timedelta(0), requested_by="carol"),
+            id=f"wf-{uuid.uuid4()}", task_queue=task_queue, result_type=CleanupResult)
+        await wait_for_phase(cleanup, "awaiting_approval", timeout=60)
+        for who, why in (("bob", "bob may not decide database steps"), ("carol", "four eyes")):
+            with pytest.raises(WorkflowUpdateFailedError) as refused:
+                await cleanup.execute_update("approve", ApprovalInput(approver=who, reason="go", channel="cli"))
+            assert why in str(refused.value.cause)
+        await cleanup.execute_update("approve", ApprovalInput(approver="alice", reason="go", channel="cli"))
+        done = await cleanup.result()
+    assert done.outcome == "cleaned" and len(done.dropped) == 1, done.message
+    assert [e.actor for e in done.timeline if e.kind.value == "refused"] == ["bob", "carol"]

@@ -191,6 +191,26 @@ async def test_swap_failing_half_way_leaves_the_original_in_place(shop_db):
     assert databases(admin, f"{name}_") == {f"{name}_new", f"{name}_old"}
 
 
+async def test_a_swap_retried_after_a_crash_lets_connections_into_the_kept_database(shop_db):
+    """The worker died after the renames and before it allowed connections again: the retry finds
+    the swap done and must still open the kept database, or nobody can inspect or dump it."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.postgres import RestoreActivities
+    from workflows.models import SwapRequest
+
+    name, dsn, admin, config = shop_db
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}_new"')
+    swap = SwapRequest(service="shop", new_database=f"{name}_new", keep_old_as=f"{name}_old")
+    await ActivityEnvironment().run(RestoreActivities(config).swap, swap)
+    with psycopg.connect(admin, autocommit=True) as conn:  # as the crashed attempt left it
+        conn.execute(f'ALTER DATABASE "{name}_old" WITH ALLOW_CONNECTIONS false')
+    again = await ActivityEnvironment().run(RestoreActivities(config).swap, swap)
+    assert again.kept_old_as == f"{name}_old"
+    assert count(dsn.rsplit("/", 1)[0] + f"/{name}_old", "users") == 100  # it accepts connections
+
+
 async def test_retention_never_deletes_the_newest_verified_backup(shop_db):
     import json
     from datetime import datetime, timedelta, timezone

@@ -38,6 +38,8 @@ def test_policy_admits_people_and_groups_and_refuses_the_rest():
     assert refusal(rules, ["database"], "dana", "dana", approving=False) is None  # rejecting one's own run is fine
     assert refusal(rules, ["repair"], "anyone", "x", approving=True) is None  # a kind without a list is open
     assert "already approved" in refusal(rules, ["app"], "alice", "bob", approving=True, already=["alice"])
+    # approval 1 of 2 given, then a change of mind: the same person may still reject
+    assert refusal(rules, ["app"], "alice", "bob", approving=False, already=["alice"]) is None
 
 
 def test_service_policy_overrides_the_top_level_per_kind():
