@@ -201,14 +201,47 @@ def _size(size_bytes: int) -> str:
 # Starting rollbacks
 
 
+RECENTLY_ROLLED_BACK = 15 * 60  # seconds: a second `rollback app` within this asks for --again
+
+
+async def _recent_app_rollback(client: Client, service: str) -> str | None:
+    """Why not to start: the service's last app rollback rolled it back minutes ago, so the same
+    command run again (after a timeout, from a second terminal) would go one more version back."""
+    from datetime import datetime
+
+    from starter.start import app_rollback_id
+
+    handle = client.get_workflow_handle(app_rollback_id(service), result_type=AppRollbackResult)
+    try:
+        described = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    if described.status != WorkflowExecutionStatus.COMPLETED or described.close_time is None:
+        return None
+    age = (datetime.now(timezone.utc) - described.close_time).total_seconds()
+    if age > RECENTLY_ROLLED_BACK:
+        return None
+    previous = await handle.result()
+    if previous.outcome != "rolled_back":
+        return None
+    return (f"{service} was rolled back {int(age // 60)} minute(s) ago, to {previous.to_version} ({handle.id}); "
+            "running it again would go one more version back. Add --again to do that, or --to VERSION to "
+            "name the target")
+
+
 @app.command("app")
 @click.argument("service", type=SERVICE)
 @click.option("--to", default=None, help="Explicit target: deployment id/URL, image, commit.")
 @click.option("--dry-run", is_flag=True, help="Plan only; change nothing.")
 @click.option("--wait", is_flag=True, help="Show progress until the rollback ends.")
+@click.option("--again", is_flag=True, help="Roll back once more although the last rollback of the service "
+              "finished less than 15 minutes ago (one more version back).")
 @click.option("--reason", default="manual rollback", show_default=True, help="Why; goes on the timeline.")
 @json_option
-def app_rollback(service: str, to: Optional[str], dry_run: bool, wait: bool, reason: str, as_json: bool) -> None:
+def app_rollback(service: str, to: Optional[str], dry_run: bool, wait: bool, again: bool, reason: str,
+                 as_json: bool) -> None:
     """Roll an application back to its last known good version."""
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
@@ -216,6 +249,8 @@ def app_rollback(service: str, to: Optional[str], dry_run: bool, wait: bool, rea
 
     async def main() -> int:
         client = await _client()
+        if not (dry_run or to or again) and (why := await _recent_app_rollback(client, service)):
+            raise CliError(why)
         request = AppRollbackInput(service=service, target=to, dry_run=dry_run, reason=reason,
                                    requested_by=os.environ.get("USER", "cli"))
         try:

@@ -19,7 +19,7 @@ from tests.contract.vercel import realistic
 from tests.helpers import wait_for_phase
 from tests.integration.test_vercel_rollback import vercel_service
 from workflows import AppRollbackWorkflow
-from workflows.models import AppRollbackInput, AppRollbackResult
+from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput
 
 ROLLBACK = str(Path(sys.executable).parent / "rollback")
 
@@ -219,6 +219,24 @@ async def test_approve_over_cli_then_rollback_finishes(client, task_queue, tempo
         assert approved.stdout.startswith(f"approved {workflow_id} as alice")
         result = await handle.result()
     assert result.outcome == "rolled_back" and fake.production["prj_shop"] == "dpl_goodprodzz"
+
+
+async def test_the_same_app_rollback_run_again_right_after_asks_for_again(client, task_queue, temporal_address,
+                                                                          shop_config):
+    """`rollback app shop` re-run after the first one finished (a timeout, a second terminal) would
+    go one more version back: it is refused, saying so, until --again or --to says it is meant."""
+    fake, config = shop_config
+    async with running_worker(client, config, task_queue):
+        handle = await start_waiting_for_approval(client, task_queue, app_rollback_id("shop"))
+        await handle.execute_update("approve", ApprovalInput(approver="alice", reason="checkout is down"))
+        assert (await handle.result()).outcome == "rolled_back"
+        posts = fake.count("POST", "")
+        again = await asyncio.to_thread(cli, "app", "shop", address=temporal_address, task_queue=task_queue)
+        assert_one_line_error(again, 1, "shop was rolled back 0 minute(s) ago, to ")
+        assert "--again" in again.stderr and fake.count("POST", "") == posts  # nothing more changed
+        planned = await asyncio.to_thread(cli, "app", "shop", "--dry-run", "--wait", address=temporal_address,
+                                          task_queue=task_queue)
+        assert planned.returncode == 0, planned.stderr  # a dry run is never in the way
 
 
 async def test_cancel_while_waiting_changes_nothing(client, task_queue, temporal_address, shop_config):
