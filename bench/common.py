@@ -112,8 +112,8 @@ def worker_env(client, queue: str, extra: dict | None = None) -> dict[str, str]:
 def start_workers(count: int, config: Path, env: dict) -> list[subprocess.Popen]:
     """As deployed: each worker a process of its own, not sharing the interpreter of the bench's
     load generator, probes or receiver."""
-    return [subprocess.Popen([ROLLBACK, "worker", "--config", str(config)], env=env, stderr=subprocess.DEVNULL)
-            for _ in range(count)]
+    return [subprocess.Popen([ROLLBACK, "worker", "--config", str(config)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL) for _ in range(count)]
 
 
 def stop(processes: list[subprocess.Popen]) -> None:

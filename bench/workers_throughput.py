@@ -151,3 +151,5 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    sys.stdout.flush()
+    os._exit(0)  # a process that ran a Temporal client can abort in interpreter teardown (PyGILState_Release)
