@@ -51,11 +51,16 @@ def config(tmp_path, slack_url: str, statuspage, pagerduty) -> ConfigSource:
     return ConfigSource(path)
 
 
-def stand_ins() -> list:
-    """Read-only steps only: the app at v2 with no earlier version to roll back to."""
+def stand_ins(target: AppVersion | None = None, assessed: asyncio.Event | None = None,
+              release: asyncio.Event | None = None) -> list:
+    """Read-only steps only: the app at v2 with no earlier version to roll back to (or `target`);
+    `assess` can be held (it sets `assessed`, then waits for `release`)."""
 
     @activity.defn(name="incident.assess")
     async def assess(request: ServiceRef) -> AssessReport:
+        if assessed is not None:
+            assessed.set()
+            await release.wait()
         return AssessReport(service=request.service, at=datetime.now(timezone.utc),
                             health=HealthSnapshot(reachable=True, http_status=200, status="degraded",
                                                   error_rate=0.27, problem="error rate 27.0%"))
@@ -66,7 +71,9 @@ def stand_ins() -> list:
 
     @activity.defn(name="docker.select_target")
     async def select(request: TargetRequest) -> AppVersion:
-        raise fail("no earlier image in the deploy ledger")
+        if target is None:
+            raise fail("no earlier image in the deploy ledger")
+        return target
 
     return [assess, current, select]
 

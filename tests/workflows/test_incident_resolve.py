@@ -1,8 +1,7 @@
 """Who may close an incident, and when: `rollback resolve` by someone the approver policy refuses
 changes nothing; one sent while the incident is still being assessed (a false alarm) stops it
 before anything is switched off or asked; one sent during the watch after recovery ends it. On
-the time-skipping test server, with the real notification activities against contract servers
-and stand-ins for the app's read-only steps."""
+the dev server, with stand-ins for the app's read-only steps."""
 
 from __future__ import annotations
 
@@ -12,15 +11,14 @@ from datetime import datetime, timezone
 
 import pytest
 import yaml
-from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
 
 from activities.common import ConfigSource
 from tests.conftest import running_worker
 from tests.helpers import assert_eventually, kinds
+from tests.workflows.test_incident_comms import stand_ins
 from workflows import IncidentWorkflow
-from workflows.models import (AppVersion, AssessReport, HealthSnapshot, IncidentInput, IncidentResult, IncidentStatus,
-                              Milestones, Phase, ResolveInput, ServiceRef, TargetRequest)
+from workflows.models import AppVersion, IncidentInput, IncidentResult, IncidentStatus, Milestones, Phase, ResolveInput
 
 
 def policy_config(tmp_path) -> ConfigSource:
@@ -34,36 +32,16 @@ def policy_config(tmp_path) -> ConfigSource:
     return ConfigSource(path)
 
 
-def stand_ins(assessed: asyncio.Event | None = None, release: asyncio.Event | None = None) -> list:
-    """The app at v2 with v1 to roll back to; `assess` can be held until the test lets it go."""
-
-    @activity.defn(name="incident.assess")
-    async def assess(request: ServiceRef) -> AssessReport:
-        if assessed is not None:
-            assessed.set()
-            await release.wait()
-        return AssessReport(service=request.service, at=datetime.now(timezone.utc),
-                            health=HealthSnapshot(reachable=True, http_status=200, status="degraded",
-                                                  error_rate=0.27, problem="error rate 27.0%"))
-
-    @activity.defn(name="docker.current")
-    async def current(request: ServiceRef) -> AppVersion:
-        return AppVersion(provider="docker", id="sha256:v2", label="demo-web:v2")
-
-    @activity.defn(name="docker.select_target")
-    async def select(request: TargetRequest) -> AppVersion:
-        return AppVersion(provider="docker", id="sha256:v1", label="demo-web:v1")
-
-    return [assess, current, select]
+V1 = AppVersion(provider="docker", id="sha256:v1", label="demo-web:v1")  # a version to roll back to
 
 
 async def status_of(handle) -> IncidentStatus:
     return await handle.query(IncidentWorkflow.status)
 
 
-async def test_a_resolve_the_policy_refuses_changes_nothing(skipping_env, tmp_path, record_history):
-    client, queue = skipping_env.client, f"tq-{uuid.uuid4()}"
-    async with running_worker(client, policy_config(tmp_path), queue, replace=stand_ins()):
+async def test_a_resolve_the_policy_refuses_changes_nothing(client, task_queue, tmp_path):
+    queue = task_queue
+    async with running_worker(client, policy_config(tmp_path), queue, replace=stand_ins(V1)):
         handle = await client.start_workflow(IncidentWorkflow.run, IncidentInput(service="web", severity="P1"),
                                              id=f"incident-web-{uuid.uuid4().hex[:6]}", task_queue=queue,
                                              result_type=IncidentResult)
@@ -80,17 +58,15 @@ async def test_a_resolve_the_policy_refuses_changes_nothing(skipping_env, tmp_pa
         assert await handle.execute_update(IncidentWorkflow.resolve, ResolveInput(reason="false alarm", by="alice")) \
             == "resolving: false alarm"
         result = await handle.result()
-        await record_history(handle)
     assert result.outcome == "resolved" and result.children == []  # nothing was rolled back
     decided = [e.message for e in result.timeline if e.kind.value == "decided"]
     assert "resolved by alice: false alarm" in decided and not any("carol" in m for m in decided)
 
 
-async def test_a_resolve_while_it_is_assessed_stops_it_before_anything_changes(skipping_env, tmp_path,
-                                                                               record_history):
-    client, queue = skipping_env.client, f"tq-{uuid.uuid4()}"
+async def test_a_resolve_while_it_is_assessed_stops_it_before_anything_changes(client, task_queue, tmp_path):
+    queue = task_queue
     assessed, release = asyncio.Event(), asyncio.Event()
-    async with running_worker(client, policy_config(tmp_path), queue, replace=stand_ins(assessed, release)):
+    async with running_worker(client, policy_config(tmp_path), queue, replace=stand_ins(V1, assessed, release)):
         handle = await client.start_workflow(IncidentWorkflow.run, IncidentInput(service="web", severity="P1"),
                                              id=f"incident-web-{uuid.uuid4().hex[:6]}", task_queue=queue,
                                              result_type=IncidentResult)
@@ -99,7 +75,6 @@ async def test_a_resolve_while_it_is_assessed_stops_it_before_anything_changes(s
             == "resolving: false alarm"
         release.set()
         result = await handle.result()
-        await record_history(handle)
     assert result.outcome == "resolved"
     assert "approval_requested" not in kinds(result.timeline) and result.children == []
     assert any("resolved before the plan was asked for" in e.message for e in result.timeline)
