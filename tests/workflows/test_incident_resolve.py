@@ -74,7 +74,7 @@ async def test_a_resolve_while_it_is_assessed_stops_it_before_anything_changes(c
         assert await handle.execute_update(IncidentWorkflow.resolve, ResolveInput(reason="false alarm", by="alice")) \
             == "resolving: false alarm"
         release.set()
-        result = await handle.result()
+        result = await asyncio.wait_for(handle.result(), 60)  # not the plan approval's 2 x 30 minutes
     assert result.outcome == "resolved"
     assert "approval_requested" not in kinds(result.timeline) and result.children == []
     assert any("resolved before the plan was asked for" in e.message for e in result.timeline)
