@@ -261,10 +261,18 @@ class RollbackWorkflowBase:
             LockResult, timeout=60)
         if not result.granted:
             holder = result.holder
-            raise ApplicationError(
-                f"{result.busy} is locked by {holder.workflow_type} {holder.workflow_id} (run {holder.run_id}): one "
-                f"change at a time; see `rollback status {holder.workflow_id}`, wait for it to end or cancel it",
-                type="Locked", non_retryable=True)
+            why = (f"{result.busy} is locked by {holder.workflow_type} {holder.workflow_id} (run {holder.run_id}): one "
+                   f"change at a time; see `rollback status {holder.workflow_id}`, wait for it to end or cancel it")
+            if workflow.patched("locked-run-tells-people"):
+                # an alert's incident refused here (a migration rollback waiting an hour for its
+                # approval holds the lock) must not fail where nobody looks: listed under its
+                # service, and said on Slack's escalation channel
+                workflow.upsert_search_attributes([SERVICE_KEY.value_set(request.service),
+                                                   TYPE_KEY.value_set(self.rollback_type)])
+                self.service = request.service
+                await self.notify(f"ESCALATION: {info.workflow_type} {info.workflow_id} for {request.service} did "
+                                  f"not start: {why}", key="locked", escalation=True)
+            raise ApplicationError(why, type="Locked", non_retryable=True)
         held = self.held.resources if self.held is not None else []
         self.held = LockRelease(resources=sorted({*held, *result.resources}), holder=me)
 

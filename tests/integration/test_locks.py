@@ -14,16 +14,18 @@ from tests.helpers import wait_for_phase
 from tests.integration.test_restore import backup, shop_db  # noqa: F401 - fixture
 from tests.integration.test_vercel_rollback import vercel_service
 from workflows import AppRollbackWorkflow, DatabaseRestoreWorkflow
+from workflows.base import SERVICE_KEY, TYPE_KEY
 from workflows.models import AppRollbackInput, AppRollbackResult, ApprovalInput, RestoreInput, RestoreResult
 
 NO = ApprovalInput(approver="lead", reason="not now")
 
 
 @pytest.fixture
-def shop(vercel, write_config, monkeypatch):
+def shop(vercel, write_config, monkeypatch, slack):
     realistic(vercel)
     monkeypatch.setenv("TEST_VERCEL_TOKEN", vercel.token)
-    return vercel, write_config({"shop": vercel_service(vercel, policy={"app_approval": "always"})})
+    return vercel, write_config({"shop": {**vercel_service(vercel, policy={"app_approval": "always"}),
+                                          "notify": {"slack_webhook_env": "TEST_SLACK_WEBHOOK"}}})
 
 
 async def start_app(client, task_queue, **request):
@@ -32,7 +34,7 @@ async def start_app(client, task_queue, **request):
                                        result_type=AppRollbackResult)
 
 
-async def test_a_second_run_under_another_id_is_refused_naming_the_holder(client, task_queue, shop):
+async def test_a_second_run_under_another_id_is_refused_naming_the_holder(client, task_queue, shop, slack):
     fake, config = shop
     async with running_worker(client, config, task_queue):
         first = await start_app(client, task_queue)
@@ -46,6 +48,12 @@ async def test_a_second_run_under_another_id_is_refused_naming_the_holder(client
         # it took its lock beside its first reads, and wrote nothing (no capture) before it was refused
         kinds = [event.kind.value for event in (await second.query(AppRollbackWorkflow.status)).timeline]
         assert "captured" not in kinds and kinds[-1] == "failed", kinds
+        # and it did not fail where nobody looks: on Slack's escalation channel, listed under its service
+        told = [m["text"] for m in slack.messages if f"{second.id} for shop did not start" in m["text"]]
+        assert len(told) == 1 and told[0].startswith("ESCALATION:") and f"locked by AppRollbackWorkflow {first.id}" \
+            in told[0], [m["text"] for m in slack.messages]
+        listed = (await second.describe()).typed_search_attributes
+        assert listed.get(SERVICE_KEY) == "shop" and listed.get(TYPE_KEY) == "app"
         dry = await start_app(client, task_queue, dry_run=True)  # a dry run changes nothing: no lock
         assert (await dry.result()).outcome == "dry_run"
 
