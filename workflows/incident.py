@@ -204,9 +204,8 @@ class IncidentWorkflow(RollbackWorkflowBase):
 
     @workflow.update
     def resolve(self, request: ResolveInput) -> str:
-        refusal_first = workflow.patched("refused-resolve-changes-nothing")
-        if not refusal_first:
-            self.resolution = request
+        if not workflow.patched("refused-resolve-changes-nothing"):
+            self.resolution = request  # runs from before set it first, refused or not (replay)
         if self.awaiting_step is not None and self.decision is None:
             # closing the incident answers its open question: the plan is not carried out (and
             # one the approver policy refuses here raises before anything changed)
@@ -289,7 +288,7 @@ class IncidentWorkflow(RollbackWorkflowBase):
 
         # 4. One approval for the whole plan; it acknowledges too
         problem = None
-        if self.resolution is not None and (resolved_early or workflow.patched("resolved-before-acting")):
+        if self.resolution is not None and workflow.patched("resolved-before-acting"):  # now, or during the backup
             self.record(EventKind.DECIDED, "resolved before the plan was asked for: nothing is carried out")
         elif self.plan.steps:
             # the plan's database steps need approvers the database policy admits too (and four eyes)
